@@ -1,0 +1,121 @@
+"""Shared defaults for experiment configs: every leaf a run can override with --config.x=..."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from o3video_jax.train.sharding import DEFAULT_RULES
+
+
+def parse_arg(arg: str | None, **defaults):
+    """Parses "size=7b,runlocal" into a ConfigDict of the few knobs worth sweeping."""
+    out = ml_collections.ConfigDict(defaults)
+    for item in filter(None, (arg or "").split(",")):
+        key, _, value = item.partition("=")
+        if key not in out:
+            raise ValueError(f"unknown config arg {key!r}; known: {sorted(out.keys())}")
+        if not value:
+            out[key] = True
+        elif isinstance(defaults[key], bool):
+            out[key] = value.lower() in ("1", "true", "yes")
+        else:
+            out[key] = type(defaults[key])(value)
+    return out
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.stage = "sft"  # "sft" | "gspo" | "sft+gspo"
+    c.seed = 0
+    c.total_steps = 1000
+    c.nan_policy = "skip"  # "skip" the update or "stop" the run on a non-finite loss
+
+    c.model = ml_collections.ConfigDict()
+    c.model.preset = "tiny"  # tiny | 3b | 7b | 32b | 72b
+    c.model.hf_checkpoint = ""  # HF directory (config.json + safetensors); overrides preset
+    c.model.dtype = "bfloat16"
+    c.model.param_dtype = "float32"
+    c.model.remat = "full"  # none | full | save_dots
+    c.model.attention = "xla"  # xla | pallas | cudnn
+
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    c.sharding = ml_collections.ConfigDict()
+    c.sharding.rules = [list(r) for r in DEFAULT_RULES]
+
+    c.data = ml_collections.ConfigDict()
+    c.data.train_json = ""
+    c.data.eval_json = ""
+    c.data.media_root = ""
+    c.data.tokenizer_dir = ""  # defaults to model.hf_checkpoint
+    c.data.batch_size = 8  # rows (SFT) or prompts (GSPO) per step, global
+    c.data.max_seq_len = 4096
+    c.data.max_patches = 16384
+    c.data.packing = "first_fit"  # first_fit | best_fit | none
+    c.data.fps = 2.0
+    c.data.max_frames = 16
+    c.data.frame_max_pixels = 105369
+    c.data.image_max_pixels = 200704
+    c.data.prompt_quirks = "original"  # original | corrected
+    c.data.loss_mask = "assistant"  # assistant | original
+    c.data.workers = 2
+    c.data.prefetch = 2
+    c.data.shuffle = True
+    c.data.max_error_fraction = 0.05
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 1e-6
+    c.optim.schedule = "cosine"  # cosine | linear | constant
+    c.optim.warmup_steps = 0
+    c.optim.total_steps = c.get_ref("total_steps")
+    c.optim.weight_decay = 0.01
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.eps = 1e-8
+    c.optim.grad_clip = 5.0
+    c.optim.freeze_regex = ""  # e.g. "^visual/" freezes the vision tower
+    c.optim.microbatches = 1
+
+    c.sft = ml_collections.ConfigDict()
+    c.sft.loss_norm = "token"  # token | sequence
+    c.sft.ce_chunk = 512  # sequence chunk of the cross-entropy (the [B, L, V] logits never exist)
+
+    c.rl = ml_collections.ConfigDict()
+    c.rl.preset = "open_o3"  # open_o3 | gspo_paper (see o3video_jax.rl.gspo)
+    c.rl.group_size = 4
+    c.rl.temperature = 1.0
+    c.rl.top_p = 0.95
+    c.rl.top_k = 0
+    c.rl.max_new_tokens = 768
+    c.rl.prompt_buckets = [1024, 2048, 4096]
+    c.rl.eps_low = 0.2
+    c.rl.eps_high = 0.2
+    c.rl.beta = 0.04
+    c.rl.kl_clamp = 10.0
+    c.rl.ratio = "sequence"  # sequence (GSPO) | token (GRPO)
+    c.rl.num_updates = 1
+    c.rl.minibatches = 1
+    c.rl.spatial_gate = "intended"  # intended | reference
+    c.rl.reward_weights = ml_collections.ConfigDict(
+        {
+            "ans_acc": 1.0,
+            "ans_tiou": 1.0,
+            "ans_viou": 1.0,
+            "thk_temporal_point": 1.0,
+            "thk_temporal_segment": 1.0,
+            "thk_spatial": 1.0,
+            "format": 1.0,
+        }
+    )
+
+    c.ckpt = ml_collections.ConfigDict()
+    c.ckpt.save_every = 500
+    c.ckpt.keep = 3
+    c.ckpt.async_save = True
+    c.ckpt.export_hf = True
+
+    c.log = ml_collections.ConfigDict()
+    c.log.every = 10
+    c.log.eval_every = 0
+    c.log.tensorboard = True
+    c.log.profile_steps = []  # e.g. [20, 21]: capture a jax.profiler trace of these steps
+    return c
