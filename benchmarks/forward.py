@@ -1,0 +1,215 @@
+"""Forward throughput on CPU, float32: our jitted Qwen25VL vs transformers' eager forward (sdpa).
+
+    python benchmarks/forward.py [--repeats 5] [--frames 16] [--size 224] [--text 64]
+
+Same weights (random, exported with `hf.save` and read back by `from_pretrained`) and the
+same inputs (one video of `frames` frames at size x size plus `text` text tokens) on both
+sides. Prints tokens/s for both and their ratio, our achieved GFLOP/s (useful FLOPs counted
+analytically: the work transformers does too, i.e. attention only inside windows / frames /
+the causal triangle; XLA's own count of what it executes is shown alongside), and the
+machine's float32 matmul rate measured with a large `jnp.dot`.
+Targets (issue): >= 1.5x transformers, >= 40% of the matmul rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+import numpy as np
+import torch
+import transformers
+from flax import traverse_util
+
+from o3video_jax.checkpoints import hf
+from o3video_jax.models.qwen2_5_vl import Qwen25VL, Qwen25VLConfig, TextConfig, VisionConfig
+from o3video_jax.models.qwen2_5_vl.hf_inputs import inputs_from_hf
+
+BASE = 8192 - 32  # special tokens at BASE + k (BRIEF convention)
+VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD = BASE + 9, BASE + 10, BASE + 12, BASE + 13
+
+
+def bench_config() -> Qwen25VLConfig:
+    """Text 512 x 8 layers (8 heads, 2 kv, mlp 1376, vocab 8192); vision 256 x 4 blocks."""
+    return Qwen25VLConfig(
+        text=TextConfig(
+            vocab_size=8192,
+            hidden_size=512,
+            intermediate_size=1376,
+            num_hidden_layers=8,
+            num_attention_heads=8,
+            num_key_value_heads=2,
+            rms_norm_eps=1e-6,
+            mrope_section=(8, 12, 12),
+            max_position_embeddings=4096,
+        ),
+        vision=VisionConfig(
+            depth=4,
+            hidden_size=256,
+            num_heads=4,
+            intermediate_size=688,
+            fullatt_block_indexes=(3,),
+            out_hidden_size=512,
+            tokens_per_second=2,
+        ),
+        image_token_id=IMAGE_PAD,
+        video_token_id=VIDEO_PAD,
+        vision_start_token_id=VISION_START,
+        vision_end_token_id=VISION_END,
+        bos_token_id=BASE,
+        eos_token_id=BASE + 2,
+        pad_token_id=BASE,
+    )
+
+
+def random_params(config: Qwen25VLConfig, seed: int = 0):
+    """Random params with O(1) activations (timing does not depend on the values)."""
+    abstract = traverse_util.flatten_dict(nn.meta.unbox(hf.abstract_params(config)))
+    rng = np.random.default_rng(seed)
+    out = {}
+    for path, leaf in abstract.items():
+        noise = rng.standard_normal(leaf.shape).astype(np.float32)
+        if path[-1] == "scale":
+            noise = 1.0 + 0.1 * noise
+        elif path[-1] == "bias":
+            noise *= 0.02
+        elif path[-1] == "kernel":
+            noise /= np.sqrt(leaf.shape[0])
+        out[path] = jnp.asarray(noise)
+    return traverse_util.unflatten_dict(out)
+
+
+def hf_inputs(config: Qwen25VLConfig, frames: int, size: int, text: int) -> dict[str, np.ndarray]:
+    """One row: text/2 tokens, <vision_start> video <vision_end>, text/2 tokens."""
+    rng = np.random.default_rng(0)
+    grid = (frames // 2, size // 14, size // 14)
+    n_video = grid[0] * grid[1] * grid[2] // 4
+    head, tail = rng.integers(0, BASE, text // 2), rng.integers(0, BASE, text - text // 2)
+    ids = np.concatenate([head, [VISION_START], np.full(n_video, VIDEO_PAD), [VISION_END], tail])
+    types = (ids == VIDEO_PAD).astype(np.int64) * 2
+    return {
+        "input_ids": ids[None].astype(np.int64),
+        "attention_mask": np.ones((1, len(ids)), np.int64),
+        "mm_token_type_ids": types[None],
+        "pixel_values_videos": rng.standard_normal((int(np.prod(grid)), 1176), np.float32),
+        "video_grid_thw": np.asarray([grid], np.int64),
+        "second_per_grid_ts": np.asarray([1.0], np.float32),
+    }
+
+
+def useful_flops(config: Qwen25VLConfig, grid: tuple[int, int, int], seq_len: int) -> float:
+    """Matmul FLOPs of one forward, attention counted only where it is allowed."""
+    v, t = config.vision, config.text
+    frames, h, w = grid
+    n = frames * h * w
+    win = v.window_size // v.patch_size  # window side in patches
+    window_sq = frames * sum(
+        (min(win, h - r) * min(win, w - c)) ** 2 for r in range(0, h, win) for c in range(0, w, win)
+    )
+    frame_sq = frames * (h * w) ** 2
+    dv, iv = v.hidden_size, v.intermediate_size
+    flops = 2 * n * v.patch_dim * dv
+    for i in range(v.depth):
+        pairs = frame_sq if i in v.fullatt_block_indexes else window_sq
+        flops += 2 * n * dv * 4 * dv + 2 * n * 3 * dv * iv + 4 * pairs * dv
+    flops += 2 * (n // 4) * (4 * dv) ** 2 + 2 * (n // 4) * 4 * dv * v.out_hidden_size
+    d, kv = t.hidden_size, t.num_key_value_heads * t.head_dim
+    causal_pairs = seq_len * (seq_len + 1) / 2
+    per_layer = 2 * seq_len * (2 * d * d + 2 * d * kv) + 2 * seq_len * 3 * d * t.intermediate_size
+    flops += t.num_hidden_layers * (per_layer + 4 * causal_pairs * d)
+    return flops + 2 * seq_len * d * t.vocab_size
+
+
+def timeit(fn, repeats: int) -> float:
+    fn()  # warm-up (and compile)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_rate(n: int = 2048, repeats: int = 5) -> float:
+    """Measured float32 GFLOP/s of one large jnp.dot."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    dot = jax.jit(jnp.dot)
+    return 2 * n**3 / timeit(lambda: dot(a, b).block_until_ready(), repeats) / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--text", type=int, default=64)
+    args = parser.parse_args()
+
+    config = bench_config()
+    params = random_params(config)
+    arrays = hf_inputs(config, args.frames, args.size, args.text)
+    inputs = inputs_from_hf(config, **arrays)
+    seq_len = inputs.seq_len
+    grid = tuple(int(x) for x in arrays["video_grid_thw"][0])
+
+    forward = jax.jit(Qwen25VL(config).apply)
+    compiled = forward.lower({"params": params}, inputs).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    xla_flops = float(cost.get("flops", float("nan")))
+    ours = timeit(lambda: compiled({"params": params}, inputs).block_until_ready(), args.repeats)
+    ours_logits = np.asarray(compiled({"params": params}, inputs))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        hf.save(tmp, config, params, progress=False)
+        model = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            tmp, attn_implementation="sdpa", dtype=torch.float32
+        ).eval()
+    kwargs = {k: torch.from_numpy(v) for k, v in arrays.items()}
+
+    def hf_forward():
+        model.model.rope_deltas = None
+        with torch.inference_mode():
+            return model(**kwargs, use_cache=False).logits
+
+    theirs = timeit(hf_forward, args.repeats)
+    max_diff = float(np.abs(hf_forward().numpy() - ours_logits).max())
+
+    flops = useful_flops(config, grid, seq_len)
+    peak = matmul_rate()
+    achieved = flops / ours / 1e9
+    print(
+        f"\nQwen2.5-VL forward, float32, CPU ({jax.devices()[0].device_kind}, "
+        f"torch threads {torch.get_num_threads()}): 1 row, {seq_len} tokens "
+        f"({args.text} text + video {args.frames}x{args.size}x{args.size} = grid {grid}, "
+        f"{int(np.prod(grid))} patches); median of {args.repeats}"
+    )
+    print(f"max |logits diff| ours vs transformers: {max_diff:.2e}")
+    rows = [
+        ("", "o3video_jax (jit)", "transformers (eager, sdpa)"),
+        ("seconds / forward", f"{ours:.3f}", f"{theirs:.3f}"),
+        ("tokens / s", f"{seq_len / ours:.1f}", f"{seq_len / theirs:.1f}"),
+        ("speed-up vs transformers", f"{theirs / ours:.2f}x  (target >= 1.5x)", "1.00x"),
+        ("useful GFLOP / forward", f"{flops / 1e9:.2f}", f"{flops / 1e9:.2f}"),
+        ("XLA-counted GFLOP / forward", f"{xla_flops / 1e9:.2f}", "-"),
+        ("achieved GFLOP/s (useful)", f"{achieved:.1f}", f"{flops / theirs / 1e9:.1f}"),
+        ("f32 matmul rate GFLOP/s", f"{peak:.1f}", f"{peak:.1f}"),
+        (
+            "% of matmul rate",
+            f"{100 * achieved / peak:.1f}%  (target >= 40%)",
+            f"{100 * flops / theirs / 1e9 / peak:.1f}%",
+        ),
+    ]
+    width = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, width, strict=True)))
+
+
+if __name__ == "__main__":
+    main()

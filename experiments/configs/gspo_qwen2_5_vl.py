@@ -1,0 +1,58 @@
+r"""GSPO (stage 2) of Qwen2.5-VL on STGR-RL with the spatio-temporal rewards.
+
+Args (`:arg`): size=3b|7b|32b|72b (default 7b), preset=open_o3|gspo_paper (default open_o3),
+runlocal (tiny model, CPU smoke test).
+
+`open_o3` reproduces Open-o3 Video (G=4, temperature 1.0, top-p 0.95, eps 0.2, beta 0.04 with
+the k3 KL clamped at 10, one update per rollout batch, lr 1e-6 cosine, 8 prompts per step);
+`gspo_paper` uses the GSPO paper's clipping (eps 3e-4 / 4e-4, beta 0, 4 minibatch updates).
+
+Launch on a TPU VM (every worker runs the same command):
+  tpu_scripts/launch.sh NAME ZONE -- python -m o3video_jax.train \
+    --config experiments/configs/gspo_qwen2_5_vl.py:size=7b \
+    --config.model.hf_checkpoint=gs://BUCKET/runs/sft7b/hf \
+    --config.data.train_json=/data/json_data/STGR-RL.json \
+    --config.data.media_root=/data/videos --workdir gs://BUCKET/runs/gspo7b
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+import common  # noqa: E402
+from sft_qwen2_5_vl import _MESH  # noqa: E402
+
+
+def get_config(arg=None):
+    a = common.parse_arg(arg, size="7b", preset="open_o3", runlocal=False)
+    c = common.base_config()
+    c.stage = "gspo"
+    c.model.preset = a.size
+    c.mesh.update(_MESH[a.size])
+    c.total_steps = 4654  # 37,228 prompts / 8 per step
+    c.optim.lr = 1e-6
+    c.optim.schedule = "cosine"
+    c.optim.weight_decay = 0.01
+    c.data.batch_size = 8
+    c.data.max_seq_len = 16384 + 768
+    c.rl.preset = a.preset
+    if a.preset == "gspo_paper":
+        c.rl.eps_low, c.rl.eps_high, c.rl.beta = 3e-4, 4e-4, 0.0
+        c.rl.num_updates, c.rl.minibatches = 4, 4
+    elif a.preset != "open_o3":
+        raise ValueError(f"unknown rl preset {a.preset!r}; use open_o3 or gspo_paper")
+    if a.runlocal:
+        c.model.preset = "tiny"
+        c.model.dtype = "float32"
+        c.mesh.update({"data": -1, "fsdp": 1, "tensor": 1})
+        c.total_steps = 3
+        c.data.batch_size = 2
+        c.data.max_seq_len = 1024
+        c.data.max_patches = 1024
+        c.data.workers = 0
+        c.rl.max_new_tokens = 32
+        c.rl.prompt_buckets = [512, 1024]
+        c.ckpt.save_every = 2
+        c.log.every = 1
+    c.lock()
+    return c

@@ -1,0 +1,60 @@
+r"""SFT (cold start) of Qwen2.5-VL on STGR-SFT, as in Open-o3 Video stage 1.
+
+Args (`:arg`): size=3b|7b|32b|72b (default 7b), runlocal (tiny model, CPU smoke test).
+
+Launch on a TPU VM (every worker runs the same command):
+  tpu_scripts/launch.sh NAME ZONE -- python -m o3video_jax.train \
+    --config experiments/configs/sft_qwen2_5_vl.py:size=7b \
+    --config.model.hf_checkpoint=/data/Qwen2.5-VL-7B-Instruct \
+    --config.data.train_json=/data/json_data/STGR-SFT.json \
+    --config.data.media_root=/data/videos --workdir gs://BUCKET/runs/sft7b
+Local smoke test:
+  python -m o3video_jax.train --config experiments/configs/sft_qwen2_5_vl.py:runlocal \
+    --workdir /tmp/sft_smoke
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+import common  # noqa: E402
+
+# Mesh per size: FSDP over the whole slice; tensor parallelism for the largest models.
+_MESH = {
+    "3b": {"data": 1, "fsdp": -1, "tensor": 1},
+    "7b": {"data": 1, "fsdp": -1, "tensor": 1},
+    "32b": {"data": 1, "fsdp": -1, "tensor": 4},
+    "72b": {"data": 1, "fsdp": -1, "tensor": 8},
+}
+
+
+def get_config(arg=None):
+    a = common.parse_arg(arg, size="7b", runlocal=False)
+    c = common.base_config()
+    c.stage = "sft"
+    c.model.preset = a.size
+    c.mesh.update(_MESH[a.size])
+    # Open-o3 Video SFT: lr 1e-6, linear schedule without warm-up, 1 epoch (31,166 records at 8
+    # per step), max_grad_norm 5, bf16, gradient checkpointing; loss over the whole conversation.
+    c.total_steps = 3896
+    c.optim.lr = 1e-6
+    c.optim.schedule = "linear"
+    c.optim.weight_decay = 0.0
+    c.data.batch_size = 8
+    c.data.loss_mask = "original"
+    c.data.max_seq_len = 8192
+    c.data.max_patches = 16 * 4 * 136  # 16 frames (+ key frames) of ~100k px, 4 patches/token
+    c.ckpt.save_every = 500
+    if a.runlocal:
+        c.model.preset = "tiny"
+        c.model.dtype = "float32"
+        c.mesh.update({"data": -1, "fsdp": 1, "tensor": 1})
+        c.total_steps = 4
+        c.data.batch_size = 2
+        c.data.max_seq_len = 1024
+        c.data.max_patches = 1024
+        c.data.workers = 0
+        c.ckpt.save_every = 2
+        c.log.every = 1
+    c.lock()
+    return c

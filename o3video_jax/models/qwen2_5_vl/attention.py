@@ -1,0 +1,194 @@
+"""The one attention primitive: segment ids + optional causal mask, GQA, three backends.
+
+Masking rule (DESIGN decision 3): query t of row b may attend key s iff
+  q_segment_ids[b, t] != 0  and  q_segment_ids[b, t] == kv_segment_ids[b, s]
+  and (not causal or kv_position(s) <= q_position(t)),
+with q_position(t) = q_offset + t and kv_position(s) = s (cache slots). Segment 0 is padding:
+it never attends and is never attended. Rows without any allowed key return zeros, never NaN.
+This one rule covers the ViT's window and full-frame blocks (bidirectional), the decoder with
+left/right padding and packed rows (causal), and decoding against a KV cache (q_offset).
+
+GQA follows repeat-interleave semantics: query head n uses kv head n // (N // K).
+
+Backends:
+  "xla"    portable reference (fp32 softmax), runs everywhere.
+  "pallas" TPU splash attention (jax.experimental.pallas.ops.tpu.splash_attention) with
+           segment ids; `interpret=True` runs the same kernel on CPU for tests.
+  "cudnn"  `jax.nn.dot_product_attention(implementation="cudnn")` on GPU.
+The pallas path supports causal only for self-attention (T == S, q_offset == 0); decoding
+steps use "xla", where T == 1 makes the matmuls memory-bound anyway.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+BACKENDS = ("xla", "pallas", "cudnn")
+_NEG = -0.7 * float(np.finfo(np.float32).max)  # finite: a fully masked row stays NaN-free
+
+
+def attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    q_segment_ids: jax.Array,
+    kv_segment_ids: jax.Array,
+    *,
+    causal: bool,
+    scale: float,
+    q_offset: int | jax.Array = 0,
+    backend: str = "xla",
+    interpret: bool = False,
+) -> jax.Array:
+    """Masked multi-head attention.
+
+    q: [B, T, N, H]; k, v: [B, S, K, H] with N % K == 0; q_segment_ids: int32[B, T];
+    kv_segment_ids: int32[B, S]; q_offset: scalar slot of query 0 for the causal mask.
+    Returns [B, T, N, H] in q's dtype.
+    """
+    b, t, n, h = q.shape
+    _, s, kh, _ = k.shape
+    if k.shape != v.shape or k.shape[0] != b or k.shape[3] != h:
+        raise ValueError(f"attention: q {q.shape}, k {k.shape}, v {v.shape} do not match")
+    if n % kh:
+        raise ValueError(f"attention: {n} query heads are not a multiple of {kh} kv heads")
+    if q_segment_ids.shape != (b, t) or kv_segment_ids.shape != (b, s):
+        raise ValueError(
+            f"attention: segment ids {q_segment_ids.shape}, {kv_segment_ids.shape} do not "
+            f"match q {q.shape} / k {k.shape}"
+        )
+    if backend == "xla":
+        return _xla(q, k, v, q_segment_ids, kv_segment_ids, causal, scale, q_offset)
+    if backend == "pallas":
+        return _splash(q, k, v, q_segment_ids, kv_segment_ids, causal, scale, q_offset, interpret)
+    if backend == "cudnn":
+        return _cudnn(q, k, v, q_segment_ids, kv_segment_ids, causal, scale, q_offset)
+    raise ValueError(f"attention backend {backend!r} is not one of {BACKENDS}")
+
+
+def allowed_mask(
+    q_segment_ids: jax.Array,
+    kv_segment_ids: jax.Array,
+    causal: bool,
+    q_offset: int | jax.Array = 0,
+) -> jax.Array:
+    """bool[B, T, S]: the masking rule of the module docstring."""
+    qs, ks = q_segment_ids[:, :, None], kv_segment_ids[:, None, :]
+    allowed = (qs == ks) & (qs != 0)
+    if causal:
+        t, s = q_segment_ids.shape[1], kv_segment_ids.shape[1]
+        q_pos = q_offset + jnp.arange(t, dtype=jnp.int32)
+        allowed &= jnp.arange(s, dtype=jnp.int32)[None, :] <= q_pos[:, None]
+    return allowed
+
+
+def _xla(q, k, v, q_seg, kv_seg, causal, scale, q_offset):
+    b, t, n, h = q.shape
+    kh = k.shape[2]
+    qg = q.reshape(b, t, kh, n // kh, h)  # head n = kv head * g + j: repeat-interleave
+    scores = jnp.einsum("btkgh,bskh->bkgts", qg, k, preferred_element_type=jnp.float32)
+    scores = scores * jnp.float32(scale)
+    allowed = allowed_mask(q_seg, kv_seg, causal, q_offset)[:, None, None]  # [B, 1, 1, T, S]
+    probs = jax.nn.softmax(jnp.where(allowed, scores, _NEG), axis=-1)
+    probs = jnp.where(allowed, probs, 0.0).astype(v.dtype)  # empty rows -> exact zeros
+    out = jnp.einsum("bkgts,bskh->btkgh", probs, v)
+    return out.reshape(b, t, n, h).astype(q.dtype)
+
+
+def _platform(x: jax.Array) -> str:
+    del x  # under jit the arrays carry no device; the default backend decides the kernels
+    return jax.default_backend()
+
+
+def _zero_empty_rows(out, q_seg, kv_seg, causal, q_offset):
+    has_key = jnp.any(allowed_mask(q_seg, kv_seg, causal, q_offset), axis=-1)  # [B, T]
+    return jnp.where(has_key[:, :, None, None], out, jnp.zeros((), out.dtype))
+
+
+def _round_up(x: int, m: int) -> int:
+    return -(-x // m) * m
+
+
+@functools.lru_cache(maxsize=64)
+def _splash_kernel(t: int, s: int, groups: int, causal: bool, block: int, interpret: bool):
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
+        splash_attention_kernel as sk,
+    )
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
+        splash_attention_mask as sm,
+    )
+
+    one = sm.CausalMask((t, s)) if causal else sm.FullMask((t, s))
+    mask = sm.MultiHeadMask([one] * groups)
+    sizes = sk.BlockSizes(
+        block_q=block,
+        block_kv=block,
+        block_kv_compute=block,
+        block_q_dkv=block,
+        block_kv_dkv=block,
+        block_kv_dkv_compute=block,
+        use_fused_bwd_kernel=True,
+    )
+    # One kv head shared by `groups` query heads (MQA); vmapped over batch and kv heads.
+    return sk.make_splash_mqa_single_device(mask, block_sizes=sizes, interpret=interpret)
+
+
+def _splash(q, k, v, q_seg, kv_seg, causal, scale, q_offset, interpret):
+    if not interpret and _platform(q) != "tpu":
+        raise ValueError(
+            f"attention backend 'pallas' needs a TPU, but the platform is {_platform(q)!r}; "
+            "use attention='xla' (or interpret=True in tests)"
+        )
+    b, t, n, h = q.shape
+    s, kh = k.shape[1], k.shape[2]
+    if causal and (t != s or not (isinstance(q_offset, int) and q_offset == 0)):
+        raise ValueError(
+            "attention backend 'pallas' supports causal masks only for self-attention "
+            f"(T == S, q_offset == 0); got T={t}, S={s}; use 'xla' for cached decoding"
+        )
+    # The TPU kernel tiles 128 lanes: pad lengths (as padding segment 0) and the head dim
+    # (zeros change no score and are sliced off the output).
+    block = 128
+    tp, sp, hp = _round_up(t, block), _round_up(s, block), _round_up(h, 128)
+    if causal:
+        tp = sp = max(tp, sp)
+    qx = jnp.pad(q * jnp.asarray(scale, q.dtype), ((0, 0), (0, tp - t), (0, 0), (0, hp - h)))
+    kx = jnp.pad(k, ((0, 0), (0, sp - s), (0, 0), (0, hp - h)))
+    vx = jnp.pad(v, ((0, 0), (0, sp - s), (0, 0), (0, hp - h)))
+    qs = jnp.pad(q_seg, ((0, 0), (0, tp - t)))
+    ks = jnp.pad(kv_seg, ((0, 0), (0, sp - s)))
+    g = n // kh
+    qx = qx.reshape(b, tp, kh, g, hp).transpose(0, 2, 3, 1, 4)  # [B, K, g, T, H]
+    kx, vx = kx.transpose(0, 2, 1, 3), vx.transpose(0, 2, 1, 3)  # [B, K, S, H]
+
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
+        splash_attention_kernel as sk,
+    )
+
+    kernel = _splash_kernel(tp, sp, g, causal, block, interpret)
+    per_row = jax.vmap(kernel, in_axes=(0, 0, 0, None))  # over kv heads
+    # Padding queries (segment 0) see only padding keys here, so no row of the kernel is
+    # empty (it would divide by zero); they are zeroed below.
+    out = jax.vmap(per_row)(qx, kx, vx, sk.SegmentIds(qs, ks))  # [B, K, g, T, H]
+    out = out.transpose(0, 3, 1, 2, 4).reshape(b, tp, n, hp)[:, :t, :, :h].astype(q.dtype)
+    return _zero_empty_rows(out, q_seg, kv_seg, causal, q_offset)
+
+
+def _cudnn(q, k, v, q_seg, kv_seg, causal, scale, q_offset):
+    if _platform(q) != "gpu":
+        raise ValueError(
+            f"attention backend 'cudnn' needs an NVIDIA GPU, but the platform is "
+            f"{_platform(q)!r}; use attention='xla'"
+        )
+    mask = allowed_mask(q_seg, kv_seg, causal, q_offset)
+    # cuDNN cannot take an all-False row; let empty rows see every key and zero them after.
+    has_key = jnp.any(mask, axis=-1, keepdims=True)
+    mask = mask | ~has_key
+    out = jax.nn.dot_product_attention(
+        q, k, v, mask=mask[:, None], scale=scale, implementation="cudnn"
+    )
+    return _zero_empty_rows(out, q_seg, kv_seg, causal, q_offset)

@@ -1,0 +1,153 @@
+"""The Qwen2.5-VL vision tower (reference section 2), batched over rows.
+
+Each row holds up to P patches (the row's images and video frames, processor order, zero
+padding at the end). The host prepared everything that depends on the grids (DESIGN
+decision 2): rotary ids, the window permutation of 2x2 merge units, and segment ids for the
+windowed and the full-attention blocks (both already in window order). Attention is the
+segment-id primitive, so padding (segment 0) never mixes with real patches.
+
+Forward per row (reference 2.6): patch matmul -> permute hidden states AND rotary tables into
+window order -> blocks (window / per-frame full attention) -> merger on 4 consecutive rows ->
+inverse permutation back to processor order.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from .attention import attention
+from .config import VisionConfig
+from .layers import Dense, RMSNorm, remat_module
+from .rope import apply_vision_rotary, vision_rotary
+
+VISION_EPS = 1e-6  # hard-coded in HF for every vision norm (reference 7.7)
+ACT_VISION = ("batch", "patches", "act_embed")
+
+
+def permute_units(x: jax.Array, index: jax.Array) -> jax.Array:
+    """Gathers whole merge units: x [B, P, ...], index int32[B, P // 4] -> [B, P, ...]."""
+    b, p = x.shape[:2]
+    units = x.reshape(b, p // 4, 4, *x.shape[2:])
+    idx = index.reshape(b, p // 4, *([1] * (units.ndim - 2)))
+    return jnp.take_along_axis(units, idx, axis=1).reshape(x.shape)
+
+
+class VisionAttention(nn.Module):
+    config: VisionConfig
+    backend: str
+    dtype: jnp.dtype
+    param_dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x, segment_ids, cos, sin):
+        """x: [B, P, Dv]; segment_ids: int32[B, P]; cos/sin: float32[B, P, Hv]."""
+        cfg = self.config
+        b, p, d = x.shape
+        n, h = cfg.num_heads, cfg.head_dim
+        dense = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        qkv = Dense(3 * d, ("vision_embed", "vision_qkv"), name="qkv", **dense)(x)
+        qkv = qkv.reshape(b, p, 3, n, h)  # q | k | v, each head-major
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        q, k = apply_vision_rotary(q, cos, sin), apply_vision_rotary(k, cos, sin)
+        out = attention(
+            q, k, v, segment_ids, segment_ids, causal=False, scale=h**-0.5, backend=self.backend
+        )
+        return Dense(d, ("vision_qkv", "vision_embed"), name="proj", **dense)(out.reshape(b, p, d))
+
+
+class VisionMLP(nn.Module):
+    """Biased SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    config: VisionConfig
+    dtype: jnp.dtype
+    param_dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.config
+        dense = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        gate = Dense(cfg.intermediate_size, ("vision_embed", "vision_mlp"), name="gate_proj", **dense)
+        up = Dense(cfg.intermediate_size, ("vision_embed", "vision_mlp"), name="up_proj", **dense)
+        down = Dense(cfg.hidden_size, ("vision_mlp", "vision_embed"), name="down_proj", **dense)
+        return down(jax.nn.silu(gate(x)) * up(x))
+
+
+class VisionBlock(nn.Module):
+    config: VisionConfig
+    full_attention: bool
+    backend: str
+    dtype: jnp.dtype
+    param_dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x, segment_ids, cos, sin):
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        scope = "vision/full_attn" if self.full_attention else "vision/window_attn"
+        with jax.named_scope(scope):
+            h = RMSNorm(VISION_EPS, self.param_dtype, name="norm1")(x)
+            x = x + VisionAttention(self.config, self.backend, name="attn", **kw)(
+                h, segment_ids, cos, sin
+            )
+        with jax.named_scope("vision/mlp"):
+            h = RMSNorm(VISION_EPS, self.param_dtype, name="norm2")(x)
+            x = x + VisionMLP(self.config, name="mlp", **kw)(h)
+        return nn.with_logical_constraint(x, ACT_VISION)
+
+
+class PatchMerger(nn.Module):
+    """ln_q per patch, concatenate 4 consecutive rows, Linear -> exact GELU -> Linear."""
+
+    config: VisionConfig
+    dtype: jnp.dtype
+    param_dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x):
+        """x: [B, P, Dv] in window order -> [B, P // 4, D_text]."""
+        cfg = self.config
+        b, p, d = x.shape
+        dense = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        x = RMSNorm(VISION_EPS, self.param_dtype, name="ln_q")(x).reshape(b, p // 4, 4 * d)
+        x = Dense(4 * d, (None, "merger_in"), name="mlp_0", **dense)(x)
+        x = jax.nn.gelu(x, approximate=False)
+        return Dense(cfg.out_hidden_size, ("merger_in", "embed"), name="mlp_2", **dense)(x)
+
+
+class VisionTower(nn.Module):
+    """pixel rows -> merged features [B, P // 4, D_text] in processor order."""
+
+    config: VisionConfig
+    backend: str = "xla"
+    remat: str = "none"
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, pixel_values, vision_pos, window_index, window_segment_ids, frame_segment_ids):
+        """pixel_values: float32[B, P, 1176]; vision_pos: int32[B, P, 2]; window_index:
+        int32[B, P // 4]; window/frame_segment_ids: int32[B, P] (window order)."""
+        cfg = self.config
+        p = pixel_values.shape[1]
+        if p % 4:
+            raise ValueError(f"vision: max_patches {p} is not a multiple of 4 (merge unit)")
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        with jax.named_scope("vision/patch_embed"):
+            x = Dense(cfg.hidden_size, ("patch_dim", "vision_embed"), use_bias=False,
+                      name="patch_embed", **kw)(pixel_values.astype(self.dtype))
+            cos, sin = vision_rotary(vision_pos, cfg.head_dim, cfg.rope_theta)
+            # The rotary tables travel with their patches (reference 7.1).
+            x = permute_units(x, window_index)
+            cos, sin = permute_units(cos, window_index), permute_units(sin, window_index)
+            x = nn.with_logical_constraint(x, ACT_VISION)
+        block_cls = remat_module(VisionBlock, self.remat)
+        for i in range(cfg.depth):
+            full = i in cfg.fullatt_block_indexes
+            segments = frame_segment_ids if full else window_segment_ids
+            x = block_cls(cfg, full, self.backend, name=f"blocks_{i}", **kw)(x, segments, cos, sin)
+        with jax.named_scope("vision/merger"):
+            y = PatchMerger(cfg, name="merger", **kw)(x)  # [B, P // 4, D] window order
+            inverse = jnp.argsort(window_index, axis=-1)
+            return jnp.take_along_axis(y, inverse[:, :, None], axis=1)
+

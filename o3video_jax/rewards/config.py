@@ -1,0 +1,80 @@
+"""Reward configuration: task names, reward names and the fixed array budgets.
+
+The budgets fix every array shape the jitted scorer sees (DESIGN decision 2), so one compile
+serves a whole run. Completions that exceed a completion-side budget are still scored (the
+overflow is counted, and denominators use the true counts); examples whose ground truth exceeds
+a ground-truth budget are rejected with a ValueError, because dropping ground truth would
+silently change the reward.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+# The six STGR task strings (reference §1.3), in the order of their integer ids.
+TEMPORAL_SPATIAL = "temporal-spatial free-form QA"
+VISUAL_QA = "visual QA"
+TEMPORAL_QA = "temporal QA"
+TEMPORAL_QA_MCQ = "temporal QA (MCQ)"
+GENERAL_MCQ = "General video QA MCQ"
+GENERAL_FREE_FORM = "General video QA Free-form"
+TASKS = (
+    TEMPORAL_SPATIAL,
+    VISUAL_QA,
+    TEMPORAL_QA,
+    TEMPORAL_QA_MCQ,
+    GENERAL_MCQ,
+    GENERAL_FREE_FORM,
+)
+TASK_IDS = {name: i for i, name in enumerate(TASKS)}
+
+# The seven reward functions of `reward_func.py`, in registration order.
+REWARD_NAMES = (
+    "ans_acc",
+    "ans_tiou",
+    "ans_viou",
+    "thk_temporal_point",
+    "thk_temporal_segment",
+    "thk_spatial",
+    "format",
+)
+
+SPATIAL_GATES = ("intended", "reference")
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardConfig:
+    """Static array budgets of the reward pipeline.
+
+    Completion side (overflow is counted in `ParsedBatch.dropped_*`):
+      max_claims: grounded `<obj>..<box>..at<t>..</t>s` claims kept per completion.
+      max_claim_boxes: boxes kept per claim.
+      max_times: bare `<t>T</t>s` times kept per completion (think block).
+      max_think_boxes: `<box>[..]</box>` kept per think block (visual QA spatial reward).
+    Ground-truth side (exceeding raises ValueError):
+      max_key_frames: key frames per example.
+      max_objects: annotated objects per key frame.
+      max_object_boxes: boxes per annotated object.
+    """
+
+    max_claims: int = 32
+    max_claim_boxes: int = 4
+    max_times: int = 64
+    max_think_boxes: int = 32
+    max_key_frames: int = 16
+    max_objects: int = 8
+    max_object_boxes: int = 4
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"RewardConfig.{field.name} must be a positive int, got {value!r}")
+
+
+def sigma_schedule(step_fraction: float) -> float:
+    """Adaptive Gaussian width of thk_temporal_point: 4(1 - p) for p < 0.75, else 1."""
+    p = float(step_fraction)
+    if not 0.0 <= p <= 1.0:  # also rejects nan
+        raise ValueError(f"step_fraction must lie in [0, 1], got {step_fraction!r}")
+    return 4 * (1 - p) if p < 3 / 4 else 1.0

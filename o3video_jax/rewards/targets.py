@@ -1,0 +1,221 @@
+"""Ground truth of the rewards as fixed-size arrays, built on the host from STGR records.
+
+An example is an STGR record (reference §1.2: `task`, `answer`, `key_frames`, `key_items`,
+`image_size`, ...) plus `frame_size` = [W, H] of the frames or image fed to the model. Boxes are
+converted to the model's pixel space as the original does: `key_items` boxes are normalised and
+scale by (W, H); the visual QA answer box is in original-image pixels and scales by
+frame_size / image_size per axis. Ground truth is trusted data, so anything malformed raises a
+ValueError naming the example, instead of the original's mix of crashes and silent zeros.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from o3video_jax.rewards import parse
+from o3video_jax.rewards.config import (
+    GENERAL_FREE_FORM,
+    GENERAL_MCQ,
+    TASK_IDS,
+    TEMPORAL_QA,
+    TEMPORAL_QA_MCQ,
+    TEMPORAL_SPATIAL,
+    VISUAL_QA,
+    RewardConfig,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Targets:
+    """Ground truth of N examples (numpy; K key frames, O objects, B boxes per object).
+
+      task:          int32[N]             index into config.TASKS
+      span:          float64[N, 2]        GT [start, end] s (temporal QA, TG-MCQ), else 0
+      box:           float64[N, 4]        visual QA GT box in model pixels, else 0
+      box_ok:        bool[N]
+      kf_time:       float64[N, K]        raw key-frame times, list order
+      kf_mask:       bool[N, K]
+      kf_boxes:      float64[N, K, O, B, 4] key_items boxes in model pixels
+      kf_box_mask:   bool[N, K, O, B]
+      reference:     list[str | None]     ROUGE reference (free-form tasks)
+      letter:        list[str | None]     option letter (MCQ, TG-MCQ)
+    """
+
+    task: np.ndarray
+    span: np.ndarray
+    box: np.ndarray
+    box_ok: np.ndarray
+    kf_time: np.ndarray
+    kf_mask: np.ndarray
+    kf_boxes: np.ndarray
+    kf_box_mask: np.ndarray
+    reference: list
+    letter: list
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The numeric fields, as the jitted scorer takes them."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in ("reference", "letter")
+        }
+
+
+def _size(example: Mapping, key: str, i: int) -> tuple[float, float]:
+    value = example.get(key)
+    try:
+        w, h = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"example {i}: {key!r} must be [W, H], got {value!r}") from None
+    if not (w > 0 and h > 0 and math.isfinite(w) and math.isfinite(h)):
+        raise ValueError(f"example {i}: {key!r} must be positive and finite, got {value!r}")
+    return w, h
+
+
+def _numbers(value, n: int, what: str, i: int) -> list[float]:
+    try:
+        out = [float(v) for v in value]
+    except (TypeError, ValueError):
+        out = []
+    if len(out) != n or not all(map(math.isfinite, out)):
+        raise ValueError(f"example {i}: {what} must be {n} finite numbers, got {value!r}")
+    return out
+
+
+def _span(answer: str, task: str, i: int) -> list[float]:
+    # ans_tiou / thk_temporal_segment: literal_eval(answer), TG-MCQ: of its second line.
+    text = answer
+    if task == TEMPORAL_QA_MCQ:
+        lines = answer.split("\n")
+        if len(lines) < 2:
+            raise ValueError(f"example {i}: TG-MCQ answer needs 'LETTER\\n[start, end]', got {answer!r}")
+        text = lines[1]
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        raise ValueError(f"example {i}: temporal answer {text!r} is not a [start, end] literal") from None
+    return _numbers(value, 2, "temporal answer", i)
+
+
+def _visual_box(example: Mapping, i: int) -> list[float]:
+    # First `<box>(\[.*?\])</box>` of the GT answer, original pixels -> resized (frame_size).
+    found = next(parse.box_tag_spans(example["answer"]), None)
+    try:
+        value = None if found is None else json.loads(found)
+    except (ValueError, RecursionError):
+        value = None
+    if value is None:
+        raise ValueError(f"example {i}: visual QA answer has no <box>[x1,y1,x2,y2]</box>")
+    x1, y1, x2, y2 = _numbers(value, 4, "visual QA answer box", i)
+    w0, h0 = _size(example, "image_size", i)
+    w, h = _size(example, "frame_size", i)
+    # convert_coord_format_gqa: coordinate * refined / original, in that order.
+    return [x1 * w / w0, y1 * h / h0, x2 * w / w0, y2 * h / h0]
+
+
+def _key_frames(example: Mapping, i: int, cfg: RewardConfig):
+    frames = example.get("key_frames")
+    if not isinstance(frames, Sequence) or isinstance(frames, str):
+        raise ValueError(f"example {i}: temporal-spatial example needs a key_frames list")
+    if len(frames) > cfg.max_key_frames:
+        raise ValueError(
+            f"example {i}: {len(frames)} key frames exceed RewardConfig.max_key_frames="
+            f"{cfg.max_key_frames}"
+        )
+    items = example.get("key_items") or {}
+    if not isinstance(items, Mapping):
+        raise ValueError(f"example {i}: key_items must be a dict, got {type(items).__name__}")
+    w, h = _size(example, "frame_size", i)
+    times, boxes = [], []
+    for frame in frames:
+        try:
+            time, idx = float(frame["time"]), frame["idx"]
+        except (TypeError, KeyError, ValueError):
+            raise ValueError(f"example {i}: key frame {frame!r} needs 'time' and 'idx'") from None
+        if not math.isfinite(time):
+            raise ValueError(f"example {i}: key frame time {frame['time']!r} is not finite")
+        times.append(time)
+        # A frame without key_items makes the original raise KeyError when a claim selects
+        # it; here it has no objects, so such a claim scores 0. None values are Arrow padding.
+        objects = [b for b in (items.get(str(idx)) or {}).values() if b is not None]
+        if len(objects) > cfg.max_objects:
+            raise ValueError(
+                f"example {i}: {len(objects)} objects in key frame {idx} exceed "
+                f"RewardConfig.max_objects={cfg.max_objects}"
+            )
+        frame_boxes = []
+        for obj in objects:
+            if not isinstance(obj, Sequence) or isinstance(obj, str):
+                raise ValueError(f"example {i}: key_items of frame {idx} must map names to box lists")
+            if len(obj) > cfg.max_object_boxes:
+                raise ValueError(
+                    f"example {i}: {len(obj)} boxes of one object exceed "
+                    f"RewardConfig.max_object_boxes={cfg.max_object_boxes}"
+                )
+            # convert_coord_format: normalised [0, 1] -> pixels of the resized frame.
+            frame_boxes.append([
+                [x1 * w, y1 * h, x2 * w, y2 * h]
+                for x1, y1, x2, y2 in (_numbers(b, 4, "key_items box", i) for b in obj)
+            ])
+        boxes.append(frame_boxes)
+    return times, boxes
+
+
+def build_targets(examples: Sequence[Mapping], config: RewardConfig | None = None) -> Targets:
+    """Ground-truth arrays of N examples; each distinct example object is converted once."""
+    cfg = config or RewardConfig()
+    n, k, o, b = len(examples), cfg.max_key_frames, cfg.max_objects, cfg.max_object_boxes
+    task = np.zeros(n, np.int32)
+    span = np.zeros((n, 2))
+    box = np.zeros((n, 4))
+    box_ok = np.zeros(n, bool)
+    kf_time = np.zeros((n, k))
+    kf_mask = np.zeros((n, k), bool)
+    kf_boxes = np.zeros((n, k, o, b, 4))
+    kf_box_mask = np.zeros((n, k, o, b), bool)
+    reference, letter = [None] * n, [None] * n
+    first_row: dict[int, int] = {}  # id(example) -> row already converted
+    for i, ex in enumerate(examples):
+        j = first_row.setdefault(id(ex), i)
+        if j != i:  # the G completions of a prompt share one record
+            task[i], span[i], box[i], box_ok[i] = task[j], span[j], box[j], box_ok[j]
+            kf_time[i], kf_mask[i], kf_boxes[i], kf_box_mask[i] = (
+                kf_time[j], kf_mask[j], kf_boxes[j], kf_box_mask[j]
+            )
+            reference[i], letter[i] = reference[j], letter[j]
+            continue
+        if not isinstance(ex, Mapping):
+            raise ValueError(f"example {i} must be a dict, got {type(ex).__name__}")
+        name = ex.get("task")
+        if name not in TASK_IDS:
+            raise ValueError(f"example {i}: unknown task {name!r}; expected one of {list(TASK_IDS)}")
+        answer = ex.get("answer")
+        if not isinstance(answer, str):
+            raise ValueError(f"example {i}: answer must be a str, got {type(answer).__name__}")
+        task[i] = TASK_IDS[name]
+        if name in (TEMPORAL_SPATIAL, GENERAL_FREE_FORM):
+            # ans_acc scores against extract_answer(f'<answer>{answer}</answer>').
+            reference[i] = parse.extract_answer(f"<answer>{answer}</answer>")
+        if name == GENERAL_MCQ:
+            letter[i] = parse.extract_answer(f"<answer>{answer}</answer>").strip()
+        if name == TEMPORAL_QA_MCQ:
+            letter[i] = answer.split("\n")[0].strip()
+        if name in (TEMPORAL_QA, TEMPORAL_QA_MCQ):
+            span[i] = _span(answer, name, i)
+        if name == VISUAL_QA:
+            box[i], box_ok[i] = _visual_box(ex, i), True
+        if name == TEMPORAL_SPATIAL:
+            times, frames = _key_frames(ex, i, cfg)
+            kf_time[i, : len(times)], kf_mask[i, : len(times)] = times, True
+            for f, objects in enumerate(frames):
+                for m, obj in enumerate(objects):
+                    if obj:
+                        kf_boxes[i, f, m, : len(obj)] = obj
+                        kf_box_mask[i, f, m, : len(obj)] = True
+    return Targets(task, span, box, box_ok, kf_time, kf_mask, kf_boxes, kf_box_mask, reference, letter)

@@ -1,0 +1,199 @@
+"""GSPO: group advantages, the clipped sequence-ratio loss, presets, and the update step.
+
+DESIGN decision 8. The Open-o3 Video trainer (reference §4) computes, for completion i with
+mask m (tokens up to and including the first EOS) and advantage A_i:
+
+  s_i   = exp( Σ_t m_t (log π_t − sg(log π_t)) / max(Σ_t m_t, 1) )           (≡ 1 in value)
+  ℓ_t   = −min(s_i A_i, clip(s_i, 1 − ε_low, 1 + ε_high) A_i) + β kl_t
+  kl_t  = e^x − x − 1,  x = clamp(log π_ref,t − log π_t, −10, 10)              (k3 estimator)
+  loss  = mean_i Σ_t m_t ℓ_t / max(Σ_t m_t, 1)
+
+Here `old_logp` replaces sg(log π): passing the rollout policy's log-probs gives real GSPO
+(several updates per rollout batch, clipping binds); passing `stop_gradient(logp)` gives the
+original exactly. `ratio="token"` is the GRPO token-level ratio r_t = exp(log π_t − old_t).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+RATIOS = ("sequence", "token")
+
+
+def presets() -> dict[str, ml_collections.ConfigDict]:
+    """GSPO hyper-parameters: the GSPO paper and the Open-o3 Video reproduction (reference §4)."""
+    paper = ml_collections.ConfigDict(
+        dict(
+            eps_low=3e-4,
+            eps_high=4e-4,
+            beta=0.0,
+            kl_clamp=10.0,
+            ratio="sequence",
+            minibatches=4,  # optimiser updates per rollout batch
+            group_size=8,
+            temperature=1.0,
+            top_p=1.0,
+            old_logp="rollout",  # "rollout": from the sampling policy; "current": sg(logp)
+        )
+    )
+    open_o3 = ml_collections.ConfigDict(
+        dict(
+            eps_low=0.2,
+            eps_high=0.2,
+            beta=0.04,
+            kl_clamp=10.0,
+            ratio="sequence",
+            minibatches=1,
+            group_size=4,
+            temperature=1.0,
+            top_p=0.95,
+            old_logp="current",
+        )
+    )
+    return {"gspo_paper": paper, "open_o3_video": open_o3}
+
+
+def group_advantages(rewards: jax.Array, group_size: int, eps: float = 1e-4) -> jax.Array:
+    """(r − mean_G) / (std_G + eps) within consecutive groups of `group_size` completions.
+
+    rewards: float[N], N = prompts × group_size, the completions of a prompt contiguous.
+    std is the unbiased (N − 1) estimator, as torch's default in the reference.
+    Returns float32[N].
+    """
+    rewards = jnp.asarray(rewards, jnp.float32)
+    if group_size < 2:
+        raise ValueError(f"group_size must be >= 2 (unbiased std), got {group_size}")
+    if rewards.ndim != 1 or rewards.shape[0] % group_size:
+        raise ValueError(
+            f"rewards shape {rewards.shape} is not a flat multiple of group_size={group_size}"
+        )
+    r_pg = rewards.reshape(-1, group_size)
+    mean = r_pg.mean(axis=1, keepdims=True)
+    std = r_pg.std(axis=1, ddof=1, keepdims=True)
+    return ((r_pg - mean) / (std + eps)).reshape(-1)
+
+
+def zero_variance_fraction(advantages: jax.Array, group_size: int) -> jax.Array:
+    """Fraction of groups whose completions all got the same reward (no learning signal)."""
+    a_pg = advantages.reshape(-1, group_size)
+    return jnp.all(a_pg == 0, axis=1).mean()
+
+
+def sequence_terms(
+    logp: jax.Array,
+    old_logp: jax.Array,
+    ref_logp: jax.Array | None,
+    advantages: jax.Array,
+    mask: jax.Array,
+    *,
+    eps_low: float,
+    eps_high: float,
+    beta: float,
+    ratio: str = "sequence",
+    kl_clamp: float = 10.0,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Per-completion losses float32[B] and per-completion statistics (each float32[B]).
+
+    logp, old_logp, ref_logp: float[B, L] log-probs of the completion tokens (ref_logp may be
+    None when beta == 0); advantages: float[B]; mask: float[B, L].
+    """
+    if ratio not in RATIOS:
+        raise ValueError(f"ratio must be one of {RATIOS}, got {ratio!r}")
+    if ref_logp is None and beta != 0:
+        raise ValueError("ref_logp is required when beta != 0")
+    mask = mask.astype(jnp.float32)
+    n_b = jnp.maximum(mask.sum(axis=1), 1.0)
+    a_b1 = advantages.astype(jnp.float32)[:, None]
+    lo, hi = 1.0 - eps_low, 1.0 + eps_high
+
+    if ratio == "sequence":
+        log_s_b = (mask * (logp - old_logp)).sum(axis=1) / n_b
+        r_bl = jnp.broadcast_to(jnp.exp(log_s_b)[:, None], logp.shape)
+        weight_bl = jnp.ones_like(mask)[:, :1]  # one ratio per completion for the statistics
+        r_stat = r_bl[:, :1]
+    else:
+        r_bl = jnp.exp(logp - old_logp)
+        weight_bl, r_stat = mask, r_bl
+    pg_bl = -jnp.minimum(r_bl * a_b1, jnp.clip(r_bl, lo, hi) * a_b1)
+
+    if beta:
+        x_bl = jnp.clip(ref_logp - logp, -kl_clamp, kl_clamp)
+        kl_bl = jnp.exp(x_bl) - x_bl - 1.0
+    else:
+        kl_bl = jnp.zeros_like(logp)
+    loss_b = (mask * (pg_bl + beta * kl_bl)).sum(axis=1) / n_b
+
+    on = weight_bl > 0
+    r_stat = jax.lax.stop_gradient(r_stat)
+    stats = {
+        "ratio_sum": (weight_bl * r_stat).sum(axis=1),
+        "ratio_count": weight_bl.sum(axis=1),
+        "ratio_min": jnp.where(on, r_stat, jnp.inf).min(axis=1),
+        "ratio_max": jnp.where(on, r_stat, -jnp.inf).max(axis=1),
+        "clip_low": (weight_bl * ((r_stat < lo) & (a_b1 < 0))).sum(axis=1),
+        "clip_high": (weight_bl * ((r_stat > hi) & (a_b1 > 0))).sum(axis=1),
+        "kl": jax.lax.stop_gradient((mask * kl_bl).sum(axis=1) / n_b),
+        "advantage": advantages.astype(jnp.float32),
+    }
+    return loss_b, stats
+
+
+def summarize(stats: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """Batch metrics from the per-completion statistics of `sequence_terms`."""
+    count = jnp.maximum(stats["ratio_count"].sum(), 1.0)
+    return {
+        "clip_low_frac": stats["clip_low"].sum() / count,
+        "clip_high_frac": stats["clip_high"].sum() / count,
+        "clip_frac": (stats["clip_low"].sum() + stats["clip_high"].sum()) / count,
+        "ratio_min": stats["ratio_min"].min(),
+        "ratio_mean": stats["ratio_sum"].sum() / count,
+        "ratio_max": stats["ratio_max"].max(),
+        "kl_mean": stats["kl"].mean(),
+        "advantage_mean": stats["advantage"].mean(),
+        "advantage_std": stats["advantage"].std(),
+    }
+
+
+def loss(
+    logp: jax.Array,
+    old_logp: jax.Array,
+    ref_logp: jax.Array | None,
+    advantages: jax.Array,
+    mask: jax.Array,
+    *,
+    eps_low: float,
+    eps_high: float,
+    beta: float,
+    ratio: str = "sequence",
+    kl_clamp: float = 10.0,
+    group_size: int | None = None,
+) -> tuple[jax.Array, dict[str, Any]]:
+    """GSPO loss float32[] (mean over completions, see the module docstring) and metrics.
+
+    logp: float[B, L] current policy log-probs of the completion tokens (differentiated);
+    old_logp: float[B, L] rollout-policy log-probs, or `stop_gradient(logp)` for the
+    on-policy original; ref_logp: float[B, L] or None (beta == 0); advantages: float[B];
+    mask: float[B, L] completion mask. Metrics: clip fractions (low/high/total), ratio
+    min/mean/max, kl_mean, advantage mean/std and, when `group_size` is given (rows of a
+    group contiguous), the fraction of zero-variance groups.
+    """
+    loss_b, stats = sequence_terms(
+        logp,
+        old_logp,
+        ref_logp,
+        advantages,
+        mask,
+        eps_low=eps_low,
+        eps_high=eps_high,
+        beta=beta,
+        ratio=ratio,
+        kl_clamp=kl_clamp,
+    )
+    metrics = summarize(stats)
+    if group_size:
+        metrics["zero_variance_groups"] = zero_variance_fraction(advantages, group_size)
+    return loss_b.mean(), metrics

@@ -1,0 +1,293 @@
+"""Hugging Face checkpoint import / export (`o3video_jax.checkpoints.hf`)."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import pathlib
+import shutil
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+from flax import traverse_util
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+from safetensors.numpy import load_file, save_file
+
+from o3video_jax.checkpoints import hf
+from o3video_jax.models.qwen2_5_vl import Qwen25VL, Qwen25VLConfig
+from o3video_jax.models.qwen2_5_vl.hf_inputs import inputs_from_hf
+from o3video_jax.train.sharding import DEFAULT_RULES
+
+FIXTURES = pathlib.Path(__file__).parent / "fixtures"
+UNTIED = FIXTURES / "golden" / "models" / "untied"  # written by transformers' save_pretrained
+TIED = FIXTURES / "golden" / "models" / "tied"
+
+
+@functools.cache
+def _golden():
+    spec = importlib.util.spec_from_file_location("make_hf_golden", FIXTURES / "make_hf_golden.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _flat(params) -> dict[str, np.ndarray]:
+    return {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(params).items()}
+
+
+def _assert_same_params(a, b):
+    fa, fb = _flat(a), _flat(b)
+    assert sorted(fa) == sorted(fb)
+    for k in fa:
+        assert fa[k].dtype == fb[k].dtype, k
+        np.testing.assert_array_equal(fa[k], fb[k], err_msg=k)
+
+
+def _copy(src: pathlib.Path, dst: pathlib.Path) -> pathlib.Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _random_params(config: Qwen25VLConfig, seed: int = 0):
+    """Params with O(1) activations (the init's 0.02 scale would make logits near zero)."""
+    abstract = traverse_util.flatten_dict(nn.meta.unbox(hf.abstract_params(config)))
+    rng = np.random.default_rng(seed)
+    out = {}
+    for path, leaf in abstract.items():
+        noise = rng.standard_normal(leaf.shape).astype(np.float32)
+        if path[-1] == "bias":
+            value = 0.1 * noise
+        elif path[-1] == "scale":
+            value = 1.0 + 0.1 * noise
+        elif path[-1] == "embedding":
+            value = 0.25 * noise
+        else:
+            value = noise / np.sqrt(leaf.shape[0])
+        out[path] = jnp.asarray(value)
+    return traverse_util.unflatten_dict(out)
+
+
+# ---- load --------------------------------------------------------------------------------
+def test_load_maps_every_hf_tensor(tmp_path):
+    """Each HF tensor lands at its path with the layout change (transpose / conv reshape)."""
+    pytest.importorskip("torch")
+    model = _golden().build_model(tied=False, seed=5)
+    model.save_pretrained(tmp_path)
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    _, params = hf.load(tmp_path, progress=False)
+    flat = _flat(params)
+    assert len(flat) == len(state)
+    for key, w in state.items():
+        name = key.replace("model.language_model.", "model.").replace("model.visual.", "visual.")
+        path = name.removesuffix(".weight").removesuffix(".bias")
+        path = path.replace(".", "/").replace("patch_embed/proj", "patch_embed")
+        for part in ("blocks", "layers", "mlp"):
+            path = _rejoin_index(path, part)
+        if name.endswith(".bias"):
+            np.testing.assert_array_equal(flat[path + "/bias"], w, err_msg=key)
+        elif "patch_embed" in name:
+            np.testing.assert_array_equal(flat[path + "/kernel"], w.reshape(w.shape[0], -1).T)
+        elif w.ndim == 2 and "embed_tokens" in name:
+            np.testing.assert_array_equal(flat[path + "/embedding"], w, err_msg=key)
+        elif w.ndim == 2:
+            np.testing.assert_array_equal(flat[path + "/kernel"], w.T, err_msg=key)
+        else:
+            np.testing.assert_array_equal(flat[path + "/scale"], w, err_msg=key)
+
+
+def _rejoin_index(path: str, part: str) -> str:
+    """'model/layers/0/mlp' -> 'model/layers_0/mlp' (only for numeric children)."""
+    pieces = path.split("/")
+    out = []
+    for p in pieces:
+        if out and out[-1] == part and p.isdigit():
+            out[-1] = f"{part}_{p}"
+        else:
+            out.append(p)
+    return "/".join(out)
+
+
+def test_load_sharded_hf_checkpoint_equals_single_file(tmp_path):
+    pytest.importorskip("torch")
+    model = _golden().build_model(tied=False, seed=0)
+    model.save_pretrained(tmp_path, max_shard_size="200KB")
+    index = json.loads((tmp_path / hf.INDEX_FILE).read_text())
+    assert len(set(index["weight_map"].values())) >= 3
+    config, params = hf.load(tmp_path, progress=False)
+    config_single, params_single = hf.load(UNTIED, progress=False)
+    assert config == config_single
+    _assert_same_params(params, params_single)
+
+
+def test_load_reads_5x_key_layout_and_bf16(tmp_path):
+    tensors = load_file(UNTIED / "model.safetensors")
+    renamed = {}
+    for k, v in tensors.items():
+        if k.startswith("visual."):
+            k = "model." + k
+        elif k.startswith("model."):
+            k = "model.language_model." + k.removeprefix("model.")
+        renamed[k] = v
+    # bf16 on disk: numpy cannot hold it in safetensors' own reader, ours must.
+    bf16_dir = tmp_path / "bf16"
+    bf16_dir.mkdir()
+    shutil.copy(UNTIED / "config.json", bf16_dir / "config.json")
+    hf.safetensors_io.write(
+        bf16_dir / "model.safetensors",
+        [(k, v.shape, np.dtype(ml_dtypes.bfloat16)) for k, v in renamed.items()],
+        lambda k: renamed[k].astype(ml_dtypes.bfloat16),
+    )
+    _, params = hf.load(bf16_dir, progress=False)
+    _, reference = hf.load(UNTIED, progress=False)
+    rounded = jax.tree.map(lambda x: x.astype(jnp.bfloat16).astype(jnp.float32), reference)
+    _assert_same_params(params, rounded)
+
+
+def test_tied_checkpoint_without_and_with_lm_head(tmp_path):
+    assert "lm_head.weight" not in load_file(TIED / "model.safetensors")
+    config, params = hf.load(TIED, progress=False)
+    assert config.tie_word_embeddings and "lm_head" not in params
+    # An exporter that also writes the tied lm_head: ignored, same params.
+    with_head = _copy(TIED, tmp_path / "with_head")
+    tensors = load_file(with_head / "model.safetensors")
+    tensors["lm_head.weight"] = np.ones_like(tensors["model.embed_tokens.weight"])
+    save_file(tensors, with_head / "model.safetensors", metadata={"format": "pt"})
+    _, params_with_head = hf.load(with_head, progress=False)
+    _assert_same_params(params_with_head, params)
+
+
+# ---- bad checkpoints ---------------------------------------------------------------------
+def _edit(tmp_path, edit) -> pathlib.Path:
+    ckpt = _copy(UNTIED, tmp_path / "ckpt")
+    tensors = load_file(ckpt / "model.safetensors")
+    edit(tensors)
+    save_file(tensors, ckpt / "model.safetensors", metadata={"format": "pt"})
+    return ckpt
+
+
+def test_missing_tensor_is_named(tmp_path):
+    ckpt = _edit(tmp_path, lambda t: t.pop("model.layers.1.self_attn.k_proj.bias"))
+    with pytest.raises(ValueError, match=r"missing .*model\.layers\.1\.self_attn\.k_proj\.bias"):
+        hf.load(ckpt, progress=False)
+
+
+def test_missing_lm_head_of_untied_checkpoint_is_named(tmp_path):
+    ckpt = _edit(tmp_path, lambda t: t.pop("lm_head.weight"))
+    with pytest.raises(ValueError, match=r"missing .*lm_head\.weight"):
+        hf.load(ckpt, progress=False)
+
+
+def test_wrong_shape_is_named(tmp_path):
+    def edit(t):
+        t["visual.blocks.2.mlp.up_proj.weight"] = np.zeros((48, 31), np.float32)
+
+    with pytest.raises(ValueError, match=r"visual\.blocks\.2\.mlp\.up_proj\.weight.*\(48, 31\)"):
+        hf.load(_edit(tmp_path, edit), progress=False)
+
+
+def test_unexpected_tensor_is_named(tmp_path):
+    ckpt = _edit(
+        tmp_path, lambda t: t.update({"model.layers.2.mlp.up_proj.weight": t["lm_head.weight"]})
+    )
+    with pytest.raises(ValueError, match=r"unexpected .*model\.layers\.2\.mlp\.up_proj\.weight"):
+        hf.load(ckpt, progress=False)
+
+
+def test_other_architecture_is_rejected(tmp_path):
+    ckpt = _copy(UNTIED, tmp_path / "llama")
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg.update(model_type="llama", architectures=["LlamaForCausalLM"])
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="llama"):
+        hf.load(ckpt, progress=False)
+
+
+# ---- save --------------------------------------------------------------------------------
+def _tiny_config() -> Qwen25VLConfig:
+    return Qwen25VLConfig.preset("tiny")
+
+
+def test_save_load_round_trip_single_and_sharded(tmp_path):
+    config = _tiny_config()
+    params = _random_params(config, seed=1)
+    hf.save(tmp_path / "single", config, params, progress=False)
+    assert sorted(p.name for p in (tmp_path / "single").iterdir()) == [
+        "config.json",
+        "model.safetensors",
+    ]
+    hf.save(tmp_path / "sharded", config, params, max_shard_size="100KB", progress=False)
+    index = json.loads((tmp_path / "sharded" / hf.INDEX_FILE).read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) >= 4 and all((tmp_path / "sharded" / s).exists() for s in shards)
+    for name in ("single", "sharded"):
+        loaded_config, loaded = hf.load(tmp_path / name, progress=False)
+        assert loaded_config == config
+        _assert_same_params(loaded, params)
+    # Export in bf16: stored as BF16, reloads as the bf16 rounding of the params.
+    hf.save(tmp_path / "bf16", config, params, dtype=jnp.bfloat16, progress=False)
+    header = hf.safetensors_io.SafetensorsFile(tmp_path / "bf16" / "model.safetensors")
+    assert {header.dtype(k) for k in header.keys()} == {np.dtype(ml_dtypes.bfloat16)}
+    _, loaded_bf16 = hf.load(tmp_path / "bf16", jnp.bfloat16, progress=False)
+    _assert_same_params(loaded_bf16, jax.tree.map(lambda x: x.astype(jnp.bfloat16), params))
+
+
+def test_saved_checkpoint_runs_in_transformers(tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    config = _tiny_config()
+    params = _random_params(config, seed=2)
+    hf.save(tmp_path, config, params, progress=False)
+    model = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        tmp_path, attn_implementation="eager", dtype=torch.float32
+    ).eval()
+    rows = [
+        [("text", 2), ("image", (1, 4, 6)), ("text", 2), ("video", (2, 4, 4), 1.0), ("text", 2)],
+        [("text", 3), ("image", (1, 6, 4)), ("text", 3)],
+    ]
+    hf_inputs = _golden().make_inputs(rows, seed=7)
+    expected = _golden().hf_logits(model, hf_inputs)
+    inputs = inputs_from_hf(config, **hf_inputs)
+    got = np.asarray(jax.jit(Qwen25VL(config).apply)({"params": params}, inputs))
+    mask = hf_inputs["attention_mask"] == 1
+    np.testing.assert_allclose(got[mask], expected[mask], atol=1e-4, rtol=0)
+
+
+def test_save_rejects_params_of_another_config(tmp_path):
+    config = _tiny_config()
+    params = _random_params(config)
+    with pytest.raises(ValueError, match="lm_head"):
+        hf.save(tmp_path, config.replace(tie_word_embeddings=True), params, progress=False)
+
+
+# ---- sharded load ------------------------------------------------------------------------
+def test_load_onto_mesh_places_shards(tmp_path):
+    devices = np.asarray(jax.devices()[:8]).reshape(2, 2, 2)
+    mesh = Mesh(devices, ("data", "fsdp", "tensor"))
+    _, params = hf.load(UNTIED, mesh=mesh, rules=DEFAULT_RULES, progress=False)
+    _, reference = hf.load(UNTIED, progress=False)
+    flat = traverse_util.flatten_dict(params)
+    # Hand-derived from the default rules: embed -> fsdp, heads/vocab/mlp -> tensor,
+    # vision_embed -> fsdp, norms and patch_dim replicated.
+    expected = {
+        ("model", "layers_0", "self_attn", "q_proj", "kernel"): P("fsdp", "tensor"),
+        ("model", "layers_0", "self_attn", "q_proj", "bias"): P("tensor"),
+        ("model", "layers_1", "mlp", "down_proj", "kernel"): P("tensor", "fsdp"),
+        ("model", "embed_tokens", "embedding"): P("tensor", "fsdp"),
+        ("model", "norm", "scale"): P(),
+        ("lm_head", "kernel"): P("fsdp", "tensor"),
+        ("visual", "patch_embed", "kernel"): P(None, "fsdp"),
+        ("visual", "blocks_0", "attn", "qkv", "kernel"): P("fsdp", "tensor"),
+    }
+    for path, spec in expected.items():
+        x = flat[path]
+        want = NamedSharding(mesh, spec)
+        assert x.sharding.is_equivalent_to(want, x.ndim), (path, x.sharding)
+    q = flat[("model", "layers_0", "self_attn", "q_proj", "kernel")]
+    assert q.addressable_shards[0].data.shape == (q.shape[0] // 2, q.shape[1] // 2)
+    _assert_same_params(params, reference)
