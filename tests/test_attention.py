@@ -30,7 +30,7 @@ def naive(q, k, v, q_seg, kv_seg, causal, scale, q_offset=0):
                 sc = np.array([q[bi, ti, ni] @ k[bi, si, kv] for si in keys]) * scale
                 p = np.exp(sc - sc.max())
                 p /= p.sum()
-                out[bi, ti, ni] = sum(pi * v[bi, si, kv] for pi, si in zip(p, keys))
+                out[bi, ti, ni] = sum(pi * v[bi, si, kv] for pi, si in zip(p, keys, strict=True))
     return out
 
 
@@ -65,7 +65,9 @@ def test_gqa_is_repeat_interleave():
     mha = np.asarray(attention(q, rep(k), rep(v), seg, seg, causal=True, scale=0.5))
     np.testing.assert_allclose(got, mha, atol=1e-6)
     tiled = np.asarray(
-        attention(q, np.tile(k, (1, 1, 3, 1)), np.tile(v, (1, 1, 3, 1)), seg, seg, causal=True, scale=0.5)
+        attention(
+            q, np.tile(k, (1, 1, 3, 1)), np.tile(v, (1, 1, 3, 1)), seg, seg, causal=True, scale=0.5
+        )
     )
     assert np.abs(got - tiled).max() > 1e-3
 

@@ -20,8 +20,7 @@ from jax.sharding import PartitionSpec as P
 from safetensors.numpy import load_file, save_file
 
 from o3video_jax.checkpoints import hf
-from o3video_jax.models.qwen2_5_vl import Qwen25VL, Qwen25VLConfig
-from o3video_jax.models.qwen2_5_vl.hf_inputs import inputs_from_hf
+from o3video_jax.models.qwen2_5_vl import Qwen25VL, Qwen25VLConfig, inputs_from_hf
 from o3video_jax.train.sharding import DEFAULT_RULES
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"

@@ -19,8 +19,7 @@ import numpy as np
 import pytest
 
 from o3video_jax.checkpoints import hf
-from o3video_jax.models.qwen2_5_vl import Qwen25VL
-from o3video_jax.models.qwen2_5_vl.hf_inputs import inputs_from_hf
+from o3video_jax.models.qwen2_5_vl import Qwen25VL, inputs_from_hf
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 GOLDEN = FIXTURES / "golden"

@@ -102,7 +102,11 @@ def test_system_prompts_and_user_text():
     sft = R.STGRRecord(split="sft", task=R.TEMPORAL_QA, **base)
     rl = R.STGRRecord(split="rl", task=R.TEMPORAL_QA, **base)
     st = R.STGRRecord(split="sft", task=R.TEMPORAL_SPATIAL, **base)
-    assert (P.user_text(sft), P.user_text(rl), P.user_text(st)) == ("Question: Why?", "Why?", "Why?")
+    assert (P.user_text(sft), P.user_text(rl), P.user_text(st)) == (
+        "Question: Why?",
+        "Why?",
+        "Why?",
+    )
     msgs = P.build_messages(rl, [{"type": "video"}])
     assert msgs[1]["content"] == [{"type": "video"}, {"type": "text", "text": "Why?"}]
 

@@ -15,8 +15,15 @@ ST_RL = {
     "question": "What does the man hold?",
     "answer": "a cup",
     "video_path": "a/b.mp4",
-    "key_frames": [{"time": 1.5, "path": "k/1.jpg", "idx": 0}, {"time": 9, "path": "k/2.jpg", "idx": 1}],
-    "key_items": {"0": {"man": [[0.1, 0.2, 0.5, 1.2]]}, "1": {"cup": [[0.0, 0.0, 0.5, 0.5]]}, "2": None},
+    "key_frames": [
+        {"time": 1.5, "path": "k/1.jpg", "idx": 0},
+        {"time": 9, "path": "k/2.jpg", "idx": 1},
+    ],
+    "key_items": {
+        "0": {"man": [[0.1, 0.2, 0.5, 1.2]]},
+        "1": {"cup": [[0.0, 0.0, 0.5, 0.5]]},
+        "2": None,
+    },
 }
 VQA_RL = {
     "id": 7,

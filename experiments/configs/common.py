@@ -37,6 +37,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.param_dtype = "float32"
     c.model.remat = "full"  # none | full | save_dots
     c.model.attention = "xla"  # xla | pallas | cudnn
+    # Preset edits, "k=v,..." on TextConfig / VisionConfig fields (e.g. "hidden_size=128,
+    # num_hidden_layers=4"); mrope_section follows a changed head_dim. Ignored with hf_checkpoint.
+    c.model.text_overrides = ""
+    c.model.vision_overrides = ""
 
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
     c.sharding = ml_collections.ConfigDict()
@@ -46,6 +50,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.train_json = ""
     c.data.eval_json = ""
     c.data.media_root = ""
+    c.data.layout = "upstream"  # upstream (DATA_ROOT/videos folder table) | flat
     c.data.tokenizer_dir = ""  # defaults to model.hf_checkpoint
     c.data.batch_size = 8  # rows (SFT) or prompts (GSPO) per step, global
     c.data.max_seq_len = 4096
@@ -53,6 +58,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.packing = "first_fit"  # first_fit | best_fit | none
     c.data.fps = 2.0
     c.data.max_frames = 16
+    c.data.min_frames = 4
+    c.data.frame_min_pixels = 128 * 28 * 28
     c.data.frame_max_pixels = 105369
     c.data.image_max_pixels = 200704
     c.data.prompt_quirks = "original"  # original | corrected
@@ -61,6 +68,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.prefetch = 2
     c.data.shuffle = True
     c.data.max_error_fraction = 0.05
+    # Synthetic data generated into WORKDIR/synthetic when videos > 0 and train_json is empty
+    # (o3video_jax.train.synthetic_data); also builds the tiny tokenizer there.
+    c.data.synthetic = ml_collections.ConfigDict(
+        {"videos": 0, "eval_videos": 0, "seed": 0, "width": 112, "height": 84, "fps": 4}
+    )
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 1e-6
@@ -95,6 +107,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.rl.num_updates = 1
     c.rl.minibatches = 1
     c.rl.spatial_gate = "intended"  # intended | reference
+    c.rl.old_logp = "rollout"  # rollout: recomputed before the updates | current: sg(logp)
     c.rl.reward_weights = ml_collections.ConfigDict(
         {
             "ans_acc": 1.0,
@@ -118,4 +131,5 @@ def base_config() -> ml_collections.ConfigDict:
     c.log.eval_every = 0
     c.log.tensorboard = True
     c.log.profile_steps = []  # e.g. [20, 21]: capture a jax.profiler trace of these steps
+    c.log.progress = True  # tqdm progress bar on the console (process 0)
     return c

@@ -265,6 +265,12 @@ def save(
     if set(flat) != set(expected):
         extra, absent = sorted(set(flat) - set(expected)), sorted(set(expected) - set(flat))
         raise ValueError(f"params do not match the config: extra {extra[:4]}, missing {absent[:4]}")
+    for p, x in flat.items():
+        if tuple(x.shape) != tuple(expected[p].shape):
+            raise ValueError(
+                f"param {'/'.join(p)} has shape {tuple(x.shape)}, the config expects "
+                f"{tuple(expected[p].shape)}"
+            )
 
     specs, sources = [], {}
     for p, x in flat.items():

@@ -177,7 +177,7 @@ class ExampleBuilder:
         pv, grid = vision.preprocess_image(
             rgb, cfg.image_min_pixels, cfg.image_max_pixels, cfg.resample
         )
-        size = (int(grid[2]) * 14, int(grid[1]) * 14)
+        size = (int(grid[2]) * vision.PATCH_SIZE, int(grid[1]) * vision.PATCH_SIZE)
         return VisionItem(pv, tuple(grid), "image"), size
 
     def _video(self, record, media_dir: str, kf_dir: str, flags: Counter):
@@ -203,7 +203,7 @@ class ExampleBuilder:
                 [VisionItem(pv, tuple(grid), "video", spg)],
                 [{"type": "video"}],
                 (w, h),
-                (clip.duration),
+                clip.duration,
             )
         key_frames = getattr(record, "key_frames", ())
         layout = prompts.frame_layout(

@@ -203,13 +203,22 @@ class _BatchIterator(grain.DatasetIterator):
 
     # state -----------------------------------------------------------------------------
     def get_state(self) -> dict[str, Any]:
-        return {"parent": self._window_state, "pos": self._pos, "stats": self._window_stats}
+        # Stream counters as of the window start (re-reading the window re-counts them);
+        # emitted-row counters as of now (the skipped rows are not emitted again).
+        s = self.stats
+        emitted = {"rows": s.rows, "tokens": s.tokens, "patches": s.patches}
+        return {
+            "parent": self._window_state,
+            "pos": self._pos,
+            "stats": self._window_stats,
+            "emitted": emitted,
+        }
 
     def set_state(self, state: dict[str, Any]) -> None:
         self._parent.set_state(state["parent"])
         self._window_state = state["parent"]
         self._window_stats = state["stats"]
-        self.stats = DataStats.from_state(state["stats"])
+        self.stats = DataStats.from_state({**state["stats"], **state["emitted"]})
         self._rows, self._pos = None, int(state["pos"])  # re-read the window lazily
 
     # rows ------------------------------------------------------------------------------
@@ -224,6 +233,15 @@ class _BatchIterator(grain.DatasetIterator):
             except StopIteration:
                 break
             got_any = True
+            if isinstance(item, Example) and (
+                item.num_tokens > cfg.max_seq_len or item.num_patches > cfg.max_patches
+            ):  # the builder's budgets may be looser than the rows'
+                item = _Skipped(
+                    item.record_id,
+                    "over_budget",
+                    f"{item.num_tokens} tokens / {item.num_patches} patches exceed the row "
+                    f"budget {cfg.max_seq_len} / {cfg.max_patches}",
+                )
             self._count(item)
             if isinstance(item, Example):
                 examples.append(item)
@@ -316,7 +334,9 @@ class _Batcher:
         if self.mode == "eval":
             return EvalBatch(inputs, lengths, valid, recs, ids)
         g = self.cfg.group_size
-        return RLBatch(inputs, lengths, valid, g, np.repeat(np.arange(b, dtype=np.int32), g), recs, ids)
+        return RLBatch(
+            inputs, lengths, valid, g, np.repeat(np.arange(b, dtype=np.int32), g), recs, ids
+        )
 
     def _sft(self, rows: list[list[Example]]) -> SFTBatch:
         b, length = self.cfg.batch_size, self.cfg.max_seq_len
@@ -340,7 +360,7 @@ def sft_targets(
     segments; position i predicts token i + 1 of the same segment. The last token of every
     segment gets target `pad_id` and mask 0, so no loss crosses a segment boundary."""
     ts, ms = [], []
-    for seg, tm in zip(segments, token_masks):
+    for seg, tm in zip(segments, token_masks, strict=True):
         ids = np.asarray(seg.input_ids, np.int32)
         ts.append(np.concatenate([ids[1:], [pad_id]]).astype(np.int32))
         ms.append(np.concatenate([np.asarray(tm, np.float32)[1:], [0.0]]).astype(np.float32))
@@ -384,6 +404,12 @@ def make_dataset(
         grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=cfg.prefetch)
     )
     if cfg.num_workers > 0:
+        from absl import flags
+
+        # grain's worker start reads absl flags; outside an absl app (pytest, notebooks)
+        # they are unparsed, so take their defaults rather than fail.
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
         it = it.mp_prefetch(
             grain.MultiprocessingOptions(
                 num_workers=cfg.num_workers, per_worker_buffer_size=cfg.worker_buffer_size

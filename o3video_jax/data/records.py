@@ -497,7 +497,7 @@ class MCQRecord:
 
     def options_text(self) -> str:
         """'A. first\\nB. second ...' (the layout the upstream eval prompts use)."""
-        return "\n".join(f"{ch}. {o}" for ch, o in zip(self.letters, self.options))
+        return "\n".join(f"{ch}. {o}" for ch, o in zip(self.letters, self.options, strict=True))
 
 
 _OPTION_PREFIX = re.compile(r"^\(?([A-Z])[\).:]\s*")
@@ -542,4 +542,3 @@ def parse_mcq(raw: Mapping[str, Any], index: int | None = None) -> MCQRecord:
 
 def load_mcq(path: str | os.PathLike) -> list[MCQRecord]:
     return [parse_mcq(raw, index=n) for n, raw in enumerate(read_json_records(path))]
-

@@ -193,7 +193,7 @@ class Tokenizer:
         if not len(where):
             return ids, mask
         counts = np.ones(len(ids), np.int64)
-        for pos, (t, h, w) in zip(where, grids):
+        for pos, (t, h, w) in zip(where, grids, strict=True):
             if (t * h * w) % merge_size**2:
                 raise ValueError(f"{kind} grid {(t, h, w)} is not divisible by {merge_size}^2")
             counts[pos] = t * h * w // merge_size**2

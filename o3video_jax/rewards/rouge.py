@@ -24,32 +24,36 @@ from rouge_score import tokenize as rouge_tokenize
 _MAX_STEM_CACHE = 1 << 20
 
 
-class _MemoStemmer:
-    """`porter.PorterStemmer()` (rouge_score's `DefaultTokenizer(use_stemmer=True)`), memoised."""
-
-    def __init__(self):
-        self._stemmer = porter.PorterStemmer()
-        self._cache: dict[str, str] = {}
-
-    def stem(self, word: str) -> str:
-        out = self._cache.get(word)
-        if out is None:
-            if len(self._cache) >= _MAX_STEM_CACHE:
-                self._cache.clear()
-            out = self._cache[word] = self._stemmer.stem(word)
-        return out
-
-
-_STEMMER = _MemoStemmer()
+_STEMMER = porter.PorterStemmer()  # rouge_score's DefaultTokenizer(use_stemmer=True)
+_STEMS: dict[str, str | None] = {}  # word -> its stem, None when the stem is not a valid token
 
 
 def tokenize(text: str) -> list[str]:
-    """rouge_score's tokens: lowercase, split on non-[a-z0-9], Porter-stem words longer than 3."""
-    return rouge_tokenize.tokenize(text, _STEMMER)
+    """`rouge_score.tokenize.tokenize(text, PorterStemmer())`, memoising the stemmer.
+
+    Lowercase, replace runs of [^a-z0-9] by a space, split, stem words longer than 3
+    characters, keep tokens matching ^[a-z0-9]+$. After the substitution only [a-z0-9] and
+    spaces remain, so `str.split` equals the `\\s+` split minus its empty strings, and
+    unstemmed words are always valid.
+    """
+    out = []
+    for word in rouge_tokenize.NON_ALPHANUM_RE.sub(" ", text.lower()).split():
+        if len(word) > 3:
+            stem = _STEMS.get(word, "")
+            if stem == "":
+                if len(_STEMS) >= _MAX_STEM_CACHE:
+                    _STEMS.clear()
+                stem = _STEMMER.stem(word)
+                stem = _STEMS[word] = stem if rouge_tokenize.VALID_TOKEN_RE.match(stem) else None
+            if stem is None:
+                continue
+            word = stem
+        out.append(word)
+    return out
 
 
 def _bigrams(tokens: list[str]) -> collections.Counter:
-    return collections.Counter(zip(tokens, tokens[1:]))
+    return collections.Counter(zip(tokens, tokens[1:], strict=False))
 
 
 @functools.lru_cache(maxsize=4096)

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from o3video_jax.rewards import parse
+from o3video_jax.rewards.batch import budget
 from o3video_jax.rewards.config import (
     GENERAL_FREE_FORM,
     GENERAL_MCQ,
@@ -33,18 +34,20 @@ from o3video_jax.rewards.config import (
 
 @dataclasses.dataclass(frozen=True)
 class Targets:
-    """Ground truth of N examples (numpy; K key frames, O objects, B boxes per object).
+    """Ground truth of N examples (numpy; K key frames, G annotated boxes per key frame).
 
-      task:          int32[N]             index into config.TASKS
-      span:          float64[N, 2]        GT [start, end] s (temporal QA, TG-MCQ), else 0
-      box:           float64[N, 4]        visual QA GT box in model pixels, else 0
-      box_ok:        bool[N]
-      kf_time:       float64[N, K]        raw key-frame times, list order
-      kf_mask:       bool[N, K]
-      kf_boxes:      float64[N, K, O, B, 4] key_items boxes in model pixels
-      kf_box_mask:   bool[N, K, O, B]
-      reference:     list[str | None]     ROUGE reference (free-form tasks)
-      letter:        list[str | None]     option letter (MCQ, TG-MCQ)
+    task:            int32[N]             index into config.TASKS
+    span:            float64[N, 2]        GT [start, end] s (temporal QA, TG-MCQ), else 0
+    box:             float64[N, 4]        visual QA GT box in model pixels, else 0
+    box_ok:          bool[N]
+    kf_time:         float64[N, K]        raw key-frame times, in list order
+    kf_mask:         bool[N, K]
+    kf_boxes:        float64[N, K, G, 4]  key_items boxes in model pixels, grouped by object
+    kf_box_mask:     bool[N, K, G]
+    kf_box_object:   int32[N, K, G]       object slot (0..G-1) of each box within its frame
+    kf_object_boxes: int32[N, K, G]       number of boxes of each object slot (0: no object)
+    reference:       list[str | None]     ROUGE reference (free-form tasks)
+    letter:          list[str | None]     option letter (MCQ, TG-MCQ)
     """
 
     task: np.ndarray
@@ -55,6 +58,8 @@ class Targets:
     kf_mask: np.ndarray
     kf_boxes: np.ndarray
     kf_box_mask: np.ndarray
+    kf_box_object: np.ndarray
+    kf_object_boxes: np.ndarray
     reference: list
     letter: list
 
@@ -94,12 +99,16 @@ def _span(answer: str, task: str, i: int) -> list[float]:
     if task == TEMPORAL_QA_MCQ:
         lines = answer.split("\n")
         if len(lines) < 2:
-            raise ValueError(f"example {i}: TG-MCQ answer needs 'LETTER\\n[start, end]', got {answer!r}")
+            raise ValueError(
+                f"example {i}: TG-MCQ answer needs 'LETTER\\n[start, end]', got {answer!r}"
+            )
         text = lines[1]
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        raise ValueError(f"example {i}: temporal answer {text!r} is not a [start, end] literal") from None
+        raise ValueError(
+            f"example {i}: temporal answer {text!r} is not a [start, end] literal"
+        ) from None
     return _numbers(value, 2, "temporal answer", i)
 
 
@@ -120,6 +129,7 @@ def _visual_box(example: Mapping, i: int) -> list[float]:
 
 
 def _key_frames(example: Mapping, i: int, cfg: RewardConfig):
+    """Key-frame times and, per frame, its objects' box lists in model pixels."""
     frames = example.get("key_frames")
     if not isinstance(frames, Sequence) or isinstance(frames, str):
         raise ValueError(f"example {i}: temporal-spatial example needs a key_frames list")
@@ -132,7 +142,7 @@ def _key_frames(example: Mapping, i: int, cfg: RewardConfig):
     if not isinstance(items, Mapping):
         raise ValueError(f"example {i}: key_items must be a dict, got {type(items).__name__}")
     w, h = _size(example, "frame_size", i)
-    times, boxes = [], []
+    times, frames_objects = [], []
     for frame in frames:
         try:
             time, idx = float(frame["time"]), frame["idx"]
@@ -143,79 +153,114 @@ def _key_frames(example: Mapping, i: int, cfg: RewardConfig):
         times.append(time)
         # A frame without key_items makes the original raise KeyError when a claim selects
         # it; here it has no objects, so such a claim scores 0. None values are Arrow padding.
-        objects = [b for b in (items.get(str(idx)) or {}).values() if b is not None]
-        if len(objects) > cfg.max_objects:
-            raise ValueError(
-                f"example {i}: {len(objects)} objects in key frame {idx} exceed "
-                f"RewardConfig.max_objects={cfg.max_objects}"
-            )
-        frame_boxes = []
-        for obj in objects:
+        objects = []
+        for obj in (items.get(str(idx)) or {}).values():
+            if obj is None:
+                continue
             if not isinstance(obj, Sequence) or isinstance(obj, str):
-                raise ValueError(f"example {i}: key_items of frame {idx} must map names to box lists")
-            if len(obj) > cfg.max_object_boxes:
                 raise ValueError(
-                    f"example {i}: {len(obj)} boxes of one object exceed "
-                    f"RewardConfig.max_object_boxes={cfg.max_object_boxes}"
+                    f"example {i}: key_items of frame {idx} must map names to box lists"
                 )
             # convert_coord_format: normalised [0, 1] -> pixels of the resized frame.
-            frame_boxes.append([
-                [x1 * w, y1 * h, x2 * w, y2 * h]
-                for x1, y1, x2, y2 in (_numbers(b, 4, "key_items box", i) for b in obj)
-            ])
-        boxes.append(frame_boxes)
-    return times, boxes
+            objects.append(
+                [
+                    [x1 * w, y1 * h, x2 * w, y2 * h]
+                    for x1, y1, x2, y2 in (_numbers(b, 4, "key_items box", i) for b in obj)
+                ]
+            )
+        total = sum(map(len, objects))
+        if total > cfg.max_frame_boxes:
+            raise ValueError(
+                f"example {i}: {total} boxes in key frame {idx} exceed "
+                f"RewardConfig.max_frame_boxes={cfg.max_frame_boxes}"
+            )
+        frames_objects.append(objects)
+    return times, frames_objects
+
+
+def _row(ex, i: int, cfg: RewardConfig) -> dict:
+    """Ground truth of one example as a dict of per-row values."""
+    if not isinstance(ex, Mapping):
+        raise ValueError(f"example {i} must be a dict, got {type(ex).__name__}")
+    name = ex.get("task")
+    if name not in TASK_IDS:
+        raise ValueError(f"example {i}: unknown task {name!r}; expected one of {list(TASK_IDS)}")
+    answer = ex.get("answer")
+    if not isinstance(answer, str):
+        raise ValueError(f"example {i}: answer must be a str, got {type(answer).__name__}")
+    row = {"task": TASK_IDS[name], "reference": None, "letter": None}
+    if name in (TEMPORAL_SPATIAL, GENERAL_FREE_FORM):
+        # ans_acc scores against extract_answer(f'<answer>{answer}</answer>').
+        row["reference"] = parse.extract_answer(f"<answer>{answer}</answer>")
+    elif name == GENERAL_MCQ:
+        row["letter"] = parse.extract_answer(f"<answer>{answer}</answer>").strip()
+    elif name == TEMPORAL_QA_MCQ:
+        row["letter"] = answer.split("\n")[0].strip()
+    if name in (TEMPORAL_QA, TEMPORAL_QA_MCQ):
+        row["span"] = _span(answer, name, i)
+    if name == VISUAL_QA:
+        row["box"] = _visual_box(ex, i)
+    if name == TEMPORAL_SPATIAL:
+        row["key_frames"] = _key_frames(ex, i, cfg)
+    return row
 
 
 def build_targets(examples: Sequence[Mapping], config: RewardConfig | None = None) -> Targets:
-    """Ground-truth arrays of N examples; each distinct example object is converted once."""
+    """Ground-truth arrays of N examples; each distinct example object is converted once
+    (the G completions of a prompt share one record)."""
     cfg = config or RewardConfig()
-    n, k, o, b = len(examples), cfg.max_key_frames, cfg.max_objects, cfg.max_object_boxes
-    task = np.zeros(n, np.int32)
-    span = np.zeros((n, 2))
-    box = np.zeros((n, 4))
-    box_ok = np.zeros(n, bool)
-    kf_time = np.zeros((n, k))
-    kf_mask = np.zeros((n, k), bool)
-    kf_boxes = np.zeros((n, k, o, b, 4))
-    kf_box_mask = np.zeros((n, k, o, b), bool)
-    reference, letter = [None] * n, [None] * n
-    first_row: dict[int, int] = {}  # id(example) -> row already converted
+    rows, row_of = [], []
+    seen: dict[int, int] = {}  # id(example) -> unique row
     for i, ex in enumerate(examples):
-        j = first_row.setdefault(id(ex), i)
-        if j != i:  # the G completions of a prompt share one record
-            task[i], span[i], box[i], box_ok[i] = task[j], span[j], box[j], box_ok[j]
-            kf_time[i], kf_mask[i], kf_boxes[i], kf_box_mask[i] = (
-                kf_time[j], kf_mask[j], kf_boxes[j], kf_box_mask[j]
-            )
-            reference[i], letter[i] = reference[j], letter[j]
-            continue
-        if not isinstance(ex, Mapping):
-            raise ValueError(f"example {i} must be a dict, got {type(ex).__name__}")
-        name = ex.get("task")
-        if name not in TASK_IDS:
-            raise ValueError(f"example {i}: unknown task {name!r}; expected one of {list(TASK_IDS)}")
-        answer = ex.get("answer")
-        if not isinstance(answer, str):
-            raise ValueError(f"example {i}: answer must be a str, got {type(answer).__name__}")
-        task[i] = TASK_IDS[name]
-        if name in (TEMPORAL_SPATIAL, GENERAL_FREE_FORM):
-            # ans_acc scores against extract_answer(f'<answer>{answer}</answer>').
-            reference[i] = parse.extract_answer(f"<answer>{answer}</answer>")
-        if name == GENERAL_MCQ:
-            letter[i] = parse.extract_answer(f"<answer>{answer}</answer>").strip()
-        if name == TEMPORAL_QA_MCQ:
-            letter[i] = answer.split("\n")[0].strip()
-        if name in (TEMPORAL_QA, TEMPORAL_QA_MCQ):
-            span[i] = _span(answer, name, i)
-        if name == VISUAL_QA:
-            box[i], box_ok[i] = _visual_box(ex, i), True
-        if name == TEMPORAL_SPATIAL:
-            times, frames = _key_frames(ex, i, cfg)
-            kf_time[i, : len(times)], kf_mask[i, : len(times)] = times, True
+        if id(ex) not in seen:
+            seen[id(ex)] = len(rows)
+            rows.append(_row(ex, i, cfg))
+        row_of.append(seen[id(ex)])
+    frames = [row["key_frames"][1] for row in rows if "key_frames" in row]
+    u = len(rows)
+    k = budget(max(map(len, frames), default=0), cfg.max_key_frames, cfg.bucket_shapes)
+    most_boxes = max((sum(map(len, objs)) for f in frames for objs in f), default=0)
+    g = budget(most_boxes, cfg.max_frame_boxes, cfg.bucket_shapes)
+    task = np.zeros(u, np.int32)
+    span = np.zeros((u, 2))
+    box = np.zeros((u, 4))
+    box_ok = np.zeros(u, bool)
+    kf_time = np.zeros((u, k))
+    kf_mask = np.zeros((u, k), bool)
+    kf_boxes = np.zeros((u, k, g, 4))
+    kf_box_mask = np.zeros((u, k, g), bool)
+    kf_box_object = np.zeros((u, k, g), np.int32)
+    kf_object_boxes = np.zeros((u, k, g), np.int32)
+    for r, row in enumerate(rows):
+        task[r] = row["task"]
+        if "span" in row:
+            span[r] = row["span"]
+        if "box" in row:
+            box[r], box_ok[r] = row["box"], True
+        if "key_frames" in row:
+            times, frames = row["key_frames"]
+            kf_time[r, : len(times)], kf_mask[r, : len(times)] = times, True
             for f, objects in enumerate(frames):
-                for m, obj in enumerate(objects):
-                    if obj:
-                        kf_boxes[i, f, m, : len(obj)] = obj
-                        kf_box_mask[i, f, m, : len(obj)] = True
-    return Targets(task, span, box, box_ok, kf_time, kf_mask, kf_boxes, kf_box_mask, reference, letter)
+                slot = 0
+                # Objects without boxes are skipped by the original (no mean to take).
+                for o, obj in enumerate(b for b in objects if b):
+                    kf_boxes[r, f, slot : slot + len(obj)] = obj
+                    kf_box_mask[r, f, slot : slot + len(obj)] = True
+                    kf_box_object[r, f, slot : slot + len(obj)] = o
+                    kf_object_boxes[r, f, o] = len(obj)
+                    slot += len(obj)
+    idx = np.asarray(row_of, np.intp)
+    return Targets(
+        task=task[idx],
+        span=span[idx],
+        box=box[idx],
+        box_ok=box_ok[idx],
+        kf_time=kf_time[idx],
+        kf_mask=kf_mask[idx],
+        kf_boxes=kf_boxes[idx],
+        kf_box_mask=kf_box_mask[idx],
+        kf_box_object=kf_box_object[idx],
+        kf_object_boxes=kf_object_boxes[idx],
+        reference=[rows[j]["reference"] for j in row_of],
+        letter=[rows[j]["letter"] for j in row_of],
+    )

@@ -15,11 +15,18 @@ original exactly. `ratio="token"` is the GRPO token-level ratio r_t = exp(log π
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+from jax.sharding import Mesh
+
+from o3video_jax.train import losses, steps
+from o3video_jax.train.sharding import DEFAULT_RULES, MeshAxes
+from o3video_jax.train.state import TrainState, make_optimizer, trainable_mask
 
 RATIOS = ("sequence", "token")
 
@@ -197,3 +204,72 @@ def loss(
     if group_size:
         metrics["zero_variance_groups"] = zero_variance_fraction(advantages, group_size)
     return loss_b.mean(), metrics
+
+
+def make_gspo_update(
+    model: nn.Module,
+    cfg: Any,
+    mesh: Mesh,
+    state_shardings: TrainState,
+    *,
+    rules: Sequence[tuple[str, MeshAxes]] = DEFAULT_RULES,
+) -> Callable[[TrainState, Any], tuple[TrainState, dict[str, jax.Array]]]:
+    """One optimiser update on a minibatch of rollouts: `(state, batch) -> (state, metrics)`.
+
+    batch (rows = completions, prompt + completion tokens, placed with `shard_batch`):
+      inputs:     ModelInputs [B, L]
+      targets:    int32[B, L]   the token position t predicts (shifted on the host)
+      mask:       float32[B, L] 1 where targets[t] is a completion token (up to and including
+                                the first EOS)
+      advantages: float32[B]
+      old_logp:   float32[B, L] rollout-policy log-probs of targets (unused when
+                                gspo.old_logp == "current", the on-policy original)
+      ref_logp:   float32[B, L] reference-policy log-probs (unused when gspo.beta == 0)
+    Config: `cfg.gspo` (see `presets`), `cfg.optimizer` (microbatches included),
+    `cfg.loss.chunk`, `cfg.nan_policy`. Log-probs are taken at `gspo.temperature`, which
+    must be the one old_logp was computed with. The loss is the mean over the B rows, so
+    microbatch accumulation is exact. Metrics: loss, grad/param/update norms, skipped, the
+    `summarize` statistics and completion_tokens.
+    """
+    g = cfg.gspo
+    if g.old_logp not in ("rollout", "current"):
+        raise ValueError(f"gspo.old_logp must be 'rollout' or 'current', got {g.old_logp!r}")
+    if cfg.nan_policy not in steps.NAN_POLICIES:
+        raise ValueError(f"nan_policy must be one of {steps.NAN_POLICIES}, got {cfg.nan_policy!r}")
+    tx = make_optimizer(cfg.optimizer)
+    microbatches = int(cfg.optimizer.get("microbatches", 1))
+    chunk, temperature = int(cfg.loss.chunk), float(g.temperature)
+    terms = dict(
+        eps_low=float(g.eps_low),
+        eps_high=float(g.eps_high),
+        beta=float(g.beta),
+        ratio=g.ratio,
+        kl_clamp=float(g.kl_clamp),
+    )
+
+    def loss_sum(params, mb, rng):
+        variables = {"params": params}
+        hidden = model.apply(variables, mb["inputs"], method="hidden_states", rngs={"dropout": rng})
+        unembed = lambda h: model.apply(variables, h, method="unembed")
+        logp, _ = losses.token_logprobs(
+            hidden, mb["targets"], unembed, chunk=chunk, temperature=temperature
+        )
+        old = jax.lax.stop_gradient(logp) if g.old_logp == "current" else mb["old_logp"]
+        ref = mb["ref_logp"] if terms["beta"] else None
+        loss_b, stats = sequence_terms(logp, old, ref, mb["advantages"], mb["mask"], **terms)
+        return loss_b.sum(), stats
+
+    def update(state: TrainState, batch: Any):
+        rng = jax.random.fold_in(state.rng, state.step)
+        rows = batch["advantages"].shape[0]
+        total, stats, grads = steps.accumulate(
+            loss_sum, state.params, batch, rng, microbatches, mesh
+        )
+        grads = jax.tree.map(lambda x: x / rows, grads)
+        trainable = trainable_mask(state.params, cfg.optimizer)
+        state, metrics = steps.apply_gradients(state, tx, total / rows, grads, trainable)
+        metrics.update(summarize(jax.tree.map(lambda x: x.reshape(-1), stats)))
+        metrics["completion_tokens"] = batch["mask"].sum()
+        return state, metrics
+
+    return steps.jit_step(update, mesh, state_shardings, rules)

@@ -99,8 +99,8 @@ def _xla(q, k, v, q_seg, kv_seg, causal, scale, q_offset):
     return out.reshape(b, t, n, h).astype(q.dtype)
 
 
-def _platform(x: jax.Array) -> str:
-    del x  # under jit the arrays carry no device; the default backend decides the kernels
+def _platform() -> str:
+    # Under jit the arrays carry no device; the default backend decides the kernels.
     return jax.default_backend()
 
 
@@ -138,9 +138,9 @@ def _splash_kernel(t: int, s: int, groups: int, causal: bool, block: int, interp
 
 
 def _splash(q, k, v, q_seg, kv_seg, causal, scale, q_offset, interpret):
-    if not interpret and _platform(q) != "tpu":
+    if not interpret and _platform() != "tpu":
         raise ValueError(
-            f"attention backend 'pallas' needs a TPU, but the platform is {_platform(q)!r}; "
+            f"attention backend 'pallas' needs a TPU, but the platform is {_platform()!r}; "
             "use attention='xla' (or interpret=True in tests)"
         )
     b, t, n, h = q.shape
@@ -179,10 +179,10 @@ def _splash(q, k, v, q_seg, kv_seg, causal, scale, q_offset, interpret):
 
 
 def _cudnn(q, k, v, q_seg, kv_seg, causal, scale, q_offset):
-    if _platform(q) != "gpu":
+    if _platform() != "gpu":
         raise ValueError(
             f"attention backend 'cudnn' needs an NVIDIA GPU, but the platform is "
-            f"{_platform(q)!r}; use attention='xla'"
+            f"{_platform()!r}; use attention='xla'"
         )
     mask = allowed_mask(q_seg, kv_seg, causal, q_offset)
     # cuDNN cannot take an all-False row; let empty rows see every key and zero them after.

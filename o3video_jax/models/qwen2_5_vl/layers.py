@@ -78,7 +78,10 @@ class Dense(nn.Module):
         )
         if self.use_bias:
             bias = self.param(
-                "bias", _init(nn.initializers.zeros, self.axes[1:]), (self.features,), self.param_dtype
+                "bias",
+                _init(nn.initializers.zeros, self.axes[1:]),
+                (self.features,),
+                self.param_dtype,
             )
             y = y + bias.astype(y.dtype)
         return y

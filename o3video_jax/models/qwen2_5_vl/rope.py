@@ -33,7 +33,9 @@ def rotate_half(x: jax.Array) -> jax.Array:
     return jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
 
 
-def vision_rotary(vision_pos: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+def vision_rotary(
+    vision_pos: jax.Array, head_dim: int, theta: float
+) -> tuple[jax.Array, jax.Array]:
     """ViT 2D rotary tables.
 
     vision_pos: int32[B, P, 2] (h, w) patch ids. Returns cos, sin: float32[B, P, head_dim]

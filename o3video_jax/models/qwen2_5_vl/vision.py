@@ -68,7 +68,9 @@ class VisionMLP(nn.Module):
     def __call__(self, x):
         cfg = self.config
         dense = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        gate = Dense(cfg.intermediate_size, ("vision_embed", "vision_mlp"), name="gate_proj", **dense)
+        gate = Dense(
+            cfg.intermediate_size, ("vision_embed", "vision_mlp"), name="gate_proj", **dense
+        )
         up = Dense(cfg.intermediate_size, ("vision_embed", "vision_mlp"), name="up_proj", **dense)
         down = Dense(cfg.hidden_size, ("vision_mlp", "vision_embed"), name="down_proj", **dense)
         return down(jax.nn.silu(gate(x)) * up(x))
@@ -125,7 +127,9 @@ class VisionTower(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, pixel_values, vision_pos, window_index, window_segment_ids, frame_segment_ids):
+    def __call__(
+        self, pixel_values, vision_pos, window_index, window_segment_ids, frame_segment_ids
+    ):
         """pixel_values: float32[B, P, 1176]; vision_pos: int32[B, P, 2]; window_index:
         int32[B, P // 4]; window/frame_segment_ids: int32[B, P] (window order)."""
         cfg = self.config
@@ -134,8 +138,13 @@ class VisionTower(nn.Module):
             raise ValueError(f"vision: max_patches {p} is not a multiple of 4 (merge unit)")
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         with jax.named_scope("vision/patch_embed"):
-            x = Dense(cfg.hidden_size, ("patch_dim", "vision_embed"), use_bias=False,
-                      name="patch_embed", **kw)(pixel_values.astype(self.dtype))
+            x = Dense(
+                cfg.hidden_size,
+                ("patch_dim", "vision_embed"),
+                use_bias=False,
+                name="patch_embed",
+                **kw,
+            )(pixel_values.astype(self.dtype))
             cos, sin = vision_rotary(vision_pos, cfg.head_dim, cfg.rope_theta)
             # The rotary tables travel with their patches (reference 7.1).
             x = permute_units(x, window_index)
@@ -150,4 +159,3 @@ class VisionTower(nn.Module):
             y = PatchMerger(cfg, name="merger", **kw)(x)  # [B, P // 4, D] window order
             inverse = jnp.argsort(window_index, axis=-1)
             return jnp.take_along_axis(y, inverse[:, :, None], axis=1)
-

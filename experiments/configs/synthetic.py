@@ -1,0 +1,101 @@
+r"""Synthetic end-to-end run on CPU: tiny Qwen2.5-VL, generated videos, tiny tokenizer.
+
+Args (`:arg`): stage=sft|gspo (default sft), size=tiny|demo (default demo: hidden 128, 4
+layers; tiny: the `tiny` preset with 56x56 frames, for tests), videos=N (training videos).
+
+The data (videos, STGR-SFT/RL records, a held-out split) and the tiny BPE tokenizer are
+generated into WORKDIR/synthetic on the first run (o3video_jax.train.synthetic_data).
+
+  python -m o3video_jax.train --config experiments/configs/synthetic.py --workdir /tmp/syn_sft
+  python -m o3video_jax.train --config experiments/configs/synthetic.py:stage=gspo \
+    --config.model.hf_checkpoint=/tmp/syn_sft/hf --workdir /tmp/syn_gspo
+The demo (`python -m o3video_jax.demo --workdir DIR`) runs both stages with evaluations.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+import common  # noqa: E402
+
+
+def get_config(arg=None):
+    a = common.parse_arg(arg, stage="sft", size="demo", videos=48)
+    if a.stage not in ("sft", "gspo"):
+        raise ValueError(f"stage must be sft or gspo, got {a.stage!r}")
+    if a.size not in ("tiny", "demo"):
+        raise ValueError(f"size must be tiny or demo, got {a.size!r}")
+    c = common.base_config()
+    c.stage = a.stage
+    c.model.preset = "tiny"
+    c.model.dtype = "float32"
+    c.model.remat = "none"
+    c.mesh.update({"data": -1, "fsdp": 1, "tensor": 1})
+
+    c.data.synthetic.videos = a.videos
+    c.data.synthetic.eval_videos = 8
+    c.data.layout = "flat"
+    c.data.loss_mask = "assistant"
+    c.data.packing = "none"
+    c.data.workers = 0
+    c.data.fps = 2.0
+    c.data.min_frames = 4
+    c.data.max_frames = 8
+    c.data.frame_min_pixels = 28 * 28
+    c.data.frame_max_pixels = 112 * 84
+    c.data.max_seq_len = 640
+    c.data.max_patches = 512
+    c.data.batch_size = 8
+
+    c.optim.lr = 3e-3
+    c.optim.schedule = "cosine"
+    c.optim.warmup_steps = 10
+    c.optim.weight_decay = 0.0
+    c.optim.b2 = 0.98
+    c.optim.grad_clip = 1.0
+    c.total_steps = 200
+    c.sft.ce_chunk = 128
+
+    c.rl.group_size = 4
+    c.rl.max_new_tokens = 128
+    c.rl.prompt_buckets = [384, 512, 640]
+    c.rl.temperature = 1.0
+    c.rl.top_p = 1.0
+    c.rl.num_updates = 1
+    c.rl.minibatches = 1
+    c.rl.beta = 0.0
+
+    c.ckpt.save_every = 50
+    c.ckpt.keep = 2
+    c.log.every = 1
+
+    if a.stage == "gspo":
+        c.total_steps = 40
+        c.optim.lr = 2e-4
+        c.optim.warmup_steps = 0
+        c.optim.schedule = "constant"
+        c.data.batch_size = 4
+        c.data.max_seq_len = 640 + 128
+    if a.size == "demo":
+        c.model.text_overrides = (
+            "hidden_size=128,intermediate_size=384,num_hidden_layers=4,"
+            "num_attention_heads=4,num_key_value_heads=2"
+        )
+        c.model.vision_overrides = "hidden_size=64,intermediate_size=128,num_heads=2"
+    else:
+        c.data.synthetic.videos = min(a.videos, 8)
+        c.data.synthetic.eval_videos = 2
+        c.data.synthetic.width = 56
+        c.data.synthetic.height = 56
+        c.data.max_frames = 4
+        c.data.frame_max_pixels = 56 * 56
+        c.data.max_seq_len = 384 if a.stage == "sft" else 384 + 32
+        c.data.max_patches = 128
+        c.data.batch_size = 2
+        c.total_steps = 6
+        c.optim.warmup_steps = 0
+        c.rl.max_new_tokens = 32
+        c.rl.prompt_buckets = [384]
+        c.ckpt.save_every = 2
+    c.lock()
+    return c

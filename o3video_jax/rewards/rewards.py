@@ -1,0 +1,105 @@
+"""`compute_rewards`: the seven Open-o3 Video rewards (reference §3) for a batch of completions.
+
+Host side: parse the completions (`parse.parse_batch`), build the ground-truth arrays
+(`targets.build_targets`) and compute `ans_acc`, which is text work (option-letter matching and
+ROUGE). Device side: everything numeric in one jitted call (`scoring.score_batch`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import jax
+import numpy as np
+
+from o3video_jax.rewards import batch, rouge, scoring, targets
+from o3video_jax.rewards.config import (
+    GENERAL_FREE_FORM,
+    GENERAL_MCQ,
+    REWARD_NAMES,
+    SPATIAL_GATES,
+    TASK_IDS,
+    TEMPORAL_QA_MCQ,
+    TEMPORAL_SPATIAL,
+    RewardConfig,
+    sigma_schedule,
+)
+
+_FREE_FORM = (TASK_IDS[TEMPORAL_SPATIAL], TASK_IDS[GENERAL_FREE_FORM])
+
+
+def letter_matches(prediction: str, letter: str) -> bool:
+    """MCQ match: the stripped prediction is L, "L.", "(L)" or "[L]" for the stripped GT L."""
+    return prediction.strip() in (letter, letter + ".", "(" + letter + ")", "[" + letter + "]")
+
+
+def answer_accuracy(parsed: batch.ParsedBatch, gt: targets.Targets) -> np.ndarray:
+    """ans_acc, float64[N]: ROUGE mean F (free-form tasks, clipped to [0, 1]), letter match
+    (General MCQ: the whole answer; TG-MCQ: text after `Correct Option:`), else 0."""
+    out = np.zeros(len(parsed.answers))
+    for i, (task, answer) in enumerate(zip(gt.task, parsed.answers, strict=True)):
+        if task in _FREE_FORM:
+            out[i] = max(0.0, min(1.0, rouge.rouge_mean_f(gt.reference[i], answer)))
+        elif task == TASK_IDS[GENERAL_MCQ]:
+            out[i] = float(letter_matches(answer, gt.letter[i]))
+        elif task == TASK_IDS[TEMPORAL_QA_MCQ] and parsed.choices[i] is not None:
+            out[i] = float(letter_matches(parsed.choices[i], gt.letter[i]))
+    return out
+
+
+def _weights(weights: Mapping[str, float] | None) -> np.ndarray:
+    weights = dict(weights or {})
+    unknown = set(weights) - set(REWARD_NAMES)
+    if unknown:
+        raise ValueError(f"unknown reward weights {sorted(unknown)}; names are {REWARD_NAMES}")
+    out = np.array([float(weights.get(name, 1.0)) for name in REWARD_NAMES])
+    if not np.all(np.isfinite(out)):
+        raise ValueError(f"reward weights must be finite, got {weights}")
+    return out
+
+
+def compute_rewards(
+    completions: Sequence[str],
+    examples: Sequence[Mapping],
+    step_fraction: float = 0.3,
+    *,
+    weights: Mapping[str, float] | None = None,
+    spatial_gate: str = "intended",
+    config: RewardConfig | None = None,
+) -> dict[str, np.ndarray]:
+    """Scores N completions against their N examples.
+
+    Args:
+      completions: N completion strings (the assistant text after the generation prompt).
+      examples: N STGR records plus "frame_size": [W, H] of the frames/image fed to the model.
+      step_fraction: p = (global_step + 1) / max_steps; thk_temporal_point uses
+        sigma = 4 (1 - p) for p < 0.75, else 1.
+      weights: optional per-term weights of the total (missing names weigh 1; default: the
+        original's unweighted sum).
+      spatial_gate: "intended" (|g - T| < 1 s) or "reference" (the original's g - T < 1 s).
+      config: array budgets (RewardConfig()).
+
+    Returns:
+      dict name -> float32[N] for ans_acc, ans_tiou, ans_viou, thk_temporal_point,
+      thk_temporal_segment, thk_spatial, format and total.
+    """
+    if isinstance(completions, str) or len(completions) != len(examples):
+        raise ValueError(
+            f"need one example per completion, got {len(examples)} examples for "
+            f"{'a str' if isinstance(completions, str) else len(completions)} completions"
+        )
+    if spatial_gate not in SPATIAL_GATES:
+        raise ValueError(f"spatial_gate must be one of {SPATIAL_GATES}, got {spatial_gate!r}")
+    sigma = sigma_schedule(step_fraction)
+    w = _weights(weights)
+    cfg = config or RewardConfig()
+    gt = targets.build_targets(examples, cfg)  # validates the tasks first
+    parsed = batch.parse_batch(completions, cfg, [ex["task"] for ex in examples])
+    acc = answer_accuracy(parsed, gt)
+    # float64 on the CPU: see scoring's docstring (discontinuous comparisons must match).
+    cpu = jax.devices("cpu")[0]
+    with jax.enable_x64(True), jax.default_device(cpu):
+        out = scoring.score_batch(
+            parsed.arrays(), gt.arrays(), acc, np.float64(sigma), w, gate=spatial_gate
+        )
+        return {name: np.asarray(value, np.float32) for name, value in out.items()}

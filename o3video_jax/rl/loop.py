@@ -1,0 +1,253 @@
+"""The GSPO training loop: `train(config, workdir)`.
+
+Per step (DESIGN decision 8):
+  1. a prompt batch (grain, RL mode) -> G samples per prompt (`rl.sampler`: one prefill per
+     prompt, KV cache broadcast to the group)                                     [rollout]
+  2. completions decoded to text -> `rewards.compute_rewards` (step_fraction = step / total)
+     -> group advantages
+  3. rollout-policy log-probs (the params before this step's updates) and, when beta > 0, the
+     frozen reference's (the run's initial params, recomputed on resume)           [logprobs]
+  4. `num_updates` passes over `minibatches` shuffled minibatches of the rows     [update]
+Diagnostics: clip fractions, ratio min/mean/max, KL, advantage stats, zero-variance groups,
+each reward term, completion lengths, and the time of each phase. Checkpoints, resume, NaN
+policy, logging and the HF export are as in the SFT loop (`train.loop`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from o3video_jax.rewards import compute_rewards
+from o3video_jax.rl import gspo, rollouts
+from o3video_jax.rl import sampler as sampler_lib
+from o3video_jax.train import experiment, sharding, steps
+from o3video_jax.train.loop import Profiler, export_hf
+from o3video_jax.train.metrics_log import MetricsWriter
+
+REWARD_TERMS = (
+    "ans_acc",
+    "ans_tiou",
+    "ans_viou",
+    "thk_temporal_point",
+    "thk_temporal_segment",
+    "thk_spatial",
+    "format",
+    "total",
+)
+_MEAN_KEYS = ("loss", "grad_norm", "update_norm", "clip_frac", "clip_low_frac", "clip_high_frac")
+
+
+def gspo_step_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The fields `gspo.make_gspo_update` reads, from the experiment config."""
+    rl = config.rl
+    return ml_collections.ConfigDict(
+        {
+            "gspo": {
+                "eps_low": rl.eps_low,
+                "eps_high": rl.eps_high,
+                "beta": rl.beta,
+                "kl_clamp": rl.kl_clamp,
+                "ratio": rl.ratio,
+                "old_logp": rl.old_logp,
+                "temperature": rl.temperature if rl.temperature > 0 else 1.0,
+            },
+            "optimizer": config.optim.to_dict(),
+            "loss": {"chunk": config.sft.ce_chunk},
+            "nan_policy": config.nan_policy,
+        }
+    )
+
+
+def sampling_config(config, tokenizer, *, greedy: bool = False, group_size: int | None = None):
+    rl = config.rl
+    return sampler_lib.SamplingConfig(
+        max_new_tokens=rl.max_new_tokens,
+        temperature=0.0 if greedy else rl.temperature,
+        top_p=rl.top_p,
+        top_k=rl.top_k,
+        eos_ids=(tokenizer.eos_id, tokenizer.pad_id),
+        pad_id=tokenizer.pad_id,
+        group_size=rl.group_size if group_size is None else group_size,
+    )
+
+
+def train_length(config) -> int:
+    """Text positions of a training row: the largest prompt bucket + max_new_tokens."""
+    return max(int(b) for b in config.rl.prompt_buckets) + int(config.rl.max_new_tokens)
+
+
+def _minibatches(batch: dict[str, Any], n_rows: int, minibatches: int, rng) -> list[dict]:
+    if n_rows % minibatches:
+        raise ValueError(f"{n_rows} rollout rows are not divisible by minibatches={minibatches}")
+    perm = rng.permutation(n_rows)
+    out = []
+    for m in range(minibatches):
+        idx = np.sort(perm[m::minibatches])
+
+        def take(path, x):
+            last = path[-1] if path else None
+            if isinstance(last, jax.tree_util.GetAttrKey) and last.name == "positions":
+                return np.asarray(x)[:, idx]
+            return np.asarray(x)[idx]
+
+        out.append(jax.tree_util.tree_map_with_path(take, batch))
+    return out
+
+
+def _combine(updates: list[dict[str, float]]) -> dict[str, float]:
+    out = {}
+    for k in updates[0]:
+        vals = [u[k] for u in updates]
+        if k == "ratio_min":
+            out[k] = min(vals)
+        elif k == "ratio_max":
+            out[k] = max(vals)
+        elif k == "skipped":
+            out[k] = int(sum(vals))
+        elif k in _MEAN_KEYS or k.startswith(("ratio", "kl", "advantage")):
+            out[k] = float(np.mean(vals))
+        else:
+            out[k] = vals[-1]
+    return out
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Runs (or resumes) GSPO to `config.total_steps`. Returns the last step's metrics."""
+    if config.stage != "gspo":
+        raise ValueError(f"rl.loop.train runs GSPO; config.stage is {config.stage!r}")
+    exp = experiment.setup(config, workdir)
+    rl, total, g = config.rl, int(config.total_steps), int(config.rl.group_size)
+    tok = exp.tokenizer
+    ds = experiment.dataset(
+        config,
+        tok,
+        exp.model_config,
+        "rl",
+        config.data.train_json,
+        config.data.media_root,
+        batch_size=experiment.local_batch_size(config.data.batch_size),
+        shuffle=config.data.shuffle,
+        num_epochs=None,
+        group_size=g,
+    )
+    it = iter(ds)
+    if exp.data_state is not None:
+        it.set_state(exp.data_state)
+
+    scfg = sampling_config(config, tok)
+    sample = sampler_lib.make_sampler(exp.model, scfg, mesh=exp.mesh, rules=exp.rules)
+    ucfg = gspo_step_config(config)
+    update = gspo.make_gspo_update(exp.model, ucfg, exp.mesh, exp.shardings, rules=exp.rules)
+    logprobs = rollouts.make_logprob_fn(
+        exp.model, exp.mesh, exp.rules, chunk=config.sft.ce_chunk,
+        temperature=ucfg.gspo.temperature,
+    )
+    need_old = rl.old_logp == "rollout"
+    ref_params = experiment.initial_params(exp) if rl.beta else None
+    length = train_length(config)
+    weights = dict(rl.reward_weights)
+
+    writer = MetricsWriter(
+        workdir,
+        start_step=exp.start_step,
+        total_steps=total,
+        bar_keys=("reward", "clip_frac", "kl_mean", "completion_len"),
+        tensorboard=config.log.tensorboard,
+        progress=config.log.progress,
+        desc="gspo",
+    )
+    profiler = Profiler(config.log.profile_steps, workdir)
+    state, step, last = exp.state, exp.start_step, {}
+    base_key = jax.random.PRNGKey(config.seed + 1)
+    try:
+        while step < total:
+            t0 = time.perf_counter()
+            host = next(it)
+            data_state = it.get_state()
+            prompt = rollouts.trim_left(host.inputs, tok.pad_id, rl.prompt_buckets)
+            profiler.before(step + 1)
+            n = prompt.batch_size * g
+            keys = jax.random.split(jax.random.fold_in(base_key, step), n)
+            out = sample(state.params, prompt, keys)
+            out_host = jax.tree.map(lambda x: rollouts.host_local(x, exp.mesh), out)
+            t1 = time.perf_counter()
+
+            texts = rollouts.decode_completions(tok, out_host.tokens, out_host.lengths, scfg.eos_ids)
+            examples = [host.records[i] for i in host.group_index]
+            valid = np.repeat(host.valid, g)
+            examples = [e if e is not None else host.records[0] for e in examples]
+            r = compute_rewards(
+                texts,
+                examples,
+                step_fraction=min(step / total, 1.0),
+                weights=weights,
+                spatial_gate=rl.spatial_gate,
+            )
+            adv = np.asarray(gspo.group_advantages(r["total"], g)) * valid
+            rows = rollouts.training_rows(prompt, out_host, g, length, tok.pad_id)
+            rows["mask"] = rows["mask"] * valid[:, None]
+            rows["advantages"] = adv.astype(np.float32)
+            t2 = time.perf_counter()
+
+            placed = sharding.shard_batch(rows, exp.mesh)
+            zeros = np.zeros(rows["targets"].shape, np.float32)
+            old = rollouts.host_local(logprobs(state.params, placed), exp.mesh) if need_old else zeros
+            ref = rollouts.host_local(logprobs(ref_params, placed), exp.mesh) if rl.beta else zeros
+            rows["old_logp"], rows["ref_logp"] = old, ref
+            t3 = time.perf_counter()
+
+            results = []
+            for u in range(rl.num_updates):
+                rng = np.random.default_rng([config.seed, step, u])
+                for mb in _minibatches(rows, n, rl.minibatches, rng):
+                    with jax.transfer_guard("disallow"):
+                        state, m = update(state, sharding.shard_batch(mb, exp.mesh))
+                    m = {k: np.asarray(v).item() for k, v in jax.device_get(m).items()}
+                    results.append(m)
+                    steps.check_finite(m, config.nan_policy)
+            profiler.after(step + 1)
+            step += 1
+            t4 = time.perf_counter()
+
+            metrics = _combine(results)
+            lengths = out_host.lengths[valid]
+            metrics.update(
+                {
+                    "reward": float(r["total"][valid].mean()),
+                    "reward_std": float(r["total"][valid].std()),
+                    **{f"reward/{k}": float(r[k][valid].mean()) for k in REWARD_TERMS},
+                    "zero_variance_groups": float(
+                        gspo.zero_variance_fraction(np.asarray(adv), g)
+                    ),
+                    "adv_mean": float(adv[valid].mean()),
+                    "adv_std": float(adv[valid].std()),
+                    "completion_len": float(lengths.mean()),
+                    "completion_len_max": int(lengths.max()),
+                    "completion_len_min": int(lengths.min()),
+                    "truncated_frac": float((lengths >= rl.max_new_tokens).mean()),
+                    "time/rollout": t1 - t0,
+                    "time/rewards": t2 - t1,
+                    "time/logprobs": t3 - t2,
+                    "time/update": t4 - t3,
+                }
+            )
+            last = metrics
+            if step % config.log.every == 0 or step == total or metrics["skipped"]:
+                writer.write(step, metrics)
+            writer.advance()
+            exp.checkpointer.save(step, state, data_state)
+            if exp.checkpointer.preempted:
+                print(f"preempted at step {step}: checkpoint saved, exiting", flush=True)
+                return last
+        exp.checkpointer.save(step, state, data_state, force=True)
+        if config.ckpt.export_hf:
+            export_hf(exp, state.params)
+        return last
+    finally:
+        writer.close()
+        exp.checkpointer.close()

@@ -1,0 +1,337 @@
+"""Group rollouts: prefill each prompt once, broadcast its KV cache to G samples, decode.
+
+DESIGN decision 6: for B prompts with G samples each, the vision tower runs on the B prompts
+and each prompt is prefilled once; the cache and the last-position logits are then repeated
+to the B*G sample rows (row b*G + g is sample g of prompt b). A `lax.while_loop` decodes one
+token per step for every row (KV cache donated, carried in place) and stops as soon as every
+row has produced an EOS id.
+
+Sampling at step t of row r uses `fold_in(rng_keys[r], t)`, so a row's tokens depend only on
+its own key: G samples of one prompt equal G separate runs with the same keys. The log-prob of
+each sampled token is taken under `log_softmax(logits / temperature)` (raw `log_softmax` for
+greedy, temperature 0), i.e. before top-k / top-p filtering, which is what the training
+forward recomputes (`train.losses.token_logprobs(..., temperature=...)`).
+
+Prompts are LEFT-padded so that every row ends at position L - 1. `pad_prompts` /
+`bucket_prompts` add left padding up to a small set of bucket lengths, so the number of
+compilations is bounded by the number of buckets. `completion_inputs` builds the B*G training
+rows (prompt + completion) whose log-probs the GSPO update consumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from o3video_jax.models.qwen2_5_vl.cache import KVCache
+from o3video_jax.models.qwen2_5_vl.inputs import ModelInputs
+from o3video_jax.train.sharding import BATCH_AXES, DEFAULT_RULES, MeshAxes, batch_sharding
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """max_new_tokens T; temperature (0 = greedy: top_k / top_p ignored); top_p in (0, 1];
+    top_k (0 = off); eos_ids: any of them ends a completion; pad_id fills the tokens after
+    it; group_size G samples per prompt."""
+
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    eos_ids: tuple[int, ...] = ()
+    pad_id: int = 0
+    group_size: int = 1
+
+    def __post_init__(self):
+        object.__setattr__(self, "eos_ids", tuple(int(e) for e in self.eos_ids))
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if self.group_size < 1:
+            raise ValueError(f"group_size must be >= 1, got {self.group_size}")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class SampleOutput:
+    """Completions of B*G rows (row b*G + g: sample g of prompt b).
+
+    tokens:   int32[B*G, T]    sampled ids; pad_id after the first EOS.
+    lengths:  int32[B*G]       tokens up to and including the first EOS (T if none).
+    logps:    float32[B*G, T]  log-prob of each sampled token (see the module docstring);
+                               0 after the first EOS.
+    next_pos: int32[B*G]       M-RoPE position of the first completion token (prompt's last
+                               position + 1); completion token t sits at next_pos + t.
+    """
+
+    tokens: jax.Array
+    lengths: jax.Array
+    logps: jax.Array
+    next_pos: jax.Array
+
+
+# ---- prompt-length buckets (host side) ---------------------------------------------------------
+def bucket_length(length: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket >= length; ValueError when the prompt is longer than every bucket."""
+    fits = [int(b) for b in buckets if int(b) >= length]
+    if not fits:
+        raise ValueError(f"prompt length {length} exceeds the largest bucket {max(buckets)}")
+    return min(fits)
+
+
+def pad_prompts(inputs: ModelInputs, length: int, pad_id: int) -> ModelInputs:
+    """Left-pads LEFT-padded prompts (numpy) to `length` text positions.
+
+    The new positions are padding: input id pad_id, segment 0, position 0, no vision feature.
+    Vision arrays are unchanged (the patch budget is a separate bucket).
+    """
+    seg = np.asarray(inputs.segment_ids)
+    if not np.all(seg[:, -1] != 0):
+        rows = np.flatnonzero(seg[:, -1] == 0).tolist()
+        raise ValueError(f"prompts must be LEFT-padded (end at position L - 1); rows {rows} do not")
+    extra = length - inputs.seq_len
+    if extra < 0:
+        raise ValueError(f"cannot pad prompts of length {inputs.seq_len} to {length}")
+    if extra == 0:
+        return inputs
+
+    def left(x, value, axis=-1):
+        x = np.asarray(x)
+        widths = [(0, 0)] * x.ndim
+        widths[axis] = (extra, 0)
+        return np.pad(x, widths, constant_values=value)
+
+    return inputs.replace(
+        input_ids=left(inputs.input_ids, pad_id),
+        segment_ids=left(inputs.segment_ids, 0),
+        positions=left(inputs.positions, 0),
+        feature_index=left(inputs.feature_index, -1),
+    )
+
+
+def bucket_prompts(inputs: ModelInputs, buckets: Sequence[int], pad_id: int) -> ModelInputs:
+    """`pad_prompts` to `bucket_length(L, buckets)`."""
+    return pad_prompts(inputs, bucket_length(inputs.seq_len, buckets), pad_id)
+
+
+# ---- token selection -------------------------------------------------------------------------
+def _keep_top_p(sorted_desc: jax.Array, top_p: float) -> jax.Array:
+    """bool[..., K] over logits sorted descending: the smallest prefix whose probability mass
+    reaches top_p (HF's TopPLogitsWarper; the top token is always kept)."""
+    probs = jax.nn.softmax(sorted_desc, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above each token
+    return before < top_p
+
+
+def select_tokens(
+    logits: jax.Array, keys: jax.Array, step: jax.Array | int, cfg: SamplingConfig
+) -> tuple[jax.Array, jax.Array]:
+    """Picks one token per row. logits float32[N, V]; keys: N per-row PRNG keys.
+
+    Returns (int32[N] tokens, float32[N] their log-probs under log_softmax(logits / temperature),
+    or under log_softmax(logits) for greedy).
+    """
+    logits = logits.astype(jnp.float32)
+    if cfg.temperature == 0:
+        tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        logp = jax.nn.log_softmax(logits, axis=-1)
+        return tokens, jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
+
+    scaled = logits / cfg.temperature
+    v = scaled.shape[-1]
+    neg = jnp.finfo(jnp.float32).min
+    if 0 < cfg.top_k < v:
+        # Filter within the k candidates only: no sort of the whole vocabulary.
+        cand, cand_ids = jax.lax.top_k(scaled, cfg.top_k)  # [N, k], descending
+        if cfg.top_p < 1.0:
+            cand = jnp.where(_keep_top_p(cand, cfg.top_p), cand, neg)
+    else:
+        cand, cand_ids = scaled, None
+        if cfg.top_p < 1.0:
+            sorted_desc = -jnp.sort(-scaled, axis=-1)
+            n_keep = _keep_top_p(sorted_desc, cfg.top_p).sum(axis=-1, keepdims=True)
+            threshold = jnp.take_along_axis(sorted_desc, n_keep - 1, axis=-1)
+            cand = jnp.where(scaled >= threshold, scaled, neg)
+
+    step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(keys)
+    choice = jax.vmap(jax.random.categorical)(step_keys, cand)
+    tokens = (
+        choice if cand_ids is None else jnp.take_along_axis(cand_ids, choice[:, None], -1)[:, 0]
+    )
+    tokens = tokens.astype(jnp.int32)
+    logp = jax.nn.log_softmax(scaled, axis=-1)
+    return tokens, jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
+
+
+# ---- the sampler -----------------------------------------------------------------------------
+# Module-level jits keyed by static (hashable) model and settings: samplers that share a model,
+# a group size and T share the prefill compile, and the decode loop is shared by every sampler
+# with the same token-selection settings (the EOS ids are a traced argument).
+@functools.partial(jax.jit, static_argnames=("model", "group_size", "max_new_tokens", "rules"))
+def _prefill(params, prompt: ModelInputs, *, model, group_size, max_new_tokens, rules):
+    """(KVCache of B*G rows with L + T slots, float32[B*G, V] logits at position L - 1)."""
+    del rules  # part of the cache key: the logical constraints are traced under them
+    with jax.named_scope("rollout/prefill"):
+        cache_len = prompt.seq_len + max_new_tokens
+        cache, last = model.apply({"params": params}, prompt, cache_len, method="prefill")
+    # DESIGN decision 6: broadcast the prompt's cache, never its pixels.
+    return cache.repeat(group_size), jnp.repeat(last, group_size, axis=0)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "cfg", "rules"), donate_argnames="cache")
+def _decode(params, cache: KVCache, logits, keys, eos, *, model, cfg, rules):
+    """Samples T tokens for every row; returns (SampleOutput, the final cache).
+
+    The cache is donated and returned, so the loop carries it in place (no copy).
+    """
+    del rules
+    n, t_max = logits.shape[0], cfg.max_new_tokens
+    next_pos = cache.next_pos  # of the first completion token
+    is_eos = lambda tok: jnp.any(tok[:, None] == eos[None, :], axis=-1)
+    tok, logp = select_tokens(logits, keys, 0, cfg)
+    tokens = jnp.full((n, t_max), cfg.pad_id, jnp.int32).at[:, 0].set(tok)
+    logps = jnp.zeros((n, t_max), jnp.float32).at[:, 0].set(logp)
+    lengths = jnp.ones((n,), jnp.int32)
+
+    def cond(state):
+        t, done = state[0], state[-1]
+        return (t < t_max) & ~jnp.all(done)
+
+    def body(state):
+        t, tok, cache, tokens, logps, lengths, done = state
+        with jax.named_scope("rollout/decode"):
+            logits, cache = model.apply({"params": params}, tok, cache, method="decode_step")
+        new, logp = select_tokens(logits, keys, t, cfg)
+        new = jnp.where(done, cfg.pad_id, new)
+        logp = jnp.where(done, 0.0, logp)
+        tokens = jax.lax.dynamic_update_slice(tokens, new[:, None], (0, t))
+        logps = jax.lax.dynamic_update_slice(logps, logp[:, None], (0, t))
+        lengths = lengths + (~done).astype(jnp.int32)
+        return t + 1, new, cache, tokens, logps, lengths, done | is_eos(new)
+
+    state = (jnp.asarray(1, jnp.int32), tok, cache, tokens, logps, lengths, is_eos(tok))
+    _, _, cache, tokens, logps, lengths, _ = jax.lax.while_loop(cond, body, state)
+    return SampleOutput(tokens, lengths, logps, next_pos), cache
+
+
+def compile_count() -> int:
+    """Number of prefill + decode executables compiled so far (for recompilation checks)."""
+    return _prefill._cache_size() + _decode._cache_size()
+
+
+def make_sampler(
+    model: nn.Module,
+    cfg: SamplingConfig,
+    *,
+    mesh: Mesh | None = None,
+    shardings=None,
+    rules: Sequence[tuple[str, MeshAxes]] = DEFAULT_RULES,
+) -> Callable[[dict, ModelInputs, jax.Array], SampleOutput]:
+    """Returns `sample(params, prompt_inputs, rng_keys) -> SampleOutput`.
+
+    prompt_inputs: B LEFT-padded prompts (L text positions, every row ends at L - 1);
+    rng_keys: B*G PRNG keys (raw uint32[B*G, 2] or typed key[B*G]), row b*G + g.
+    With a mesh, rows are split over ("data", "fsdp") and the model's logical constraints use
+    `rules`; `shardings` (the params' NamedShardings) places params that are not yet placed.
+
+    The two jitted phases are also exposed, for timing: `sample.prefill(params, prompts) ->
+    (cache, logits)` and `sample.decode(params, cache, logits, keys) -> (SampleOutput, cache)`
+    (the cache is donated). One compile each per prompt bucket and batch size.
+    """
+    g = cfg.group_size
+    rules = tuple(tuple(r) for r in rules)
+    # An id that is never sampled stands for "no EOS", so the loop has one shape.
+    eos = np.asarray(cfg.eos_ids or (-1,), np.int32)
+    decode_cfg = dataclasses.replace(cfg, group_size=1, eos_ids=())
+
+    def run(fn, *args, **kwargs):
+        if mesh is None:
+            return fn(*args, **kwargs)
+        with jax.set_mesh(mesh), nn.logical_axis_rules(list(rules)):
+            return fn(*args, **kwargs)
+
+    def prefill(params, prompt_inputs: ModelInputs):
+        kw = dict(model=model, group_size=g, max_new_tokens=cfg.max_new_tokens, rules=rules)
+        return run(_prefill, params, prompt_inputs, **kw)
+
+    def decode(params, cache: KVCache, logits: jax.Array, keys: jax.Array):
+        return run(
+            _decode, params, cache, logits, keys, eos, model=model, cfg=decode_cfg, rules=rules
+        )
+
+    def sample(params, prompt_inputs: ModelInputs, rng_keys: jax.Array) -> SampleOutput:
+        b = prompt_inputs.batch_size
+        n_keys = rng_keys.shape[0]
+        if n_keys != b * g:
+            raise ValueError(
+                f"rng_keys has {n_keys} keys, expected B*G = {b}*{g} = {b * g} (one per sample)"
+            )
+        seg = prompt_inputs.segment_ids
+        if isinstance(seg, np.ndarray) and not np.all(seg[:, -1] != 0):
+            rows = np.flatnonzero(seg[:, -1] == 0).tolist()
+            raise ValueError(f"prompts must be LEFT-padded (end at L - 1); rows {rows} do not")
+        if mesh is not None:
+            prompt_inputs = jax.device_put(prompt_inputs, batch_sharding(prompt_inputs, mesh))
+            axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names) or None
+            rng_keys = jax.device_put(rng_keys, NamedSharding(mesh, PartitionSpec(axes)))
+            if shardings is not None:
+                params = jax.device_put(params, shardings)
+        cache, logits = prefill(params, prompt_inputs)
+        out, _ = decode(params, cache, logits, rng_keys)
+        return out
+
+    sample.prefill = prefill
+    sample.decode = decode
+    return sample
+
+
+# ---- training rows -----------------------------------------------------------------------------
+@functools.partial(jax.jit, static_argnums=1)
+def repeat_rows(inputs: ModelInputs, g: int) -> ModelInputs:
+    """Each row repeated g times (row b*g + j copies row b), pixels included (jnp arrays)."""
+    rep = lambda x, axis=0: jnp.repeat(jnp.asarray(x), g, axis=axis)
+    fields = {f.name: rep(getattr(inputs, f.name)) for f in dataclasses.fields(inputs)}
+    return ModelInputs(**{**fields, "positions": rep(inputs.positions, 1)})
+
+
+@functools.partial(jax.jit, static_argnames="group_size")
+def completion_inputs(
+    prompt_inputs: ModelInputs, out: SampleOutput, group_size: int
+) -> tuple[ModelInputs, jax.Array]:
+    """The B*G rows prompt + completion (length L + T) and their completion mask.
+
+    Prompt rows are repeated G times (pixels included: the training forward needs them per
+    row); completion token t sits at text position L + t with M-RoPE position next_pos + t on
+    all three axes, in the prompt's last segment up to its length, padding (segment 0) after.
+    Returns (ModelInputs, float32[B*G, L + T] mask: 1 at the completion tokens, the first EOS
+    included). The log-prob of the token at position p comes from the logits at p - 1.
+    """
+    b, length = prompt_inputs.input_ids.shape
+    n, t_max = out.tokens.shape
+    if n != b * group_size:
+        raise ValueError(f"{n} completions for {b} prompts x group_size {group_size}")
+    rows = repeat_rows(prompt_inputs, group_size)
+    real = jnp.arange(t_max)[None, :] < out.lengths[:, None]  # [N, T]
+    comp_seg = jnp.where(real, rows.segment_ids[:, -1:], 0)
+    comp_pos = jnp.where(real, out.next_pos[:, None] + jnp.arange(t_max)[None, :], 0)
+    cat = lambda a, c: jnp.concatenate([a, c.astype(a.dtype)], axis=-1)
+    inputs = rows.replace(
+        input_ids=cat(rows.input_ids, out.tokens),
+        segment_ids=cat(rows.segment_ids, comp_seg),
+        positions=cat(rows.positions, jnp.broadcast_to(comp_pos, (3, n, t_max))),
+        feature_index=cat(rows.feature_index, jnp.full((n, t_max), -1, jnp.int32)),
+    )
+    mask = jnp.concatenate([jnp.zeros((n, length), jnp.float32), real.astype(jnp.float32)], 1)
+    return inputs, mask

@@ -1,0 +1,287 @@
+"""What the SFT and GSPO loops share: config -> mesh, model, tokenizer, sharded state, data.
+
+Shapes, then shardings, then state (STYLE 3): the train state's shardings come from
+`jax.eval_shape` of the init and the logical rule table in the config; the state is then either
+restored from the run directory's latest Orbax checkpoint (automatic resume), streamed from an
+HF checkpoint into those shardings, or initialised by a jitted init that writes them directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh
+
+from o3video_jax.checkpoints import hf
+from o3video_jax.checkpoints.orbax import Checkpointer
+from o3video_jax.data import pipeline, records
+from o3video_jax.data.examples import ExampleBuilder, ExampleConfig
+from o3video_jax.data.tokenizer import Tokenizer
+from o3video_jax.models.qwen2_5_vl import ModelInputs, Qwen25VL, Qwen25VLConfig
+from o3video_jax.models.qwen2_5_vl.config import TextConfig, VisionConfig
+from o3video_jax.train import sharding, synthetic_data
+from o3video_jax.train.state import TrainState, make_optimizer
+
+
+@dataclasses.dataclass
+class Experiment:
+    """Everything a loop needs, built from the config (see `setup`)."""
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    mesh: Mesh
+    rules: list
+    model_config: Qwen25VLConfig
+    model: Qwen25VL
+    tokenizer: Tokenizer
+    state: TrainState
+    shardings: TrainState
+    checkpointer: Checkpointer
+    start_step: int
+    data_state: Any
+    init_params: Any  # callable key -> params (the jitted init's function), for the reference
+    synthetic: synthetic_data.SyntheticData | None
+
+
+# ---- model config ------------------------------------------------------------------------------
+def _parse_overrides(text: str, cls) -> dict[str, Any]:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    out = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            raise ValueError(f"bad {cls.__name__} override {item!r}; fields: {sorted(fields)}")
+        out[key] = float(value) if "." in value or "e" in value else int(value)
+    return out
+
+
+def _mrope_for(head_dim: int) -> tuple[int, int, int]:
+    """Qwen's (16, 24, 24) split of head_dim / 2 rescaled: t gets 1/4, h and w the rest."""
+    half = head_dim // 2
+    t = half // 4
+    h = (half - t) // 2
+    return (half - 2 * h, h, h)
+
+
+def model_config(config: ml_collections.ConfigDict) -> Qwen25VLConfig:
+    """The model's config: from the HF checkpoint, or the preset with the overrides."""
+    m = config.model
+    runtime = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat, attention=m.attention)
+    if m.hf_checkpoint:
+        return Qwen25VLConfig.from_hf_json(m.hf_checkpoint, **runtime)
+    base = Qwen25VLConfig.preset(m.preset)
+    text_kw = _parse_overrides(m.text_overrides, TextConfig)
+    vision_kw = _parse_overrides(m.vision_overrides, VisionConfig)
+    text = dataclasses.replace(base.text, **text_kw)
+    if text.head_dim != base.text.head_dim and "mrope_section" not in text_kw:
+        text = dataclasses.replace(text, mrope_section=_mrope_for(text.head_dim))
+    vision = dataclasses.replace(base.vision, out_hidden_size=text.hidden_size, **vision_kw)
+    return dataclasses.replace(base, text=text, vision=vision, **runtime)
+
+
+def init_inputs(config: Qwen25VLConfig) -> ModelInputs:
+    """Smallest inputs that touch every parameter: 4 tokens and one 2x2 merge unit."""
+    b, length, p = 1, 4, config.vision.merge_unit
+    feature_index = np.full((b, length), -1, np.int32)
+    feature_index[0, 1] = 0
+    return ModelInputs(
+        input_ids=np.zeros((b, length), np.int32),
+        segment_ids=np.ones((b, length), np.int32),
+        positions=np.zeros((3, b, length), np.int32),
+        rope_deltas=np.zeros((b,), np.int32),
+        pixel_values=np.zeros((b, p, config.vision.patch_dim), np.float32),
+        vision_pos=np.zeros((b, p, 2), np.int32),
+        window_index=np.zeros((b, p // config.vision.merge_unit), np.int32),
+        window_segment_ids=np.ones((b, p), np.int32),
+        frame_segment_ids=np.ones((b, p), np.int32),
+        feature_index=feature_index,
+    )
+
+
+# ---- data -------------------------------------------------------------------------------------
+def prepare_synthetic(config: ml_collections.ConfigDict, workdir: str):
+    """Generates the synthetic dataset when asked to and points the data config at it."""
+    s = config.data.synthetic
+    if s.videos <= 0 or config.data.train_json:
+        return None
+    data = synthetic_data.prepare(
+        os.path.join(workdir, "synthetic"),
+        videos=s.videos,
+        eval_videos=s.eval_videos,
+        seed=s.seed,
+        width=s.width,
+        height=s.height,
+        fps=s.fps,
+    )
+    with config.unlocked():
+        config.data.train_json = data.sft_json if config.stage == "sft" else data.rl_json
+        config.data.eval_json = config.data.eval_json or data.heldout_rl_json
+        config.data.media_root = data.media_root
+        config.data.layout = "flat"
+        config.data.tokenizer_dir = config.data.tokenizer_dir or data.tokenizer_dir
+    return data
+
+
+def example_builder(
+    config: ml_collections.ConfigDict, tokenizer: Tokenizer, kind: str, media_root: str
+) -> ExampleBuilder:
+    d = config.data
+    max_len = d.max_seq_len - (config.rl.max_new_tokens if kind == "rl" else 0)
+    return ExampleBuilder(
+        ExampleConfig(
+            kind=kind,
+            media_root=media_root,
+            layout=d.layout,
+            quirks=d.prompt_quirks,
+            loss_mask=d.loss_mask,
+            fps=d.fps,
+            max_frames=d.max_frames,
+            min_frames=d.min_frames,
+            frame_min_pixels=d.frame_min_pixels,
+            frame_max_pixels=d.frame_max_pixels,
+            image_max_pixels=d.image_max_pixels,
+            max_seq_len=max_len,
+            max_patches=d.max_patches,
+        ),
+        tokenizer,
+    )
+
+
+def dataset(
+    config: ml_collections.ConfigDict,
+    tokenizer: Tokenizer,
+    model_config: Qwen25VLConfig,
+    mode: str,
+    json_path: str,
+    media_root: str,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    num_epochs: int | None,
+    group_size: int = 1,
+):
+    """A grain dataset of SFT / RL / eval batches (this process's rows)."""
+    d = config.data
+    kind = "sft" if mode == "sft" else "rl"
+    builder = example_builder(config, tokenizer, kind, media_root)
+    max_len = d.max_seq_len - (config.rl.max_new_tokens if kind == "rl" else 0)
+    cfg = pipeline.PipelineConfig(
+        batch_size=batch_size,
+        max_seq_len=max_len,
+        max_patches=d.max_patches,
+        seed=config.seed,
+        shuffle=shuffle,
+        num_epochs=num_epochs,
+        prefetch=d.prefetch,
+        num_workers=d.workers,
+        pack=d.packing != "none",
+        pack_strategy=d.packing if d.packing != "none" else "first_fit",
+        group_size=group_size,
+        max_error_fraction=d.max_error_fraction,
+    )
+    raw = records.read_json_records(json_path)
+    return pipeline.make_dataset(raw, builder, model_config, cfg, mode)
+
+
+def local_batch_size(global_batch: int) -> int:
+    n = jax.process_count()
+    if global_batch % n:
+        raise ValueError(f"data.batch_size {global_batch} is not divisible by {n} processes")
+    return global_batch // n
+
+
+# ---- state --------------------------------------------------------------------------------------
+def setup(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
+    """Builds mesh, model, tokenizer and the sharded train state (restored when possible)."""
+    os.makedirs(workdir, exist_ok=True)
+    synthetic = prepare_synthetic(config, workdir)
+    rules = [tuple(r) for r in config.sharding.rules]
+    mesh = sharding.make_mesh(dict(config.mesh))
+    mc = model_config(config)
+    model = Qwen25VL(mc)
+    tok_dir = config.data.tokenizer_dir or config.model.hf_checkpoint
+    if not tok_dir:
+        raise ValueError("set data.tokenizer_dir (or model.hf_checkpoint, which holds one)")
+    tokenizer = Tokenizer.from_dir(tok_dir)
+    if tokenizer.vocab_size > mc.vocab_size:
+        raise ValueError(
+            f"tokenizer in {tok_dir} has {tokenizer.vocab_size} tokens > model vocab {mc.vocab_size}"
+        )
+
+    tx = make_optimizer(config.optim)
+    rng = jax.random.PRNGKey(config.seed)
+    dummy = init_inputs(mc)
+    init_params = lambda key: model.init(key, dummy)["params"]
+    shardings = sharding.state_shardings(init_params, tx, rng, mesh, rules)
+    ckpt = Checkpointer(
+        workdir,
+        save_every=config.ckpt.save_every,
+        keep=config.ckpt.keep,
+        async_save=config.ckpt.async_save,
+    )
+
+    def create(key):
+        init_key, state_key = jax.random.split(key)
+        return TrainState.create(init_params(init_key), tx, state_key)
+
+    data_state, start = None, 0
+    if ckpt.latest_step() is not None:
+        abstract = jax.tree.map(
+            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+            jax.eval_shape(lambda k: nn.unbox(create(k)), rng),
+            shardings,
+        )
+        state, data_state, start = ckpt.restore(abstract)
+    elif config.model.hf_checkpoint:
+        state = _state_from_hf(config, mc, tx, rng, mesh, rules, shardings)
+    else:
+        state, _ = sharding.make_sharded_state(init_params, tx, rng, mesh, rules)
+    return Experiment(
+        config=config,
+        workdir=workdir,
+        mesh=mesh,
+        rules=rules,
+        model_config=mc,
+        model=model,
+        tokenizer=tokenizer,
+        state=state,
+        shardings=shardings,
+        checkpointer=ckpt,
+        start_step=int(start),
+        data_state=data_state,
+        init_params=init_params,
+        synthetic=synthetic,
+    )
+
+
+def initial_params(exp: Experiment) -> Any:
+    """The run's initial parameters (HF checkpoint or the seeded init), sharded like the state:
+    the frozen GSPO reference, recomputed on resume instead of being checkpointed."""
+    config = exp.config
+    if config.model.hf_checkpoint:
+        dtype = jnp.dtype(config.model.param_dtype)
+        _, params = hf.load(
+            config.model.hf_checkpoint, dtype, mesh=exp.mesh, rules=exp.rules, progress=False
+        )
+        return params
+    init_key, _ = jax.random.split(jax.random.PRNGKey(config.seed))
+    init = lambda k: nn.unbox(exp.init_params(k))
+    with jax.set_mesh(exp.mesh):
+        return jax.jit(init, out_shardings=exp.shardings.params)(init_key)
+
+
+def _state_from_hf(config, mc, tx, rng, mesh, rules, shardings) -> TrainState:
+    dtype = jnp.dtype(config.model.param_dtype)
+    loaded, params = hf.load(config.model.hf_checkpoint, dtype, mesh=mesh, rules=rules)
+    del loaded
+    _, state_key = jax.random.split(rng)
+    create = lambda p, k: TrainState.create(p, tx, k)
+    with jax.set_mesh(mesh):
+        return jax.jit(create, out_shardings=shardings, donate_argnums=0)(params, state_key)

@@ -1,0 +1,157 @@
+"""The SFT training loop: `train(config, workdir)`.
+
+One jitted, donated step per batch (`steps.make_sft_step`); everything else happens on the host
+after an explicit `device_get`: metrics to metrics.jsonl / TensorBoard / the progress bar, the
+NaN policy, Orbax checkpoints (params, optimiser state, step, rng and the grain iterator state)
+every `ckpt.save_every` steps and on SIGTERM (then the loop returns cleanly), and at the end an
+HF export (`WORKDIR/hf`, with the tokenizer files) that transformers can load.
+
+A run directory that holds a checkpoint is resumed automatically, and continues with exactly
+the batches and random streams of an uninterrupted run (tests/test_train_loop.py).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from o3video_jax.checkpoints import hf
+from o3video_jax.train import experiment, sharding, steps
+from o3video_jax.train.metrics_log import MetricsWriter
+from o3video_jax.train.state import make_schedule
+
+TIMING_KEYS = ("step_time", "data_time", "tokens_per_s")  # differ between identical runs
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+
+
+class Profiler:
+    """Captures a jax.profiler trace from the first to the last of `profile_steps`."""
+
+    def __init__(self, profile_steps: Sequence[int], workdir: str):
+        self.steps = sorted(int(s) for s in profile_steps)
+        self.dir = os.path.join(workdir, "profile")
+        self.active = False
+
+    def before(self, step: int) -> None:
+        if self.steps and step == self.steps[0] and not self.active:
+            jax.profiler.start_trace(self.dir)
+            self.active = True
+
+    def after(self, step: int) -> None:
+        if self.active and step >= self.steps[-1]:
+            jax.profiler.stop_trace()
+            self.active = False
+
+
+def sft_step_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The fields `steps.make_sft_step` reads, from the experiment config."""
+    return ml_collections.ConfigDict(
+        {
+            "optimizer": config.optim.to_dict(),
+            "loss": {"chunk": config.sft.ce_chunk, "normalize": config.sft.loss_norm},
+            "nan_policy": config.nan_policy,
+        }
+    )
+
+
+def export_hf(exp: experiment.Experiment, params: Any) -> str:
+    """Writes WORKDIR/hf: config.json + safetensors + the tokenizer files."""
+    out = os.path.join(exp.workdir, "hf")
+    hf.save(out, exp.model_config, params, progress=False)
+    tok_dir = exp.config.data.tokenizer_dir or exp.config.model.hf_checkpoint
+    if jax.process_index() == 0:
+        for name in _TOKENIZER_FILES:
+            src = os.path.join(tok_dir, name)
+            if os.path.exists(src) and os.path.abspath(src) != os.path.abspath(
+                os.path.join(out, name)
+            ):
+                shutil.copy(src, os.path.join(out, name))
+    return out
+
+
+def sft_batch(host) -> dict[str, Any]:
+    """pipeline.SFTBatch -> the dict the SFT step takes (numpy leaves)."""
+    return {"inputs": host.inputs, "targets": host.targets, "loss_mask": host.loss_mask}
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Runs (or resumes) SFT to `config.total_steps`. Returns the last logged metrics.
+
+    Raises steps.NonFiniteLossError under nan_policy="stop" (after logging the bad step).
+    """
+    if config.stage != "sft":
+        raise ValueError(f"train() runs SFT; config.stage is {config.stage!r}")
+    exp = experiment.setup(config, workdir)
+    total = int(config.total_steps)
+    ds = experiment.dataset(
+        config,
+        exp.tokenizer,
+        exp.model_config,
+        "sft",
+        config.data.train_json,
+        config.data.media_root,
+        batch_size=experiment.local_batch_size(config.data.batch_size),
+        shuffle=config.data.shuffle,
+        num_epochs=None,
+    )
+    it = iter(ds)
+    if exp.data_state is not None:
+        it.set_state(exp.data_state)
+    step_fn = steps.make_sft_step(
+        exp.model, sft_step_config(config), exp.mesh, exp.shardings, rules=exp.rules
+    )
+    schedule = make_schedule(config.optim)
+    writer = MetricsWriter(
+        workdir,
+        start_step=exp.start_step,
+        total_steps=total,
+        bar_keys=("loss", "accuracy", "grad_norm", "tokens_per_s"),
+        tensorboard=config.log.tensorboard,
+        progress=config.log.progress,
+        desc="sft",
+    )
+    profiler = Profiler(config.log.profile_steps, workdir)
+    state, step, last = exp.state, exp.start_step, {}
+    data_state = exp.data_state
+    try:
+        while step < total:
+            t0 = time.perf_counter()
+            host = next(it)
+            data_state = it.get_state()  # after this batch: a resume continues with the next
+            batch = sharding.shard_batch(sft_batch(host), exp.mesh)
+            t1 = time.perf_counter()
+            profiler.before(step + 1)
+            with jax.transfer_guard("disallow"):
+                state, metrics = step_fn(state, batch)
+            metrics = jax.device_get(metrics)
+            profiler.after(step + 1)
+            step += 1
+            t2 = time.perf_counter()
+            metrics = {k: np.asarray(v).item() for k, v in metrics.items()}
+            metrics["lr"] = float(schedule(step - 1))
+            metrics["step_time"] = t2 - t1
+            metrics["data_time"] = t1 - t0
+            metrics["tokens_per_s"] = float((host.inputs.segment_ids > 0).sum()) / (t2 - t1)
+            last = metrics
+            if step % config.log.every == 0 or step == total or metrics["skipped"]:
+                writer.write(step, metrics)
+            writer.advance()
+            steps.check_finite(metrics, config.nan_policy)
+            exp.checkpointer.save(step, state, data_state)
+            if exp.checkpointer.preempted:
+                print(f"preempted at step {step}: checkpoint saved, exiting", flush=True)
+                return last
+        exp.checkpointer.save(step, state, data_state, force=True)
+        if config.ckpt.export_hf:
+            export_hf(exp, state.params)
+        return last
+    finally:
+        writer.close()
+        exp.checkpointer.close()

@@ -1,0 +1,117 @@
+"""Synthetic runs: generate videos, records and a tiny tokenizer into a run directory.
+
+`prepare(directory, ...)` is what `experiments/configs/synthetic.py` runs rely on (the loop
+calls it when `config.data.synthetic.videos > 0` and no train_json is given) and what the demo
+calls first. It is idempotent: a directory that already holds a finished dataset (a `DONE`
+marker) is reused, so a resumed run, or train/eval splits of the same seed, never regenerate.
+
+Layout under `directory`:
+  train/  generate_dataset(videos, seed)        -> json_data/STGR-SFT.json, STGR-RL.json, ...
+  heldout/ generate_dataset(eval_videos, seed+1) -> the held-out records (never trained on)
+  tokenizer/ tokenizer.json + tokenizer_config.json (make_tiny_tokenizer on the corpus)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Iterable
+
+from o3video_jax.data import prompts
+from o3video_jax.data.synthetic import generate_dataset
+from o3video_jax.data.tokenizer import Tokenizer, make_tiny_tokenizer
+
+_DONE = "DONE"
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticData:
+    """Paths of a prepared synthetic dataset (all absolute)."""
+
+    root: str
+    sft_json: str
+    rl_json: str
+    heldout_rl_json: str
+    heldout_vstar_json: str
+    media_root: str
+    heldout_media_root: str
+    tokenizer_dir: str
+
+
+def _paths(root: str) -> SyntheticData:
+    train, held = os.path.join(root, "train"), os.path.join(root, "heldout")
+    return SyntheticData(
+        root=root,
+        sft_json=os.path.join(train, "json_data", "STGR-SFT.json"),
+        rl_json=os.path.join(train, "json_data", "STGR-RL.json"),
+        heldout_rl_json=os.path.join(held, "json_data", "STGR-RL.json"),
+        heldout_vstar_json=os.path.join(held, "json_data", "vstar.json"),
+        media_root=train,
+        heldout_media_root=held,
+        tokenizer_dir=os.path.join(root, "tokenizer"),
+    )
+
+
+def corpus(records: Iterable[dict], max_seconds: int = 16) -> list[str]:
+    """Texts the tiny BPE is trained on: every prompt the pipeline renders, the records'
+    questions/answers/reasoning, frame labels and pixel boxes (so frequent pieces merge)."""
+    texts = list(prompts.SFT_SYSTEM_PROMPTS.values()) + list(prompts.RL_SYSTEM_PROMPTS.values())
+    for r in records:
+        texts += [r.get("question", ""), r.get("answer", ""), r.get("reasoning_process", "")]
+    for j in range(1, 2 * max_seconds + 2):
+        t = (j - 1) / 2
+        texts.append(f"Frame {j} at {t}s: \nFrame {j} at {t}: \n")
+    texts += [f"The video is in total {s} seconds.\n" for s in range(max_seconds + 1)]
+    texts += [f"<box>[{a},{a + 7},{a + 13},{a + 21}]</box>" for a in range(0, 120, 3)]
+    texts += [f"From <t>{a / 2}</t>s to <t>{a / 2 + 1.5}</t>s" for a in range(2 * max_seconds)]
+    texts += ["<think>", "</think>\n<answer>", "</answer>", "Question: "]
+    return texts
+
+
+def prepare(
+    directory: str | os.PathLike,
+    *,
+    videos: int,
+    eval_videos: int = 0,
+    seed: int = 0,
+    width: int = 112,
+    height: int = 84,
+    fps: int = 4,
+    seconds: tuple[int, int] = (4, 6),
+) -> SyntheticData:
+    """Generates (once) the training and held-out synthetic datasets and the tiny tokenizer."""
+    root = os.path.abspath(os.fspath(directory))
+    paths = _paths(root)
+    marker = os.path.join(root, _DONE)
+    spec = dict(
+        videos=videos,
+        eval_videos=eval_videos,
+        seed=seed,
+        width=width,
+        height=height,
+        fps=fps,
+        seconds=list(seconds),
+    )
+    if os.path.exists(marker):
+        with open(marker) as f:
+            done = json.load(f)
+        if done != spec:
+            raise ValueError(
+                f"{root} holds a synthetic dataset made with {done}, not {spec}; "
+                "use another directory"
+            )
+        return paths
+    if videos < 1:
+        raise ValueError(f"synthetic videos must be >= 1, got {videos}")
+    kw = dict(width=width, height=height, fps=fps, seconds=tuple(seconds))
+    train = generate_dataset(paths.media_root, videos, seed, **kw)
+    held = generate_dataset(paths.heldout_media_root, max(eval_videos, 1), seed + 1, **kw)
+    make_tiny_tokenizer(paths.tokenizer_dir, corpus(train["sft"] + train["rl"] + held["rl"]))
+    with open(marker, "w") as f:
+        json.dump(spec, f)
+    return paths
+
+
+def load_tokenizer(data: SyntheticData) -> Tokenizer:
+    return Tokenizer.from_dir(data.tokenizer_dir)

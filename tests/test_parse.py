@@ -1,0 +1,322 @@
+"""Completion parser: hand-made cases, equality with the original regexes, totality, linearity."""
+
+import json
+import math
+import random
+import re
+import time
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from o3video_jax.rewards import RewardConfig, compute_rewards, parse_batch, parse_completion
+from o3video_jax.rewards.config import TASKS
+from o3video_jax.rewards.parse import as_box, extract_answer
+from o3video_jax.rewards.rouge import lcs_length, rouge_mean_f
+
+# ---------------------------------------------------------------------------------------------
+# The original regexes (reference §2/§3), used as the oracle on short inputs where their
+# backtracking is harmless.
+ANSWER_RE = r"<answer>\s*(.*?)\s*</answer>"
+CLAIM_RE = r"<obj>(.*?)</obj>((?:<box>\[.*?\]</box>)+)at<t>(.*?)</t>s"
+TIME_RE = r"<t>([\d.]+)</t>s"
+SPAN_RE = r"<t>(\d+\.?\d*)</t>s to <t>(\d+\.?\d*)</t>s"
+BOX_RE = r"<box>(\[.*?\])</box>"
+VQA_RE = r"<obj>(\w+)</obj><box>(\[.*?\])</box>"
+
+
+def _key(x):
+    """Comparable form: nan -> 'nan' (nan != nan), tuples/lists recursively."""
+    if isinstance(x, float) and math.isnan(x):
+        return "nan"
+    if isinstance(x, tuple | list):
+        return tuple(_key(v) for v in x)
+    return x
+
+
+def oracle(text):
+    think = re.search(r"<think>(.*?)</think>", text, re.DOTALL)
+    inner = think.group(1) if think else ""
+    m = re.search(ANSWER_RE, text, re.DOTALL)
+    answer = m.group(1).strip() if m else ""
+    claims = []
+    for m in re.finditer(CLAIM_RE, inner, re.DOTALL):
+        try:
+            t = float(m.group(3).strip())
+            boxes = [json.loads(b) for b in re.findall(r"\[.*?\]", m.group(2))]
+        except (ValueError, RecursionError):
+            continue
+        claims.append((m.group(1).strip(), tuple(as_box(b) for b in boxes), t))
+    try:
+        times = tuple(float(v) for v in re.findall(TIME_RE, inner))
+    except ValueError:
+        times = ()
+    think_boxes = []
+    for s in re.findall(BOX_RE, inner):
+        try:
+            think_boxes.append(as_box(json.loads(s)))
+        except (ValueError, RecursionError):
+            pass
+    m = re.search(SPAN_RE, answer)
+    span = (float(m.group(1)), float(m.group(2))) if m else None
+    m = re.search(BOX_RE, answer)
+    try:
+        answer_box = as_box(json.loads(m.group(1))) if m else None
+    except (ValueError, RecursionError):
+        answer_box = None
+    parts = answer.split("Correct Option:")
+    return {
+        "think": think.group(1) if think else None,
+        "has_answer": bool(re.search(r"<answer>.*?</answer>", text, re.DOTALL)),
+        "answer": answer,
+        "claims": tuple(claims),
+        "times": times,
+        "think_boxes": tuple(think_boxes),
+        "span": span,
+        "answer_box": answer_box,
+        "choice": parts[1].strip() if len(parts) > 1 else None,
+        "vqa_pair": bool(re.search(VQA_RE, text)),
+    }
+
+
+def ours(text):
+    c = parse_completion(text)
+    return {
+        "think": c.think,
+        "has_answer": c.has_answer,
+        "answer": c.answer,
+        "claims": tuple((cl.name, cl.boxes, cl.time) for cl in c.claims),
+        "times": c.times,
+        "think_boxes": c.think_boxes,
+        "span": c.span,
+        "answer_box": c.answer_box,
+        "choice": c.choice,
+        "vqa_pair": c.vqa_pair,
+    }
+
+
+FRAGMENTS = [
+    "<think>", "</think>", "<answer>", "</answer>", "<obj>", "</obj>", "<box>", "</box>",
+    "<t>", "</t>", "</t>s", "s", "at", " to ", "</t>s to <t>", "]</box>at<t>", "</obj><box>[",
+    "[", "]", "[1,2,3,4]", "[10, 20, 30, 40]", "[1,2,,3]", "[[1,2]", "[NaN,1,2,3]", "[1e999,0,1,1]",
+    "1", "2.5", "12.", ".", "1.2.3", "nan", "-3", " ", "\n", "\t", ",", "person", "big dog",
+    "Correct Option:", "A", "(B)", "\u0663", "x_1",
+]  # fmt: skip
+soup = st.lists(st.sampled_from(FRAGMENTS), max_size=30).map("".join)
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(soup)
+def test_parser_equals_original_regexes_on_tag_soup(text):
+    assert _key(list(ours(text).values())) == _key(list(oracle(text).values()))
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(st.text(max_size=80))
+def test_parser_equals_original_regexes_on_arbitrary_text(text):
+    assert _key(list(ours(text).values())) == _key(list(oracle(text).values()))
+
+
+# ---------------------------------------------------------------------------------------------
+# Hand-made cases.
+
+
+def test_answer_is_first_block_stripped():
+    assert extract_answer("x<answer> \n A. \t</answer><answer>B</answer>") == "A."
+    assert extract_answer("<answer>A") == ""
+    assert extract_answer("</answer><answer>B</answer>") == "B"
+
+
+def test_claims_multi_box_and_skips():
+    think = (
+        "<think>a <obj>man</obj><box>[1,2,3,4]</box><box>[5, 6, 7, 8]</box>at<t> 2.5 </t>s, "
+        "<obj>cup</obj><box>[1,2,,3]</box>at<t>3</t>s, "  # box JSON fails: skipped
+        "<obj>dog</obj><box>[0,0,1,1]</box>at<t>1.2.3</t>s, "  # time fails: skipped
+        "<obj>cat</obj><box>[1,2,3]</box>at<t>nan</t>s</think>"  # parsed: 3-list, nan time
+    )
+    claims = parse_completion(think).claims
+    assert [c.name for c in claims] == ["man", "cat"]
+    assert claims[0].boxes == ((1.0, 2.0, 3.0, 4.0), (5.0, 6.0, 7.0, 8.0))
+    assert claims[0].time == 2.5
+    assert claims[1].boxes == (None,) and math.isnan(claims[1].time)
+
+
+def test_claim_name_swallows_like_the_lazy_regex():
+    # The lazy name extends past an `</obj>` not followed by a box run, as in the original.
+    think = "<think><obj>a</obj> and <obj>b</obj><box>[1,2,3,4]</box>at<t>1</t>s</think>"
+    (claim,) = parse_completion(think).claims
+    assert claim.name == "a</obj> and <obj>b"
+
+
+def test_times_all_or_nothing_and_span_forms():
+    c = parse_completion("<think><t>1</t>s <t>2.50</t>s <t>3</t> <t>x</t>s</think>")
+    assert c.times == (1.0, 2.5)
+    assert parse_completion("<think><t>1</t>s <t>1.2.3</t>s</think>").times == ()
+    c = parse_completion("<answer>From <t>0.</t>s to <t>1.5</t>s</answer>")
+    assert c.span == (0.0, 1.5)
+    c = parse_completion("<answer><t>.5</t>s to <t>1</t>s; <t>2</t>s to <t>3</t>s</answer>")
+    assert c.span == (2.0, 3.0)  # '.5' does not match \d+\.?\d*, the next candidate does
+
+
+def test_choice_answer_box_counts_and_vqa_pair():
+    c = parse_completion(
+        "<think><obj>red cat</obj><box>[1,2,3,4]</box></think>"
+        "<answer>From <t>1</t>s to <t>2</t>s.\nCorrect Option: (B) Correct Option: C</answer>"
+    )
+    assert c.choice == "(B)"
+    assert c.tag_counts == (1, 1, 1, 1, 1, 1, 0, 0, 1, 1)
+    assert not c.vqa_pair  # `\w+` rejects the space in "red cat"
+    c = parse_completion("<answer><obj>cat</obj><box>[1, 2, 3, 4.5]</box></answer>")
+    assert c.vqa_pair and c.answer_box == (1.0, 2.0, 3.0, 4.5)
+    assert parse_completion("<answer><box>[1,\n2,3,4]</box></answer>").answer_box is None
+
+
+def test_as_box_rules():
+    assert as_box([1, True, "2.5", 3]) == (1.0, 1.0, 2.5, 3.0)  # numpy float conversion
+    for bad in ([1, 2, 3], [1, None, 2, 3], [1, [2], 3, 4], [float("inf"), 0, 1, 1], "x"):
+        assert as_box(bad) is None
+
+
+def test_parse_batch_budgets_and_overflow():
+    claim = "<obj>a</obj><box>[0,0,1,1]</box><box>[0,0,2,2]</box><box>[0,0,3,3]</box>at<t>1</t>s"
+    text = "<think>" + claim * 5 + "<t>9</t>s" * 3 + "</think><answer>x</answer>"
+    cfg = RewardConfig(max_claims=2, max_claim_boxes=2, max_times=4)
+    b = parse_batch([text, "no tags"], cfg)
+    assert b.claim_boxes.shape == (2, 2, 2, 4) and b.times.shape == (2, 4)
+    assert b.num_claims.tolist() == [5, 0] and b.dropped_claims.tolist() == [3, 0]
+    assert b.dropped_claim_boxes.tolist() == [2, 0]  # 1 box dropped in each kept claim
+    assert b.num_times.tolist() == [8, 0] and b.dropped_times.tolist() == [4, 0]
+    assert b.claim_box_ok[0].all() and not b.claim_box_ok[1].any()
+    bucketed = parse_batch([text], RewardConfig(bucket_shapes=True))
+    assert bucketed.claim_boxes.shape == (1, 8, 4, 4) and bucketed.times.shape == (1, 8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Totality, ranges and linear time on adversarial input.
+
+WEIGHTS = {"ans_acc": 1.0, "format": 2.0, "thk_spatial": 0.5}
+EXAMPLES = {
+    "temporal-spatial free-form QA": {
+        "answer": "a man opens a door",
+        "key_frames": [{"time": 1.0, "idx": 0}, {"time": 3.5, "idx": 1}],
+        "key_items": {"0": {"man": [[0.1, 0.1, 0.5, 0.9]]}, "1": {"door": [[0, 0, 1, 1]]}},
+        "frame_size": [100, 50],
+    },
+    "visual QA": {
+        "answer": "<obj>cat</obj><box>[1, 2, 30, 40]</box>",
+        "image_size": [64, 48],
+        "frame_size": [28, 28],
+    },
+    "temporal QA": {"answer": "[1.5, 4]"},
+    "temporal QA (MCQ)": {"answer": "A\n[0, 2.5]"},
+    "General video QA MCQ": {"answer": "B"},
+    "General video QA Free-form": {"answer": "The dog runs."},
+}
+
+
+def _check_ranges(texts):
+    for task in TASKS:
+        ex = dict(EXAMPLES[task], task=task)
+        r = compute_rewards(texts, [ex] * len(texts), 0.2, weights=WEIGHTS)
+        for name, values in r.items():
+            assert values.dtype == np.float32 and values.shape == (len(texts),)
+            assert np.all(np.isfinite(values)), (task, name)
+            hi = sum(WEIGHTS.get(k, 1.0) for k in r if k != "total") if name == "total" else 1
+            assert np.all((values >= 0) & (values <= hi + 1e-6)), (task, name, values)
+
+
+@settings(
+    max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
+@given(st.lists(st.one_of(soup, st.text(max_size=60)), min_size=1, max_size=6))
+def test_rewards_total_finite_and_in_range(texts):
+    _check_ranges(texts)
+
+
+def _adversarial(n, seed=0):
+    rng = random.Random(seed)
+    pieces = [
+        "<think>", "<obj>", "</obj><box>[", "<box>[", "]</box>", "]</box>at<t>", "<t>", "</t>s",
+        "</t>s to <t>", "[", "]", "\n", "9" * 50, "nan", "1e999", "<answer>", "  ",
+    ]  # fmt: skip
+    out = []
+    while sum(map(len, out)) < n:
+        out.append(rng.choice(pieces))
+    return "".join(out)[:n]
+
+
+ADVERSARIAL = {
+    "unclosed_obj": lambda n: "<think>" + "<obj>" * (n // 5),
+    "box_runs": lambda n: "<think>" + "<obj>a</obj><box>[1]</box>" * (n // 25),
+    "nested_brackets": lambda n: "<think><obj>a</obj><box>" + "[" * n + "]</box>at<t>1</t>s",
+    "digit_run": lambda n: "<think><t>" + "1" * n + "</think><answer><t>" + "1" * n,
+    "spaces": lambda n: "<answer>" + " " * n + "x",
+    "spans": lambda n: "<answer>" + "<t>1</t>s to <t>" * (n // 16),
+    "vqa": lambda n: "<obj>a</obj><box>[" * (n // 18),
+    "soup": _adversarial,
+}
+
+
+def _cpu_seconds(fn, repeats=3):
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.process_time()
+        fn()
+        best = min(best, time.process_time() - t0)
+    return best
+
+
+@pytest.mark.parametrize("name", sorted(ADVERSARIAL))
+def test_adversarial_inputs_parse_in_linear_time(name):
+    make = ADVERSARIAL[name]
+    small, large = make(10_000), make(100_000)
+    t_small = _cpu_seconds(lambda: parse_completion(small))
+    t_large = _cpu_seconds(lambda: parse_completion(large))
+    assert t_large < 1.0, f"{name}: {t_large:.3f}s for 100k chars"
+    # Linear growth would be 10x; allow noise and a fixed per-call cost.
+    assert t_large < 30 * max(t_small, 2e-4), (name, t_small, t_large)
+
+
+def test_adversarial_inputs_score_in_range():
+    _check_ranges([make(20_000) for make in ADVERSARIAL.values()])
+
+
+# ---------------------------------------------------------------------------------------------
+# In-house ROUGE == rouge_score (tokenizer, Porter stemmer, F-measures).
+
+WORDS = (
+    "the a man men running runs ran jumped dog dogs is are café don't x2 3.5 Ride RIDING".split()
+)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(
+    st.lists(st.sampled_from(WORDS), max_size=20).map(" ".join),
+    st.one_of(st.lists(st.sampled_from(WORDS), max_size=20).map(" ".join), st.text(max_size=30)),
+)
+def test_rouge_is_bit_identical_to_rouge_score(reference, hypothesis):
+    from rouge_score import rouge_scorer
+
+    s = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True).score(
+        reference, hypothesis
+    )
+    expected = (s["rouge1"].fmeasure + s["rouge2"].fmeasure + s["rougeL"].fmeasure) / 3
+    assert rouge_mean_f(reference, hypothesis) == expected
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(
+    st.lists(st.sampled_from("abcd"), max_size=70), st.lists(st.sampled_from("abcde"), max_size=70)
+)
+def test_bit_parallel_lcs_equals_dynamic_programming(a, b):
+    table = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            same = a[i - 1] == b[j - 1]
+            table[i][j] = table[i - 1][j - 1] + 1 if same else max(table[i - 1][j], table[i][j - 1])
+    masks = {}
+    for i, tok in enumerate(a):
+        masks[tok] = masks.get(tok, 0) | (1 << i)
+    assert lcs_length(masks, len(a), b) == table[-1][-1]

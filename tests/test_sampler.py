@@ -1,0 +1,271 @@
+"""Group sampler: parity with transformers' greedy `generate`, group == separate runs,
+decode == training forward, top-k / EOS handling, prompt buckets without recompilation."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import pathlib
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from o3video_jax.data.model_inputs import Segment, VisionItem, build_model_inputs
+from o3video_jax.models.qwen2_5_vl import Qwen25VL, Qwen25VLConfig
+from o3video_jax.models.qwen2_5_vl.inputs import PATCH_DIM
+from o3video_jax.rl import sampler as sampler_lib
+from o3video_jax.rl.sampler import SamplingConfig, completion_inputs, make_sampler
+from o3video_jax.train.sharding import make_mesh
+
+CFG = Qwen25VLConfig.preset("tiny")
+PAD, EOS = CFG.pad_token_id, CFG.eos_token_id
+T = 6
+
+
+def _prompt_rows(seed: int, texts=((3, 4), (1, 2))):
+    """Chat-like prompts: text, one 4x4-patch image (4 merged tokens), text (ends in text)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for before, after in texts:
+        ids = np.concatenate(
+            [
+                rng.integers(0, 480, before),
+                [CFG.vision_start_token_id],
+                [CFG.image_token_id] * 4,
+                [CFG.vision_end_token_id],
+                rng.integers(0, 480, after),
+            ]
+        )
+        pixels = rng.normal(size=(16, PATCH_DIM)).astype(np.float32)
+        rows.append([Segment(ids, [VisionItem(pixels, (1, 4, 4))])])
+    return rows
+
+
+def _prompts(seed: int = 0, length: int = 14, texts=((3, 4), (1, 2))):
+    rows = _prompt_rows(seed, texts)
+    return build_model_inputs(rows, CFG, max_seq_len=length, max_patches=16, pad_side="left")
+
+
+@functools.cache
+def _params():
+    """Random weights drawn on the host (no init compile) with O(1) activations."""
+    shapes = jax.eval_shape(lambda x: Qwen25VL(CFG).init(jax.random.key(0), x), _prompts())
+    rng = np.random.default_rng(0)
+
+    def draw(path, leaf):
+        name = jax.tree_util.keystr(path)
+        noise = rng.normal(size=leaf.shape).astype(np.float32)
+        if "bias" in name:
+            return 0.1 * noise
+        if "scale" in name:
+            return 1.0 + 0.1 * noise
+        if "embedding" in name:
+            return 0.5 * noise
+        return noise / np.sqrt(leaf.shape[0])
+
+    return jax.tree_util.tree_map_with_path(draw, nn.unbox(shapes["params"]))
+
+
+@functools.cache
+def _sampler(**kw):
+    cfg = SamplingConfig(**{"max_new_tokens": T, "pad_id": PAD, **kw})
+    return make_sampler(Qwen25VL(CFG), cfg)
+
+
+def _keys(n: int, seed: int = 1):
+    """n raw PRNG keys uint32[n, 2] (made on the host: no compile per call)."""
+    return np.random.default_rng(seed).integers(0, 2**32, (n, 2), dtype=np.uint32)
+
+
+# ---- 1. parity with transformers ------------------------------------------------------------
+def _golden_module():
+    path = pathlib.Path(__file__).parent / "fixtures" / "make_hf_golden.py"
+    spec = importlib.util.spec_from_file_location("make_hf_golden", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_greedy_matches_hf_generate(tmp_path):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from o3video_jax.checkpoints import hf
+    from o3video_jax.models.qwen2_5_vl.hf_inputs import inputs_from_hf
+
+    golden = _golden_module()
+    model = golden.build_model(tied=False, seed=0)
+    # Two left-padded prompts of different lengths, each ending in text.
+    hf_inputs = golden.make_inputs(
+        [
+            [("text", 2), ("image", (1, 4, 4)), ("text", 6)],
+            [("text", 1), ("image", (1, 4, 6)), ("text", 2)],
+        ],
+        seed=1,
+    )
+    new_tokens = 8
+    with torch.no_grad():
+        want = model.generate(
+            **{k: torch.from_numpy(v) for k, v in hf_inputs.items()},
+            do_sample=False,
+            max_new_tokens=new_tokens,
+            eos_token_id=EOS,
+            pad_token_id=PAD,
+        )
+    want = want[:, hf_inputs["input_ids"].shape[1] :].numpy()
+
+    model.save_pretrained(tmp_path)
+    config, params = hf.load(tmp_path, progress=False)
+    prompts = inputs_from_hf(config, **hf_inputs, rule="hf")
+    cfg = SamplingConfig(max_new_tokens=new_tokens, temperature=0.0, eos_ids=(EOS,), pad_id=PAD)
+    out = make_sampler(Qwen25VL(config), cfg)(params, prompts, _keys(2))
+    np.testing.assert_array_equal(np.asarray(out.tokens)[:, : want.shape[1]], want)
+
+
+# ---- 2. a group equals separate runs ----------------------------------------------------------
+G = 4
+GROUP_KW = dict(temperature=1.0, top_p=0.9, group_size=G)
+
+
+@functools.cache
+def _grouped():
+    """B = 2 prompts, G = 4 samples each, unsharded."""
+    return _sampler(**GROUP_KW)(_params(), _prompts(seed=2), _keys(2 * G, seed=3))
+
+
+def test_group_equals_separate_runs():
+    g = G
+    prompts = _prompts(seed=2)
+    keys = _keys(2 * g, seed=3)
+    kw = dict(temperature=1.0, top_p=0.9)
+    grouped = _grouped()
+    # The reference way: every sample has its own copy of the prompt (pixels repeated).
+    repeated = sampler_lib.repeat_rows(prompts, g)
+    separate = _sampler(group_size=1, **kw)(_params(), repeated, keys)
+    np.testing.assert_array_equal(grouped.tokens, separate.tokens)
+    np.testing.assert_allclose(grouped.logps, separate.logps, atol=1e-5)
+    np.testing.assert_array_equal(grouped.next_pos, separate.next_pos)
+    # Different keys give different samples (the test could not pass with ignored keys).
+    assert len({tuple(r) for r in np.asarray(grouped.tokens)[:g]}) > 1
+
+
+def test_sharded_equals_unsharded():
+    mesh = make_mesh({"data": 2, "fsdp": 1, "tensor": 1}, jax.devices()[:2])
+    cfg = SamplingConfig(max_new_tokens=T, pad_id=PAD, **GROUP_KW)
+    sample = make_sampler(Qwen25VL(CFG), cfg, mesh=mesh)
+    out = sample(_params(), _prompts(seed=2), _keys(2 * G, seed=3))
+    assert out.tokens.sharding.spec[0] in (("data", "fsdp"), "data")  # rows really are split
+    want = _grouped()
+    np.testing.assert_array_equal(out.tokens, want.tokens)
+    np.testing.assert_allclose(out.logps, want.logps, atol=1e-5)
+    np.testing.assert_array_equal(out.lengths, want.lengths)
+
+
+# ---- 3. decode == training forward --------------------------------------------------------------
+@functools.cache
+def _forward():
+    return jax.jit(Qwen25VL(CFG).apply)
+
+
+def _training_logps(prompts, out):
+    """Log-probs of the completion tokens recomputed by one full forward of prompt+completion:
+    float32[N, T] (0 outside the completion) and the forward's arg-max tokens int32[N, T]."""
+    inputs, mask = completion_inputs(prompts, out, group_size=out.tokens.shape[0] // 2)
+    logits = np.asarray(_forward()({"params": _params()}, inputs), np.float64)
+    length = prompts.seq_len
+    logits = logits[:, length - 1 : -1]  # position p - 1 predicts the token at p
+    logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+    tokens = np.asarray(out.tokens)
+    picked = np.take_along_axis(logits, tokens[:, :, None], axis=-1)[..., 0] - logz
+    mask = np.asarray(mask)
+    np.testing.assert_array_equal(mask[:, :length], 0)
+    np.testing.assert_array_equal(mask.sum(1), out.lengths)
+    return np.where(mask[:, length:] > 0, picked, 0.0), np.argmax(logits, -1)
+
+
+def test_greedy_logps_match_training_forward():
+    prompts = _prompts(seed=4)
+    out = _sampler(temperature=0.0, eos_ids=(EOS,))(_params(), prompts, _keys(2))
+    want, argmax = _training_logps(prompts, out)
+    np.testing.assert_allclose(out.logps, want, atol=1e-4, rtol=0)
+    np.testing.assert_array_equal(out.tokens, argmax)
+
+
+# ---- 4. top-k, EOS, buckets ------------------------------------------------------------------
+def test_top_k_1_equals_greedy():
+    prompts = _prompts(seed=4)
+    greedy = _sampler(temperature=0.0, eos_ids=(EOS,))(_params(), prompts, _keys(2))
+    top1 = _sampler(temperature=1.0, top_k=1, eos_ids=(EOS,))(_params(), prompts, _keys(2, 7))
+    np.testing.assert_array_equal(top1.tokens, greedy.tokens)
+    # temperature 1: the same distribution, so the same log-probs.
+    np.testing.assert_allclose(top1.logps, greedy.logps, atol=1e-6)
+
+
+def test_eos_stops_rows_and_pads_after():
+    prompts = _prompts(seed=4)
+    free = _sampler(temperature=0.0, eos_ids=(EOS,))(_params(), prompts, _keys(2))
+    free_tokens = np.asarray(free.tokens)
+    assert np.all(np.asarray(free.lengths) == T) and not np.any(free_tokens == EOS)
+    # Declare the third token of row 0 an EOS id: row 0 must stop there.
+    stop = int(free_tokens[0, 2])
+    sample = _sampler(temperature=0.0, eos_ids=(EOS, stop))
+    out = sample(_params(), prompts, _keys(2))
+    for r in range(2):
+        hits = np.flatnonzero(free_tokens[r] == stop)
+        n = hits[0] + 1 if len(hits) else T
+        assert out.lengths[r] == n
+        np.testing.assert_array_equal(out.tokens[r, :n], free_tokens[r, :n])
+        np.testing.assert_array_equal(out.tokens[r, n:], PAD)
+        np.testing.assert_allclose(out.logps[r, :n], free.logps[r, :n], atol=1e-6)
+        np.testing.assert_array_equal(out.logps[r, n:], 0.0)
+    # The training rows of a stopped completion still match the decode log-probs.
+    want, _ = _training_logps(prompts, out)
+    np.testing.assert_allclose(out.logps, want, atol=1e-4, rtol=0)
+    # When every row has stopped the loop exits: one cache slot per decoded token.
+    both = _sampler(temperature=0.0, eos_ids=tuple(int(x) for x in free_tokens[:, 1]))
+    cache, logits = both.prefill(_params(), prompts)
+    early, cache = both.decode(_params(), cache, logits, _keys(2))
+    np.testing.assert_array_equal(early.lengths, [2, 2])
+    assert int(cache.index) == prompts.seq_len + 1
+
+
+def test_buckets_do_not_recompile():
+    sample = _sampler(temperature=0.0, eos_ids=(EOS,))
+    buckets = (8, 14, 32)
+    # Natural lengths 11 and 10 both land in bucket 14 (the length used by the tests above).
+    a = _prompts(seed=5, length=11, texts=((2, 3), (1, 1)))
+    b = _prompts(seed=6, length=10, texts=((1, 3), (2, 1)))
+    a14, b14 = (sampler_lib.bucket_prompts(x, buckets, PAD) for x in (a, b))
+    # Extra left padding is padding: the same arrays as building at length 14 directly.
+    direct = _prompts(seed=5, length=14, texts=((2, 3), (1, 1)))
+    jax.tree.map(np.testing.assert_array_equal, a14, direct)
+    out_a = sample(_params(), a14, _keys(2))
+    before = sampler_lib.compile_count()
+    out_b = sample(_params(), b14, _keys(2))
+    assert sampler_lib.compile_count() == before
+    assert not np.array_equal(out_a.tokens, out_b.tokens)
+
+
+def test_bucket_length():
+    assert sampler_lib.bucket_length(8, (8, 16)) == 8
+    assert sampler_lib.bucket_length(9, (16, 8, 64)) == 16
+    with pytest.raises(ValueError, match="exceeds the largest bucket 16"):
+        sampler_lib.bucket_length(17, (8, 16))
+
+
+def test_bad_inputs_raise():
+    sample = _sampler(temperature=0.0, eos_ids=(EOS,))
+    prompts = _prompts(seed=4)
+    with pytest.raises(ValueError, match="rng_keys has 3 keys"):
+        sample(_params(), prompts, _keys(3))
+    right = build_model_inputs(
+        _prompt_rows(0), CFG, max_seq_len=14, max_patches=16, pad_side="right"
+    )
+    with pytest.raises(ValueError, match=r"LEFT-padded.*rows \[0, 1\]"):
+        sample(_params(), right, _keys(2))
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingConfig(max_new_tokens=4, top_p=0.0)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        SamplingConfig(max_new_tokens=0)
