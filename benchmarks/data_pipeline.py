@@ -1,18 +1,18 @@
 """Video clip loading: our read_video + preprocess beside OpenCV's decode floor and transformers.
 
 For every 8 s window of every video (16 frames at 2 fps, frames resized to Open-o3's
-~100k-pixel budget) it times, per clip (best of --repeats, so other load on the machine
-counts as little as possible):
+~100k-pixel budget) it measures the CPU time per clip (best of --repeats; see `best_ms`):
 
-  decode floor   plain sequential OpenCV: grab() through the window, retrieve() the 16 frames
+  decode floor   plain OpenCV: seek to the window, grab() through it, retrieve() the 16 frames
   ours           video.read_video(max_pixels=...) + vision.preprocess_video, per --resample
   beyond decode  (ours - floor) / ours
   preprocess     on the same 16 decoded full-size frames, equal output (one image per frame,
                  as Open-o3 feeds frames): vision.preprocess_image x16 vs transformers'
                  Qwen2VLImageProcessor (its PIL/numpy backend: torchvision is not installed)
 
-and, with --workers, clips/s of the whole read+preprocess path in a grain pipeline with that
-many worker processes (grain `mp_prefetch`, the mechanism of o3video_jax.data.pipeline).
+and, with --workers, wall-clock clips/s of the whole read+preprocess path in a grain pipeline
+with that many worker processes (grain `mp_prefetch`, the mechanism of
+o3video_jax.data.pipeline; its full SFT/RL batching adds prompts, tokens and packing).
 
   python benchmarks/data_pipeline.py /work/shared/data/videos/*.mp4 --synthetic --workers 1 2
 """
@@ -36,12 +36,18 @@ MAX_PIXELS = vision.O3_FRAME_MAX_PIXELS  # 105,369 (Open-o3's per-frame budget)
 
 
 def best_ms(fn, repeats: int) -> float:
+    """Best-of-`repeats` CPU milliseconds of this process (all its threads).
+
+    CPU time rather than wall time: the machine is shared, and other processes' load makes
+    wall times swing by 2x; CPU time is what a clip costs a core (OpenCV's decoder threads
+    included) and so what bounds throughput with one worker per core.
+    """
     fn()  # warm caches / imports
     times = []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t = time.process_time()
         fn()
-        times.append(time.perf_counter() - t)
+        times.append(time.process_time() - t)
     return min(times) * 1e3
 
 
@@ -56,7 +62,9 @@ def windows(path: str, per_video: int) -> list[tuple[str, float]]:
 def decode_floor(path: str, indices: np.ndarray) -> list[np.ndarray]:
     cap = cv2.VideoCapture(path)
     wanted, frames = set(indices.tolist()), []
-    for i in range(int(indices[-1]) + 1):
+    if indices[0] > 0:  # windows after the first start with one seek, as read_video's
+        cap.set(cv2.CAP_PROP_POS_FRAMES, int(indices[0]))
+    for i in range(int(indices[0]), int(indices[-1]) + 1):
         cap.grab()
         if i in wanted:
             frames.append(cap.retrieve()[1])
@@ -141,7 +149,7 @@ def main() -> None:
     head = f"{'clip':<28}{'src':>10}{'floor':>8}"
     head += "".join(f"{'ours/' + r:>11}{'beyond':>8}" for r in args.resample)
     head += f"{'hf-prep':>9}" + "".join(f"{'prep/' + r:>10}{'x':>6}" for r in args.resample)
-    print(f"ms per 16-frame clip (best of {args.repeats}); 2-core CPU")
+    print(f"CPU ms per 16-frame clip (best of {args.repeats}); {os.cpu_count()}-core CPU")
     print(head)
     totals: dict[str, list[float]] = {}
     items = [w for p in paths for w in windows(p, args.per_video)]

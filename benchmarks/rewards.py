@@ -6,7 +6,8 @@ regular expressions, `json`, `ast.literal_eval`, numpy IoUs and a fresh `rouge_s
 free-form answer. Two deliberate differences, shared with our path: the task is read per sample
 (the original reads element 0 of the batch), and the spatial gate is selectable.
 
-It generates 4,096 deterministic completions (all six tasks; correct, wrong and malformed),
+It generates 4,096 deterministic completions (the six tasks in STGR-RL proportions; correct,
+wrong and malformed),
 checks that both paths agree to 1e-6 on every term and on the total for both spatial gates,
 and prints throughput in completions per CPU-second of this process (all threads; the box may
 be shared), for fixed array budgets (one compile per run) and for bucketed ones.
@@ -424,13 +425,17 @@ MALFORMATIONS = (
 )
 
 
+# Task mix of STGR-RL (reference §1.2): record counts per task.
+TASK_MIX = (TS, VQA, TQA, TGMCQ, GMCQ, GFREE)
+TASK_WEIGHTS = (12047, 5000, 2280, 2904, 13000, 2000)
+
+
 def make_batch(n=4096, seed=0, group=4):
     """n completions and their examples: groups of `group` completions share one record."""
     rng = random.Random(seed)
-    tasks = (TS, TS, VQA, TQA, TGMCQ, GMCQ, GFREE)
     completions, examples = [], []
     while len(completions) < n:
-        ex = _example(rng, rng.choice(tasks))
+        ex = _example(rng, rng.choices(TASK_MIX, weights=TASK_WEIGHTS)[0])
         for _ in range(group):
             good = rng.random() < 0.5
             text = f"<think>{_think(rng, ex, good)}</think>\n<answer>{_answer_text(rng, ex, good)}</answer>"

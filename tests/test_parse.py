@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from o3video_jax.rewards import RewardConfig, compute_rewards, parse_batch, parse_completion
@@ -104,16 +104,45 @@ FRAGMENTS = [
     "1", "2.5", "12.", ".", "1.2.3", "nan", "-3", " ", "\n", "\t", ",", "person", "big dog",
     "Correct Option:", "A", "(B)", "\u0663", "x_1",
 ]  # fmt: skip
-soup = st.lists(st.sampled_from(FRAGMENTS), max_size=30).map("".join)
+_fragment = st.sampled_from(FRAGMENTS)
+_name = st.sampled_from(["man", "big dog", "", "a</obj>b", "x_1", "<t>"])
+_box = st.sampled_from(
+    ["[1,2,3,4]", "[0, 0, 5.5, 9]", "[1,2,,3]", "[1,\n2,3,4]", "[[1]", "[]", "[1]x]"]
+)
+_time = st.sampled_from(["2", "2.5", " 3 ", "nan", "1.2.3", "-inf", "", "12.", "\u0663"])
+_piece = st.one_of(
+    _fragment,
+    st.tuples(_name, st.lists(_box, min_size=1, max_size=3), _time).map(
+        lambda x: (
+            f"<obj>{x[0]}</obj>" + "".join(f"<box>{b}</box>" for b in x[1]) + f"at<t>{x[2]}</t>s"
+        )
+    ),
+    _time.map(lambda t: f"<t>{t}</t>s"),
+    st.tuples(_time, _time).map(lambda x: f"<t>{x[0]}</t>s to <t>{x[1]}</t>s"),
+    st.tuples(_time, _time).map(lambda x: f"{x[0]}</t>s to <t>{x[1]}</t>s"),
+    _box.map(lambda b: f"<box>{b}</box>"),
+    st.tuples(_name, _box).map(lambda x: f"<obj>{x[0]}</obj><box>{x[1]}</box>"),
+)
+_body = st.lists(_piece, max_size=8).map("".join)
+# Mostly think/answer-shaped text with pieces of the grammar, sometimes unclosed.
+soup = st.one_of(
+    st.lists(_fragment, max_size=30).map("".join),
+    st.tuples(_body, _body, _body, st.booleans(), st.booleans()).map(
+        lambda x: f"{x[0]}<think>{x[1]}{'</think>' * x[3]}<answer>{x[2]}{'</answer>' * x[4]}"
+    ),
+)
 
 
-@settings(max_examples=400, deadline=None, derandomize=True)
+@settings(max_examples=300, deadline=None, derandomize=True)
 @given(soup)
+@example("<think><obj>a</obj><box>[1,\n2,3,4]</box>at<t>2</t>s</think>")  # claim, no boxes
+@example("<answer>x1</t>s to <t>2</t>s <t>3</t>s to <t>4</t>s</answer>")  # needs the <t>
+@example("<think><obj>a<obj>b</obj><box>[1]</box> <box>[2]</box>at<t>1</t>s</t>s</think>")
 def test_parser_equals_original_regexes_on_tag_soup(text):
     assert _key(list(ours(text).values())) == _key(list(oracle(text).values()))
 
 
-@settings(max_examples=150, deadline=None, derandomize=True)
+@settings(max_examples=100, deadline=None, derandomize=True)
 @given(st.text(max_size=80))
 def test_parser_equals_original_regexes_on_arbitrary_text(text):
     assert _key(list(ours(text).values())) == _key(list(oracle(text).values()))
@@ -217,6 +246,7 @@ EXAMPLES = {
 
 
 def _check_ranges(texts):
+    texts = list(texts) + [""] * (-len(texts) % 6)  # few batch sizes: few compiles
     for task in TASKS:
         ex = dict(EXAMPLES[task], task=task)
         r = compute_rewards(texts, [ex] * len(texts), 0.2, weights=WEIGHTS)

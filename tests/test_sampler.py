@@ -9,7 +9,6 @@ import pathlib
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -191,6 +190,14 @@ def test_greedy_logps_match_training_forward():
     want, argmax = _training_logps(prompts, out)
     np.testing.assert_allclose(out.logps, want, atol=1e-4, rtol=0)
     np.testing.assert_array_equal(out.tokens, argmax)
+    # shift_targets: position L - 1 + t predicts completion token t, with its rollout log-prob.
+    inputs, mask = completion_inputs(prompts, out, group_size=1)
+    targets, target_mask, old = map(np.asarray, sampler_lib.shift_targets(inputs, mask, out.logps))
+    length = prompts.seq_len
+    np.testing.assert_array_equal(targets[:, length - 1 : -1], out.tokens)
+    np.testing.assert_array_equal(target_mask[:, length - 1 : -1], 1.0)
+    assert target_mask.sum() == 2 * T
+    np.testing.assert_array_equal(old[:, length - 1 : -1], out.logps)
 
 
 # ---- 4. top-k, EOS, buckets ------------------------------------------------------------------

@@ -195,20 +195,25 @@ def test_frozen_vision_params_do_not_move():
 
 @pytest.mark.parametrize("normalize", ["token", "sequence"])
 def test_two_microbatches_equal_one_batch(normalize):
-    model, batch = ToyLM(), toy_batch(b=4)
+    # On the 8-device mesh (4 data-parallel shards, 4 rows per microbatch): this also guards
+    # against a partitioner miscompile seen with microbatch-split rows (see losses.py).
+    model, batch = ToyLM(), toy_batch(b=8)
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
     # eps = 1 keeps Adam's first update ~ lr * g (smooth in g), so the parameter comparison
     # measures the gradient, not sign flips of round-off-sized gradient entries.
     results = []
     for m in (1, 2):
         cfg = make_cfg(lr=0.1, eps=1.0, grad_clip=1.0, microbatches=m)
         cfg.loss.normalize = normalize
-        _, st, metrics = run_steps(model, cfg, batch)
+        _, st, metrics = run_steps(model, cfg, batch, mesh=mesh)
         results.append((jax.device_get(st.params), metrics[0]))
     (p1, m1), (p2, m2) = results
     assert max_diff(p1, p2) < 1e-6
     np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-6)
     np.testing.assert_allclose(m1["grad_norm"], m2["grad_norm"], rtol=1e-6)
     assert m1["tokens"] == m2["tokens"] == batch["loss_mask"].sum()
+    with pytest.raises(ValueError, match="cannot be split evenly"):
+        run_steps(model, make_cfg(microbatches=4), batch, mesh=mesh)
 
 
 def test_nan_loss_skips_update_and_stop_raises():
@@ -279,7 +284,7 @@ def test_sharded_sft_step_equals_single_device_real_model():
         image = VisionItem(rs.randn(16, 1176).astype(np.float32), (1, 4, 4), "image")
         return Segment(np.asarray(ids, np.int32), [image])
 
-    rows = [[segment(5)], [segment(8)], [segment(3), segment(2)], [segment(10)]]
+    rows = [[segment(5)], [segment(8)], [segment(3), segment(2)], [segment(10)]] * 2
     inputs = build_model_inputs(rows, config, max_seq_len=24, max_patches=32)
     seg = inputs.segment_ids
     targets = np.roll(inputs.input_ids, -1, axis=1)
@@ -287,7 +292,12 @@ def test_sharded_sft_step_equals_single_device_real_model():
     batch = {"inputs": inputs, "targets": targets, "loss_mask": mask.astype(np.float32)}
     # eps = 1e-3: smooth first Adam update (see test_two_microbatches_equal_one_batch).
     cfg = make_cfg(
-        lr=1e-2, eps=1e-3, weight_decay=0.01, grad_clip=1.0, freeze_regex="^visual/merger/"
+        lr=1e-2,
+        eps=1e-3,
+        weight_decay=0.01,
+        grad_clip=1.0,
+        freeze_regex="^visual/merger/",
+        microbatches=2,
     )
     model = Qwen25VL(config)
     tx = state.make_optimizer(cfg.optimizer)

@@ -40,11 +40,13 @@ def get_config(arg=None):
     c.data.workers = 0
     c.data.fps = 2.0
     c.data.min_frames = 4
-    c.data.max_frames = 8
+    c.data.max_frames = 6
     c.data.frame_min_pixels = 28 * 28
-    c.data.frame_max_pixels = 112 * 84
-    c.data.max_seq_len = 640
-    c.data.max_patches = 512
+    c.data.frame_max_pixels = 84 * 56  # 6 merged tokens per frame
+    c.data.synthetic.width = 84
+    c.data.synthetic.height = 56
+    c.data.max_seq_len = 512
+    c.data.max_patches = 192
     c.data.batch_size = 8
 
     c.optim.lr = 3e-3
@@ -57,8 +59,8 @@ def get_config(arg=None):
     c.sft.ce_chunk = 128
 
     c.rl.group_size = 4
-    c.rl.max_new_tokens = 128
-    c.rl.prompt_buckets = [384, 512, 640]
+    c.rl.max_new_tokens = 144
+    c.rl.prompt_buckets = [416]  # one bucket: one prefill/decode compile
     c.rl.temperature = 1.0
     c.rl.top_p = 1.0
     c.rl.num_updates = 1
@@ -75,7 +77,7 @@ def get_config(arg=None):
         c.optim.warmup_steps = 0
         c.optim.schedule = "constant"
         c.data.batch_size = 4
-        c.data.max_seq_len = 640 + 128
+        c.data.max_seq_len = 416 + 144
     if a.size == "demo":
         c.model.text_overrides = (
             "hidden_size=128,intermediate_size=384,num_hidden_layers=4,"

@@ -112,6 +112,14 @@ def resize(rgb: np.ndarray, height: int, width: int, resample: str = "pil") -> n
     raise ValueError(f"resize: resample must be 'pil' or 'fast', got {resample!r}")
 
 
+def _normalise(x: np.ndarray) -> np.ndarray:
+    """uint8[..., 3, T, 14, 14] -> float32, (x - 255 mean) / (255 std) per channel."""
+    out = np.empty(x.shape, np.float32)
+    np.subtract(x, _MEAN_255, out=out)
+    out /= _STD_255
+    return out
+
+
 def patchify(frames: np.ndarray) -> np.ndarray:
     """Normalise and patchify uint8[T, H, W, 3] (T even, H and W multiples of 28).
 
@@ -125,10 +133,18 @@ def patchify(frames: np.ndarray) -> np.ndarray:
     x = frames.reshape(gt, TEMPORAL_PATCH_SIZE, gh // m, m, p, gw // m, m, p, c)
     # (gt, tp, hb, dh, ph, wb, dw, pw, c) -> (gt, hb, wb, dh, dw, c, tp, ph, pw)
     x = np.ascontiguousarray(x.transpose(0, 2, 5, 3, 6, 8, 1, 4, 7))
-    out = np.empty(x.shape, np.float32)
-    np.subtract(x, _MEAN_255, out=out)
-    out /= _STD_255
-    return out.reshape(gt * gh * gw, PATCH_DIM)
+    return _normalise(x).reshape(gt * gh * gw, PATCH_DIM)
+
+
+def _patchify_image(img: np.ndarray) -> np.ndarray:
+    """uint8[H, W, 3] -> float32[H/14 * W/14, 1176]: patchify([img, img]), normalising once."""
+    h, w, c = img.shape
+    gh, gw = h // PATCH_SIZE, w // PATCH_SIZE
+    m, p = MERGE_SIZE, PATCH_SIZE
+    x = img.reshape(gh // m, m, p, gw // m, m, p, c)
+    # (hb, dh, ph, wb, dw, pw, c) -> (hb, wb, dh, dw, c, 1, ph, pw)
+    x = np.ascontiguousarray(x.transpose(0, 3, 1, 4, 6, 2, 5))[..., None, :, :]
+    return np.repeat(_normalise(x), TEMPORAL_PATCH_SIZE, axis=-3).reshape(gh * gw, PATCH_DIM)
 
 
 def _check_frames(frames: np.ndarray, ndim: int, name: str) -> None:
@@ -150,10 +166,8 @@ def preprocess_image(
     _check_frames(rgb, 3, "preprocess_image")
     height, width = smart_resize(*rgb.shape[:2], min_pixels=min_pixels, max_pixels=max_pixels)
     img = resize(rgb, height, width, resample)
-    # A stride-0 temporal axis: the duplicate costs nothing until the final float pass.
-    frames = np.broadcast_to(img[None], (TEMPORAL_PATCH_SIZE, *img.shape))
     grid = np.array([1, height // PATCH_SIZE, width // PATCH_SIZE], np.int64)
-    return patchify(frames), grid
+    return _patchify_image(img), grid
 
 
 def preprocess_video(

@@ -14,9 +14,9 @@ fixed-size arrays (DESIGN decision 7).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
+from typing import NamedTuple
 
 from o3video_jax.rewards.config import (
     GENERAL_FREE_FORM,
@@ -43,15 +43,12 @@ TAG_COUNT_NAMES = (
     "box_open",
     "box_close",
 )
-_THINK_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
-_INNER_TAGS = ("<obj>", "</obj>", "<t>", "</t>", "<box>", "</box>")
 
 _DIGITS_DOTS = re.compile(r"[\d.]*")  # a single greedy class: no backtracking
 _VQA_PREFIX = re.compile(r"<obj>\w+</obj><box>\[")  # `\w+` is followed by '<': linear
 
 
-@dataclasses.dataclass(frozen=True)
-class Claim:
+class Claim(NamedTuple):
     """One grounded claim `<obj>name</obj><box>[..]</box>+at<t>time</t>s` of the think block.
 
     boxes: one entry per `[..]` of the box run; None where it is not a list of 4 finite
@@ -64,8 +61,7 @@ class Claim:
     time: float
 
 
-@dataclasses.dataclass(frozen=True)
-class Completion:
+class Completion(NamedTuple):
     """Structured fields of one completion (reference §2).
 
     think: content of the first `<think>(.*?)</think>` (DOTALL), None if absent.
@@ -144,7 +140,10 @@ def load_box(text: str):
     """(parsed, box): json.loads(text) succeeded, and the value as a box (or None)."""
     m = _PLAIN_BOX.fullmatch(text)
     if m is not None:
-        return True, as_box([float(v) for v in m.groups()])
+        x1, y1, x2, y2 = box = tuple(map(float, m.groups()))
+        # x - x is 0 exactly when x is finite ('1e999' matches the pattern).
+        finite = x1 - x1 == 0 and y1 - y1 == 0 and x2 - x2 == 0 and y2 - y2 == 0
+        return True, box if finite else None
     try:
         value = json.loads(text)
     except (ValueError, RecursionError):  # JSONDecodeError, the int digit limit, deep nesting
@@ -345,10 +344,22 @@ def parse_completion(text: str, task: str | None = None) -> Completion:
     fields = _ALL_FIELDS if task is None else _TASK_FIELDS[task]
     think_span = first_block(text, "<think>", "</think>")
     think = None if think_span is None else text[think_span[0] : think_span[1]]
-    has_answer = first_block(text, "<answer>", "</answer>") is not None
-    answer = extract_answer(text)
+    answer_span = first_block(text, "<answer>", "</answer>")
+    answer = "" if answer_span is None else text[answer_span[0] : answer_span[1]].strip()
     inner = think or ""
-    counts = tuple(text.count(t) for t in _THINK_TAGS) + tuple(inner.count(t) for t in _INNER_TAGS)
+    count, inner_count = text.count, inner.count
+    counts = (
+        count("<think>"),
+        count("</think>"),
+        count("<answer>"),
+        count("</answer>"),
+        inner_count("<obj>"),
+        inner_count("</obj>"),
+        inner_count("<t>"),
+        inner_count("</t>"),
+        inner_count("<box>"),
+        inner_count("</box>"),
+    )
     answer_box, choice = None, None
     if "answer_box" in fields:
         first = next(box_tag_spans(answer), None)
@@ -358,7 +369,7 @@ def parse_completion(text: str, task: str | None = None) -> Completion:
         choice = parts[1].strip() if len(parts) > 1 else None
     return Completion(
         think=think,
-        has_answer=has_answer,
+        has_answer=answer_span is not None,
         answer=answer,
         claims=tuple(_claims(inner)) if "claims" in fields else (),
         times=_times(inner) if "times" in fields else (),

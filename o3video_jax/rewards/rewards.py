@@ -36,15 +36,15 @@ def letter_matches(prediction: str, letter: str) -> bool:
 def answer_accuracy(parsed: batch.ParsedBatch, gt: targets.Targets) -> np.ndarray:
     """ans_acc, float64[N]: ROUGE mean F (free-form tasks, clipped to [0, 1]), letter match
     (General MCQ: the whole answer; TG-MCQ: text after `Correct Option:`), else 0."""
-    out = np.zeros(len(parsed.answers))
-    for i, (task, answer) in enumerate(zip(gt.task, parsed.answers, strict=True)):
+    out = [0.0] * len(parsed.answers)
+    for i, (task, answer) in enumerate(zip(gt.task.tolist(), parsed.answers, strict=True)):
         if task in _FREE_FORM:
             out[i] = max(0.0, min(1.0, rouge.rouge_mean_f(gt.reference[i], answer)))
         elif task == TASK_IDS[GENERAL_MCQ]:
             out[i] = float(letter_matches(answer, gt.letter[i]))
         elif task == TASK_IDS[TEMPORAL_QA_MCQ] and parsed.choices[i] is not None:
             out[i] = float(letter_matches(parsed.choices[i], gt.letter[i]))
-    return out
+    return np.array(out, np.float64)
 
 
 def _weights(weights: Mapping[str, float] | None) -> np.ndarray:

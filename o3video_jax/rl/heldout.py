@@ -93,7 +93,11 @@ def evaluate(
     keys = jax.random.split(jax.random.PRNGKey(0), batch_size)
     items = []
     for batch in ds:
-        prompt = rollouts.trim_left(batch.inputs, tokenizer.pad_id, config.rl.prompt_buckets)
+        prompt = rollouts.trim_left(
+            rollouts.fill_padding_rows(batch.inputs, batch.valid),
+            tokenizer.pad_id,
+            config.rl.prompt_buckets,
+        )
         out = jax.device_get(sample(params, prompt, keys))
         texts = rollouts.decode_completions(tokenizer, out.tokens, out.lengths, scfg.eos_ids)
         keep = [i for i in range(batch_size) if batch.valid[i]]

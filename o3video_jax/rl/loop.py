@@ -144,7 +144,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     ucfg = gspo_step_config(config)
     update = gspo.make_gspo_update(exp.model, ucfg, exp.mesh, exp.shardings, rules=exp.rules)
     logprobs = rollouts.make_logprob_fn(
-        exp.model, exp.mesh, exp.rules, chunk=config.sft.ce_chunk,
+        exp.model,
+        exp.mesh,
+        exp.rules,
+        chunk=config.sft.ce_chunk,
         temperature=ucfg.gspo.temperature,
     )
     need_old = rl.old_logp == "rollout"
@@ -169,7 +172,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             t0 = time.perf_counter()
             host = next(it)
             data_state = it.get_state()
-            prompt = rollouts.trim_left(host.inputs, tok.pad_id, rl.prompt_buckets)
+            prompt = rollouts.trim_left(
+                rollouts.fill_padding_rows(host.inputs, host.valid), tok.pad_id, rl.prompt_buckets
+            )
             profiler.before(step + 1)
             n = prompt.batch_size * g
             keys = jax.random.split(jax.random.fold_in(base_key, step), n)
@@ -177,7 +182,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             out_host = jax.tree.map(lambda x: rollouts.host_local(x, exp.mesh), out)
             t1 = time.perf_counter()
 
-            texts = rollouts.decode_completions(tok, out_host.tokens, out_host.lengths, scfg.eos_ids)
+            texts = rollouts.decode_completions(
+                tok, out_host.tokens, out_host.lengths, scfg.eos_ids
+            )
             examples = [host.records[i] for i in host.group_index]
             valid = np.repeat(host.valid, g)
             examples = [e if e is not None else host.records[0] for e in examples]
@@ -196,7 +203,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
             placed = sharding.shard_batch(rows, exp.mesh)
             zeros = np.zeros(rows["targets"].shape, np.float32)
-            old = rollouts.host_local(logprobs(state.params, placed), exp.mesh) if need_old else zeros
+            old = (
+                rollouts.host_local(logprobs(state.params, placed), exp.mesh) if need_old else zeros
+            )
             ref = rollouts.host_local(logprobs(ref_params, placed), exp.mesh) if rl.beta else zeros
             rows["old_logp"], rows["ref_logp"] = old, ref
             t3 = time.perf_counter()
@@ -221,9 +230,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                     "reward": float(r["total"][valid].mean()),
                     "reward_std": float(r["total"][valid].std()),
                     **{f"reward/{k}": float(r[k][valid].mean()) for k in REWARD_TERMS},
-                    "zero_variance_groups": float(
-                        gspo.zero_variance_fraction(np.asarray(adv), g)
-                    ),
+                    "zero_variance_groups": float(gspo.zero_variance_fraction(np.asarray(adv), g)),
                     "adv_mean": float(adv[valid].mean()),
                     "adv_std": float(adv[valid].std()),
                     "completion_len": float(lengths.mean()),

@@ -38,6 +38,26 @@ def trim_left(inputs: ModelInputs, pad_id: int, buckets: Sequence[int]) -> Model
     return sampler_lib.bucket_prompts(inputs, buckets, pad_id)
 
 
+def fill_padding_rows(inputs: ModelInputs, valid: np.ndarray) -> ModelInputs:
+    """Padding prompts of a final partial batch (all-padding rows) become copies of the first
+    valid prompt, so every row ends at L - 1 as the sampler requires; their results are
+    masked out by the caller."""
+    valid = np.asarray(valid, bool)
+    if valid.all():
+        return inputs
+    if not valid.any():
+        raise ValueError("a prompt batch without any valid prompt")
+    src = np.where(valid, np.arange(len(valid)), int(np.argmax(valid)))
+
+    def take(path, x):
+        last = path[-1] if path else None
+        if isinstance(last, jax.tree_util.GetAttrKey) and last.name == "positions":
+            return np.asarray(x)[:, src]
+        return np.asarray(x)[src]
+
+    return jax.tree_util.tree_map_with_path(take, inputs)
+
+
 def host_local(x: jax.Array, mesh: Mesh | None) -> np.ndarray:
     """This process's rows of a batch-sharded global array (the whole array single-process)."""
     if mesh is None or jax.process_count() == 1:

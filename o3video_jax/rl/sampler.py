@@ -252,8 +252,11 @@ def make_sampler(
     """
     g = cfg.group_size
     rules = tuple(tuple(r) for r in rules)
-    # An id that is never sampled stands for "no EOS", so the loop has one shape.
-    eos = np.asarray(cfg.eos_ids or (-1,), np.int32)
+    # Padded with -1 (never sampled) to a multiple of 4: EOS sets of similar size share the
+    # compiled loop, and an empty set needs no special case.
+    n_eos = -(-max(len(cfg.eos_ids), 1) // 4) * 4
+    eos = np.full((n_eos,), -1, np.int32)
+    eos[: len(cfg.eos_ids)] = cfg.eos_ids
     decode_cfg = dataclasses.replace(cfg, group_size=1, eos_ids=())
 
     def run(fn, *args, **kwargs):
@@ -335,3 +338,23 @@ def completion_inputs(
     )
     mask = jnp.concatenate([jnp.zeros((n, length), jnp.float32), real.astype(jnp.float32)], 1)
     return inputs, mask
+
+
+@jax.jit
+def shift_targets(
+    inputs: ModelInputs, completion_mask: jax.Array, logps: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Aligns `completion_inputs` rows with next-token training targets (position p predicts
+    the token at p + 1), as `gspo.make_gspo_update` consumes them.
+
+    inputs, completion_mask float32[N, L + T]: from `completion_inputs`; logps float32[N, T]:
+    `SampleOutput.logps`. Returns (targets int32[N, L + T], target mask float32[N, L + T],
+    rollout log-probs float32[N, L + T] aligned with the targets, usable as `old_logp`).
+    """
+    n, total = completion_mask.shape
+    prompt_len = total - logps.shape[1]
+    targets = jnp.roll(inputs.input_ids, -1, axis=1)
+    mask = jnp.roll(completion_mask, -1, axis=1).at[:, -1].set(0.0)
+    old = jnp.zeros((n, total), jnp.float32)
+    old = jax.lax.dynamic_update_slice(old, logps.astype(jnp.float32), (0, prompt_len - 1))
+    return targets, mask, old * mask

@@ -13,7 +13,9 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "experiment config file", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (checkpoints, logs, export)")
 _DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "auto", ["auto", "on", "off"], "call jax.distributed.initialize()"
@@ -37,6 +39,9 @@ def cluster_detected(env=os.environ) -> bool:
 
 def main(argv):
     del argv
+    from absl import logging
+
+    logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save INFO lines off the console
     import jax
 
     if _DISTRIBUTED.value == "on" or (_DISTRIBUTED.value == "auto" and cluster_detected()):

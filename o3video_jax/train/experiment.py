@@ -79,9 +79,11 @@ def model_config(config: ml_collections.ConfigDict) -> Qwen25VLConfig:
     base = Qwen25VLConfig.preset(m.preset)
     text_kw = _parse_overrides(m.text_overrides, TextConfig)
     vision_kw = _parse_overrides(m.vision_overrides, VisionConfig)
+    hidden = text_kw.get("hidden_size", base.text.hidden_size)
+    head_dim = hidden // text_kw.get("num_attention_heads", base.text.num_attention_heads)
+    if head_dim != base.text.head_dim and "mrope_section" not in text_kw:
+        text_kw["mrope_section"] = _mrope_for(head_dim)
     text = dataclasses.replace(base.text, **text_kw)
-    if text.head_dim != base.text.head_dim and "mrope_section" not in text_kw:
-        text = dataclasses.replace(text, mrope_section=_mrope_for(text.head_dim))
     vision = dataclasses.replace(base.vision, out_hidden_size=text.hidden_size, **vision_kw)
     return dataclasses.replace(base, text=text, vision=vision, **runtime)
 

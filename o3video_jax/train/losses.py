@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -40,6 +41,11 @@ def token_logprobs(
     b, length, d = hidden.shape
     if targets.shape != (b, length):
         raise ValueError(f"targets shape {targets.shape} does not match hidden {hidden.shape}")
+    # Pin the layouts (a no-op without logical axis rules): without this, XLA's partitioner
+    # has produced wrong gradients for the chunked unembedding of microbatch-split rows with
+    # fsdp/tensor-sharded weights (jax 0.10.2, CPU; see tests/test_gspo.py).
+    hidden = nn.with_logical_constraint(hidden, ("batch", "length", "act_embed"))
+    targets = nn.with_logical_constraint(targets, ("batch", "length"))
     c = min(chunk, length)
     n = -(-length // c)
     pad = n * c - length

@@ -104,11 +104,20 @@ class VisionConfig:
     tokens_per_second: int | float = 4
     in_channels: int = 3
     rope_theta: float = 10000.0
+    # Runtime knobs of the blocked XLA attention (local_attention.py; not HF keys, so
+    # from_hf_dict leaves the defaults): the query chunk C (0 = always dense), and a static
+    # bound on the patches of one frame, i.e. one full-attention segment (0 = unknown: those
+    # blocks stay dense). Windows need no bound: window_tokens^2 * merge_unit is one.
+    attention_chunk: int = 128
+    max_frame_patches: int = 0
 
     def __post_init__(self):
         object.__setattr__(
             self, "fullatt_block_indexes", tuple(int(i) for i in self.fullatt_block_indexes)
         )
+        for name in ("attention_chunk", "max_frame_patches"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"vision {name} must be >= 0, got {getattr(self, name)}")
         for name in (
             "depth",
             "hidden_size",
@@ -154,6 +163,11 @@ class VisionConfig:
     def window_tokens(self) -> int:
         """Window side in merged tokens (112 / 14 / 2 = 4)."""
         return self.window_size // self.patch_size // self.spatial_merge_size
+
+    @property
+    def max_window_patches(self) -> int:
+        """Most patches in one attention window (64 at window_size 112)."""
+        return self.window_tokens**2 * self.merge_unit
 
     @property
     def patch_dim(self) -> int:

@@ -6,6 +6,11 @@ decision 2): rotary ids, the window permutation of 2x2 merge units, and segment 
 windowed and the full-attention blocks (both already in window order). Attention is the
 segment-id primitive, so padding (segment 0) never mixes with real patches.
 
+With the "xla" backend, blocks whose segments have a static length bound (windows always:
+`max_window_patches`; frames when `max_frame_patches` > 0) use the blocked local segment
+attention (local_attention.py): exact, O(P * band) instead of O(P^2) scores. Short rows
+(band >= P) and the other backends keep the dense primitive.
+
 Forward per row (reference 2.6): patch matmul -> permute hidden states AND rotary tables into
 window order -> blocks (window / per-frame full attention) -> merger on 4 consecutive rows ->
 inverse permutation back to processor order.
@@ -20,6 +25,7 @@ import jax.numpy as jnp
 from .attention import attention
 from .config import VisionConfig
 from .layers import Dense, RMSNorm, remat_module
+from .local_attention import local_segment_attention
 from .rope import apply_vision_rotary, vision_rotary
 
 VISION_EPS = 1e-6  # hard-coded in HF for every vision norm (reference 7.7)
@@ -37,6 +43,7 @@ def permute_units(x: jax.Array, index: jax.Array) -> jax.Array:
 class VisionAttention(nn.Module):
     config: VisionConfig
     backend: str
+    max_segment_len: int  # static bound on a segment's patches; 0 = unknown (dense)
     dtype: jnp.dtype
     param_dtype: jnp.dtype
 
@@ -51,9 +58,20 @@ class VisionAttention(nn.Module):
         qkv = qkv.reshape(b, p, 3, n, h)  # q | k | v, each head-major
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         q, k = apply_vision_rotary(q, cos, sin), apply_vision_rotary(k, cos, sin)
-        out = attention(
-            q, k, v, segment_ids, segment_ids, causal=False, scale=h**-0.5, backend=self.backend
-        )
+        if self.backend == "xla":
+            out = local_segment_attention(
+                q,
+                k,
+                v,
+                segment_ids,
+                max_segment_len=self.max_segment_len,
+                scale=h**-0.5,
+                chunk=cfg.attention_chunk,
+            )  # falls back to the dense path itself when blocking saves nothing
+        else:
+            out = attention(
+                q, k, v, segment_ids, segment_ids, causal=False, scale=h**-0.5, backend=self.backend
+            )
         return Dense(d, ("vision_qkv", "vision_embed"), name="proj", **dense)(out.reshape(b, p, d))
 
 
@@ -86,10 +104,12 @@ class VisionBlock(nn.Module):
     @nn.compact
     def __call__(self, x, segment_ids, cos, sin):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        cfg = self.config
         scope = "vision/full_attn" if self.full_attention else "vision/window_attn"
+        bound = cfg.max_frame_patches if self.full_attention else cfg.max_window_patches
         with jax.named_scope(scope):
             h = RMSNorm(VISION_EPS, self.param_dtype, name="norm1")(x)
-            x = x + VisionAttention(self.config, self.backend, name="attn", **kw)(
+            x = x + VisionAttention(cfg, self.backend, bound, name="attn", **kw)(
                 h, segment_ids, cos, sin
             )
         with jax.named_scope("vision/mlp"):

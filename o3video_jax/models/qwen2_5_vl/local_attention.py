@@ -1,0 +1,135 @@
+"""Blocked "local segment" attention: exact segment attention that never builds P x P scores.
+
+The vision tower's segments (windows in window order; frames for the full-attention blocks)
+are contiguous runs of at most `max_segment_len` patches. A query at position i can then only
+see keys in [i - Smax + 1, i + Smax - 1], so a chunk of C queries [s, s + C) needs only the key
+band [s - Smax + 1, s + C + Smax - 1): width W = C + 2 (Smax - 1), rounded up to 8. Queries are
+cut into chunks, each chunk's band is cut out of the zero-padded keys with static slices (no
+gather), and the dense masking rule (attention.py) runs on [C, W] tiles. Cost O(P W) instead
+of O(P^2); the score tensor is float32[B, N, P, W].
+
+Exactness: with every non-zero segment contiguous and at most Smax long, a query's band holds
+all of its segment's keys and the masked softmax sees exactly the terms the dense path sees
+(only the summation order differs). The precondition is the caller's promise (the host-side
+vision layout builds such segments; `check_local_segments` checks them in numpy). Under jit it
+is verified per query at O(P) cost: a query whose band holds fewer keys of its segment than the
+row does returns NaN, so a violated bound shows up loudly instead of as a silently wrong result.
+
+When the band is no narrower than the row (short rows, or Smax = 0: no bound known) this falls
+back to the dense XLA path of `attention`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .attention import _NEG, attention
+
+
+def band_width(chunk: int, max_segment_len: int) -> int:
+    """Static key-band width W of one query chunk: C + 2 (Smax - 1), rounded up to 8."""
+    return -(-(chunk + 2 * (max_segment_len - 1)) // 8) * 8
+
+
+def uses_local_path(num_patches: int, chunk: int, max_segment_len: int) -> bool:
+    """Whether `local_segment_attention` takes the blocked path for rows of P patches."""
+    if chunk <= 0 or max_segment_len <= 0:
+        return False
+    return band_width(chunk, max_segment_len) < num_patches
+
+
+def local_segment_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    segment_ids: jax.Array,
+    *,
+    max_segment_len: int,
+    scale: float,
+    chunk: int = 128,
+) -> jax.Array:
+    """Bidirectional self-attention within contiguous segments of at most max_segment_len.
+
+    q: [B, P, N, H]; k, v: [B, P, K, H] with N % K == 0; segment_ids: int32[B, P] (0 =
+    padding, ids in [0, P]); max_segment_len, chunk: static ints (0 = dense path).
+    Returns [B, P, N, H] in q's dtype; equal to `attention(..., causal=False, backend="xla")`
+    up to float rounding when the segments obey the bound (NaN rows where they do not).
+    """
+    b, p, n, h = q.shape
+    if k.shape != v.shape or k.shape[:2] != (b, p) or k.shape[3] != h:
+        raise ValueError(f"local attention: q {q.shape}, k {k.shape}, v {v.shape} do not match")
+    if segment_ids.shape != (b, p):
+        raise ValueError(f"local attention: segment ids {segment_ids.shape} vs q {q.shape}")
+    if n % k.shape[2]:
+        raise ValueError(f"local attention: {n} query heads vs {k.shape[2]} kv heads")
+    if not uses_local_path(p, chunk, max_segment_len):
+        return attention(q, k, v, segment_ids, segment_ids, causal=False, scale=scale)
+
+    kh = k.shape[2]
+    g = n // kh
+    m = -(-p // chunk)  # query chunks
+    pc = m * chunk
+    halo = max_segment_len - 1
+    width = band_width(chunk, max_segment_len)
+    pieces = -(-width // chunk)
+    # Band of chunk j = padded[j C : j C + W], built from `pieces` shifted C-blocks:
+    # piece i of every chunk at once is padded[i C : i C + P_c] reshaped to [M, C].
+    total = (pieces - 1) * chunk + pc
+
+    def bands(x):  # [B, P, ...] -> [B, M, W, ...]; keys outside the row are zero padding
+        pad = [(0, 0), (halo, total - halo - p)] + [(0, 0)] * (x.ndim - 2)
+        xp = jnp.pad(x, pad)
+        parts = [
+            xp[:, i * chunk : i * chunk + pc].reshape(b, m, chunk, *x.shape[2:])
+            for i in range(pieces)
+        ]
+        return jnp.concatenate(parts, axis=2)[:, :, :width]
+
+    kb, vb, kv_seg = bands(k), bands(v), bands(segment_ids)  # [B, M, W, K, H], [B, M, W]
+    q_pad = [(0, 0), (0, pc - p), (0, 0), (0, 0)]
+    qc = jnp.pad(q, q_pad).reshape(b, m, chunk, kh, g, h)  # head n = kv head * g + j
+    q_seg = jnp.pad(segment_ids, ((0, 0), (0, pc - p))).reshape(b, m, chunk)
+
+    scores = jnp.einsum("bmckgh,bmwkh->bkgmcw", qc, kb, preferred_element_type=jnp.float32)
+    scores = scores * jnp.float32(scale)
+    allowed = (q_seg[..., :, None] == kv_seg[..., None, :]) & (q_seg != 0)[..., None]
+    mask = allowed[:, None, None]  # [B, 1, 1, M, C, W]
+    probs = jax.nn.softmax(jnp.where(mask, scores, _NEG), axis=-1)
+    probs = jnp.where(mask, probs, 0.0).astype(v.dtype)  # empty rows -> exact zeros
+    out = jnp.einsum("bkgmcw,bmwkh->bmckgh", probs, vb)
+    out = out.reshape(b, pc, n, h)[:, :p].astype(q.dtype)
+
+    # The bound check: keys of my segment inside my band == keys of my segment in the row.
+    in_band = jnp.sum(allowed, axis=-1, dtype=jnp.int32).reshape(b, pc)[:, :p]
+    ids = jnp.clip(segment_ids, 0, p)  # ids > P share a bucket: only ever a false alarm
+    counts = jax.vmap(lambda s: jnp.zeros(p + 1, jnp.int32).at[s].add(1))(ids)  # [B, P + 1]
+    in_row = jnp.take_along_axis(counts, ids, axis=1)
+    ok = (in_band == in_row) | (segment_ids == 0)
+    return jnp.where(ok[:, :, None, None], out, jnp.asarray(jnp.nan, out.dtype))
+
+
+def check_local_segments(segment_ids: np.ndarray, max_segment_len: int) -> None:
+    """Host-side check of the blocked path's precondition (numpy, int[..., P]).
+
+    Raises ValueError naming the row and segment when a non-zero segment id is split into
+    several runs or a run is longer than max_segment_len.
+    """
+    seg = np.asarray(segment_ids)
+    rows = seg.reshape(-1, seg.shape[-1]) if seg.ndim else seg.reshape(1, 1)
+    for r, row in enumerate(rows):
+        starts = np.flatnonzero(np.diff(row, prepend=row[:1] - 1))  # run starts
+        ends = np.append(starts[1:], row.size)
+        ids = row[starts]
+        real = ids != 0
+        ids, lengths = ids[real], (ends - starts)[real]
+        uniq, n_runs = np.unique(ids, return_counts=True)
+        if np.any(n_runs > 1):
+            raise ValueError(f"row {r}: segment {uniq[n_runs > 1][0]} is not contiguous")
+        if np.any(lengths > max_segment_len):
+            i = int(np.argmax(lengths))
+            raise ValueError(
+                f"row {r}: segment {ids[i]} has {lengths[i]} patches > max_segment_len "
+                f"{max_segment_len}"
+            )

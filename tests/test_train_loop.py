@@ -1,0 +1,269 @@
+"""The training loops end to end, through the CLI, on the tiny synthetic config.
+
+Runs happen in subprocesses on ONE CPU device (the fake 8-device platform of conftest would
+need a batch divisible by 8) and share a persistent compilation cache, so only the first run of
+each step function pays for XLA compilation.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(REPO, "experiments", "configs", "synthetic.py")
+TIMING = ("step_time", "data_time", "tokens_per_s")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("xla_cache")
+    e = dict(os.environ)
+    e.update(
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS="--xla_force_host_platform_device_count=1",
+        JAX_COMPILATION_CACHE_DIR=str(cache),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+        PYTHONPATH=REPO + os.pathsep + e.get("PYTHONPATH", ""),
+    )
+    return e
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """One tiny synthetic dataset (the tiny config's sizes) shared by every run."""
+    from o3video_jax.train import synthetic_data
+
+    return synthetic_data.prepare(
+        tmp_path_factory.mktemp("synthetic"), videos=4, eval_videos=1, width=56, height=56
+    )
+
+
+def overrides(data, **kw):
+    flags = {
+        "data.synthetic.videos": 0,
+        "data.media_root": data.media_root,
+        "data.tokenizer_dir": data.tokenizer_dir,
+        "optim.schedule": "constant",
+        "log.progress": False,
+        "log.tensorboard": False,
+        **kw,
+    }
+    return [f"--config.{k}={v}" for k, v in flags.items()]
+
+
+def cli(data, workdir, stage="sft", **kw):
+    train_json = data.sft_json if stage == "sft" else data.rl_json
+    return [
+        sys.executable,
+        "-m",
+        "o3video_jax.train",
+        f"--config={CONFIG}:size=tiny,stage={stage}",
+        f"--workdir={workdir}",
+        *overrides(data, **{"data.train_json": train_json, **kw}),
+    ]
+
+
+def run(args, env, timeout=240):
+    p = subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return p
+
+
+def metrics(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def strip(rows, drop=TIMING):
+    return [{k: v for k, v in r.items() if k not in drop and not k.startswith("time/")} for r in rows]
+
+
+def checkpoint_steps(workdir):
+    d = os.path.join(workdir, "ckpt")
+    return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
+
+
+def test_sigkill_resume_matches_uninterrupted(tmp_path, env, data):
+    total = 8
+    ref_dir, run_dir = tmp_path / "ref", tmp_path / "killed"
+    run(cli(data, ref_dir, total_steps=total, **{"ckpt.save_every": 2}), env)
+    ref = metrics(ref_dir)
+    assert [m["step"] for m in ref] == list(range(1, total + 1))
+
+    # Same run with a far horizon (constant schedule: identical steps), killed once a
+    # checkpoint has landed.
+    proc = subprocess.Popen(
+        cli(data, run_dir, total_steps=10_000, **{"ckpt.save_every": 2}),
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.time() + 180
+    while not checkpoint_steps(run_dir):
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.time() < deadline, "no checkpoint within 180 s"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    saved = checkpoint_steps(run_dir)[-1]
+    assert 2 <= saved < total, f"checkpoint {saved} leaves nothing to compare"
+
+    run(cli(data, run_dir, total_steps=total, **{"ckpt.save_every": 2}), env)
+    got = metrics(run_dir)
+    # metrics.jsonl reads as one run: the killed run's lines past the checkpoint were dropped.
+    assert [m["step"] for m in got] == list(range(1, total + 1))
+    assert strip(got[saved:]) == strip(ref[saved:])
+    assert strip(got) == strip(ref)
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        assert os.path.exists(run_dir / "hf" / name)
+
+
+NAN_DRIVER = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    from o3video_jax.demo import load_config
+    from o3video_jax.train import loop, steps
+
+    BAD = 3  # the third batch gets NaN pixels
+    orig, count = loop.sft_batch, [0]
+
+    def poisoned(host):
+        batch = orig(host)
+        count[0] += 1
+        if count[0] == BAD:
+            px = np.full_like(batch["inputs"].pixel_values, np.nan)
+            batch["inputs"] = batch["inputs"].replace(pixel_values=px)
+        return batch
+
+    loop.sft_batch = poisoned
+    flags = json.loads(sys.argv[1])
+    out = {}
+    for policy in ("skip", "stop"):
+        c = load_config("size=tiny,stage=sft")
+        for k, v in {**flags, "nan_policy": policy}.items():
+            node = c
+            *path, leaf = k.split(".")
+            for p in path:
+                node = node[p]
+            node[leaf] = v
+        count[0] = 0
+        try:
+            loop.train(c, sys.argv[2] + "/" + policy)
+            out[policy] = "finished"
+        except steps.NonFiniteLossError as e:
+            out[policy] = "stopped: " + str(e)
+    print("RESULT " + json.dumps(out))
+    """
+)
+
+
+def test_nan_skip_and_stop(tmp_path, env, data):
+    flags = {
+        "data.synthetic.videos": 0,
+        "data.train_json": data.sft_json,
+        "data.media_root": data.media_root,
+        "data.tokenizer_dir": data.tokenizer_dir,
+        "optim.schedule": "constant",
+        "log.progress": False,
+        "log.tensorboard": False,
+        "total_steps": 5,
+    }
+    p = run([sys.executable, "-c", NAN_DRIVER, json.dumps(flags), str(tmp_path)], env)
+    result = json.loads(p.stdout.split("RESULT ", 1)[1])
+    assert result["skip"] == "finished"
+    assert result["stop"].startswith("stopped: non-finite loss nan")
+
+    skip = {m["step"]: m for m in metrics(tmp_path / "skip")}
+    assert [skip[s]["skipped"] for s in range(1, 6)] == [0, 0, 1, 0, 0]
+    assert skip[3]["loss"] == "nan"
+    assert skip[3]["param_norm"] == skip[2]["param_norm"]  # the update was not applied
+    assert skip[3]["update_norm"] == 0.0
+    assert skip[4]["param_norm"] != skip[3]["param_norm"]  # training went on
+    from o3video_jax.checkpoints import hf
+
+    _, params = hf.load(tmp_path / "skip" / "hf", progress=False)
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax_leaves(params))
+
+    stop = metrics(tmp_path / "stop")
+    assert [m["step"] for m in stop] == [1, 2, 3] and stop[-1]["skipped"] == 1
+    assert not os.path.exists(tmp_path / "stop" / "hf")  # no export of a stopped run
+
+
+def jax_leaves(tree):
+    import jax
+
+    return jax.tree.leaves(tree)
+
+
+GSPO_KEYS = (
+    "loss",
+    "grad_norm",
+    "param_norm",
+    "update_norm",
+    "clip_frac",
+    "clip_low_frac",
+    "clip_high_frac",
+    "ratio_min",
+    "ratio_mean",
+    "ratio_max",
+    "kl_mean",
+    "adv_mean",
+    "adv_std",
+    "zero_variance_groups",
+    "reward",
+    "completion_len",
+    "completion_len_max",
+    "truncated_frac",
+    "time/rollout",
+    "time/logprobs",
+    "time/update",
+    *(
+        f"reward/{k}"
+        for k in (
+            "ans_acc",
+            "ans_tiou",
+            "ans_viou",
+            "thk_temporal_point",
+            "thk_temporal_segment",
+            "thk_spatial",
+            "format",
+            "total",
+        )
+    ),
+)
+
+
+def test_gspo_step_metrics_and_resume(tmp_path, env, data):
+    kw = {"rl.beta": 0.04, "rl.num_updates": 2, "rl.minibatches": 2, "ckpt.save_every": 1}
+    full, part = tmp_path / "full", tmp_path / "part"
+    run(cli(data, full, "gspo", total_steps=2, **kw), env)
+    run(cli(data, part, "gspo", total_steps=1, **kw), env)
+    assert checkpoint_steps(part) == [1]
+    run(cli(data, part, "gspo", total_steps=2, **kw), env)
+
+    rows = metrics(full)
+    assert [m["step"] for m in rows] == [1, 2]
+    for m in rows:
+        missing = [k for k in GSPO_KEYS if k not in m]
+        assert not missing, missing
+        bad = {k: m[k] for k in GSPO_KEYS if not np.isfinite(float(m[k]))}
+        assert not bad, bad
+        assert m["ratio_min"] <= m["ratio_mean"] <= m["ratio_max"]
+        assert 0 <= m["clip_frac"] <= 1 and 0 <= m["zero_variance_groups"] <= 1
+        assert 1 <= m["completion_len"] <= 32  # tiny config: max_new_tokens 32
+        assert m["kl_mean"] >= 0
+    # The first update of a step starts at the rollout policy: its ratio is 1; the second
+    # (minibatch 2 after an update on minibatch 1) has moved, so the ratios spread.
+    assert rows[0]["skipped"] == 0
+    assert strip(metrics(part)) == strip(rows)
