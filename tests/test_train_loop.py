@@ -83,7 +83,9 @@ def metrics(workdir):
 
 
 def strip(rows, drop=TIMING):
-    return [{k: v for k, v in r.items() if k not in drop and not k.startswith("time/")} for r in rows]
+    return [
+        {k: v for k, v in r.items() if k not in drop and not k.startswith("time/")} for r in rows
+    ]
 
 
 def checkpoint_steps(workdir):
@@ -128,11 +130,28 @@ def test_sigkill_resume_matches_uninterrupted(tmp_path, env, data):
         assert os.path.exists(run_dir / "hf" / name)
 
 
-NAN_DRIVER = textwrap.dedent(
+PRELUDE = textwrap.dedent(
     """
     import json, sys
     import numpy as np
     from o3video_jax.demo import load_config
+
+    FLAGS, OUT = json.loads(sys.argv[1]), sys.argv[2]
+
+    def config(stage, **kw):
+        c = load_config("size=tiny,stage=" + stage)
+        for k, v in {**FLAGS, **kw}.items():
+            node = c
+            *path, leaf = k.split(".")
+            for p in path:
+                node = node[p]
+            node[leaf] = v
+        return c
+    """
+)
+
+NAN_DRIVER = PRELUDE + textwrap.dedent(
+    """
     from o3video_jax.train import loop, steps
 
     BAD = 3  # the third batch gets NaN pixels
@@ -147,19 +166,11 @@ NAN_DRIVER = textwrap.dedent(
         return batch
 
     loop.sft_batch = poisoned
-    flags = json.loads(sys.argv[1])
     out = {}
     for policy in ("skip", "stop"):
-        c = load_config("size=tiny,stage=sft")
-        for k, v in {**flags, "nan_policy": policy}.items():
-            node = c
-            *path, leaf = k.split(".")
-            for p in path:
-                node = node[p]
-            node[leaf] = v
         count[0] = 0
         try:
-            loop.train(c, sys.argv[2] + "/" + policy)
+            loop.train(config("sft", nan_policy=policy), OUT + "/" + policy)
             out[policy] = "finished"
         except steps.NonFiniteLossError as e:
             out[policy] = "stopped: " + str(e)
@@ -168,17 +179,20 @@ NAN_DRIVER = textwrap.dedent(
 )
 
 
-def test_nan_skip_and_stop(tmp_path, env, data):
-    flags = {
+def base_flags(data, stage):
+    return {
         "data.synthetic.videos": 0,
-        "data.train_json": data.sft_json,
+        "data.train_json": data.sft_json if stage == "sft" else data.rl_json,
         "data.media_root": data.media_root,
         "data.tokenizer_dir": data.tokenizer_dir,
         "optim.schedule": "constant",
         "log.progress": False,
         "log.tensorboard": False,
-        "total_steps": 5,
     }
+
+
+def test_nan_skip_and_stop(tmp_path, env, data):
+    flags = {**base_flags(data, "sft"), "total_steps": 5}
     p = run([sys.executable, "-c", NAN_DRIVER, json.dumps(flags), str(tmp_path)], env)
     result = json.loads(p.stdout.split("RESULT ", 1)[1])
     assert result["skip"] == "finished"
@@ -244,13 +258,41 @@ GSPO_KEYS = (
 )
 
 
+GSPO_DRIVER = PRELUDE + textwrap.dedent(
+    """
+    from o3video_jax.rl import loop as rl_loop
+
+    real = rl_loop.compute_rewards
+
+    def rewards(completions, examples, **kw):
+        # A random tiny model earns no reward at all, so no gradient; a deterministic bonus
+        # that depends on the sampled text gives the updates real advantages to follow.
+        r = real(completions, examples, **kw)
+        r["total"] = r["total"] + np.asarray([len(c) % 5 / 4 for c in completions], np.float32)
+        return r
+
+    rl_loop.compute_rewards = rewards
+    rl_loop.train(config("gspo", total_steps=2), OUT + "/full")
+    rl_loop.train(config("gspo", total_steps=1), OUT + "/part")
+    rl_loop.train(config("gspo", total_steps=2), OUT + "/part")
+    """
+)
+
+
 def test_gspo_step_metrics_and_resume(tmp_path, env, data):
-    kw = {"rl.beta": 0.04, "rl.num_updates": 2, "rl.minibatches": 2, "ckpt.save_every": 1}
+    flags = {
+        **base_flags(data, "gspo"),
+        "rl.beta": 0.04,
+        "rl.eps_low": 0.02,
+        "rl.eps_high": 0.02,
+        "rl.num_updates": 2,
+        "rl.minibatches": 2,
+        "optim.lr": 0.01,
+        "ckpt.save_every": 1,
+    }
+    run([sys.executable, "-c", GSPO_DRIVER, json.dumps(flags), str(tmp_path)], env)
     full, part = tmp_path / "full", tmp_path / "part"
-    run(cli(data, full, "gspo", total_steps=2, **kw), env)
-    run(cli(data, part, "gspo", total_steps=1, **kw), env)
-    assert checkpoint_steps(part) == [1]
-    run(cli(data, part, "gspo", total_steps=2, **kw), env)
+    assert checkpoint_steps(part)[-1] == 2
 
     rows = metrics(full)
     assert [m["step"] for m in rows] == [1, 2]
@@ -259,11 +301,15 @@ def test_gspo_step_metrics_and_resume(tmp_path, env, data):
         assert not missing, missing
         bad = {k: m[k] for k in GSPO_KEYS if not np.isfinite(float(m[k]))}
         assert not bad, bad
+        assert m["skipped"] == 0 and m["grad_norm"] > 0
         assert m["ratio_min"] <= m["ratio_mean"] <= m["ratio_max"]
-        assert 0 <= m["clip_frac"] <= 1 and 0 <= m["zero_variance_groups"] <= 1
+        assert 0 <= m["clip_frac"] <= 1 and 0 <= m["zero_variance_groups"] < 1
         assert 1 <= m["completion_len"] <= 32  # tiny config: max_new_tokens 32
         assert m["kl_mean"] >= 0
-    # The first update of a step starts at the rollout policy: its ratio is 1; the second
-    # (minibatch 2 after an update on minibatch 1) has moved, so the ratios spread.
-    assert rows[0]["skipped"] == 0
+        # Four updates per rollout batch: all but the first see a moved policy, so the ratio
+        # leaves 1 and, with eps 0.02 and lr 1e-2, the clipping engages.
+        assert m["ratio_max"] > 1.0 or m["ratio_min"] < 1.0
+    assert max(m["clip_frac"] for m in rows) > 0
+    assert max(m["kl_mean"] for m in rows) > 0
+    # Resumed from the step-1 checkpoint == uninterrupted.
     assert strip(metrics(part)) == strip(rows)

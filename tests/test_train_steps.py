@@ -83,7 +83,7 @@ def max_diff(a, b):
 # ---- chunked cross-entropy -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("chunk", [1, 3, 7, 64])
+@pytest.mark.parametrize("chunk", [3, 64])
 def test_chunked_logprobs_equal_full_logits(chunk):
     rs = np.random.RandomState(1)
     b, length, d, v = 2, 7, 5, 11
@@ -193,8 +193,9 @@ def test_frozen_vision_params_do_not_move():
 # ---- accumulation, NaN policy -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("normalize", ["token", "sequence"])
-def test_two_microbatches_equal_one_batch(normalize):
+def test_two_microbatches_equal_one_batch():
+    # "sequence" normalisation (the harder case: per-example weights span microbatches);
+    # "token" is covered by the real-model test below.
     # On the 8-device mesh (4 data-parallel shards, 4 rows per microbatch): this also guards
     # against a partitioner miscompile seen with microbatch-split rows (see losses.py).
     model, batch = ToyLM(), toy_batch(b=8)
@@ -204,7 +205,7 @@ def test_two_microbatches_equal_one_batch(normalize):
     results = []
     for m in (1, 2):
         cfg = make_cfg(lr=0.1, eps=1.0, grad_clip=1.0, microbatches=m)
-        cfg.loss.normalize = normalize
+        cfg.loss.normalize = "sequence"
         _, st, metrics = run_steps(model, cfg, batch, mesh=mesh)
         results.append((jax.device_get(st.params), metrics[0]))
     (p1, m1), (p2, m2) = results

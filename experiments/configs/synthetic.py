@@ -91,13 +91,13 @@ def get_config(arg=None):
         c.data.synthetic.height = 56
         c.data.max_frames = 4
         c.data.frame_max_pixels = 56 * 56
-        c.data.max_seq_len = 384 if a.stage == "sft" else 384 + 32
+        c.data.max_seq_len = 448 if a.stage == "sft" else 448 + 32
         c.data.max_patches = 128
         c.data.batch_size = 2
         c.total_steps = 6
         c.optim.warmup_steps = 0
         c.rl.max_new_tokens = 32
-        c.rl.prompt_buckets = [384]
+        c.rl.prompt_buckets = [448]
         c.ckpt.save_every = 2
     c.lock()
     return c

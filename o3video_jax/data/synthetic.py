@@ -146,6 +146,8 @@ def random_spec(
     """2-3 objects with distinct colours, distinct appear times and one lane each."""
     if fps % 2:
         raise ValueError(f"random_spec: fps must be even (0.5 s time grid), got {fps}")
+    if seconds[0] < 3 or num_objects[0] < 1:
+        raise ValueError(f"random_spec: need >= 3 s and >= 1 object, got {seconds}, {num_objects}")
     dur = int(rng.integers(seconds[0], seconds[1] + 1))
     k = int(rng.integers(num_objects[0], num_objects[1] + 1))
     half_s = fps // 2  # frames per 0.5 s

@@ -263,7 +263,7 @@ def make_gspo_update(
         rng = jax.random.fold_in(state.rng, state.step)
         rows = batch["advantages"].shape[0]
         total, stats, grads = steps.accumulate(
-            loss_sum, state.params, batch, rng, microbatches, mesh
+            loss_sum, state.params, batch, rng, microbatches, mesh, state_shardings.params
         )
         grads = jax.tree.map(lambda x: x / rows, grads)
         trainable = trainable_mask(state.params, cfg.optimizer)

@@ -84,9 +84,19 @@ def split_microbatches(batch: Any, microbatches: int) -> Any:
 
 
 def accumulate(
-    loss_sum: LossSum, params: Any, batch: Any, rng: jax.Array, microbatches: int, mesh: Mesh
+    loss_sum: LossSum,
+    params: Any,
+    batch: Any,
+    rng: jax.Array,
+    microbatches: int,
+    mesh: Mesh,
+    grad_shardings: Any = None,
 ) -> tuple[jax.Array, Any, Any]:
-    """Σ loss, aux stacked over microbatches ([M, ...] leaves), Σ gradients."""
+    """Σ loss, aux stacked over microbatches ([M, ...] leaves), Σ gradients.
+
+    grad_shardings (the params' shardings) pins the gradient accumulator, so that it stays
+    sharded like the parameters (FSDP) instead of whatever propagation picks.
+    """
     grad_fn = jax.value_and_grad(loss_sum, has_aux=True)
     if microbatches == 1:
         (total, aux), grads = grad_fn(params, batch, rng)
@@ -106,7 +116,10 @@ def accumulate(
         mb, i = xs
         mb = jax.lax.with_sharding_constraint(mb, batch_sharding(mb, mesh))
         (value, aux), g = grad_fn(params, mb, jax.random.fold_in(rng, i))
-        return (total + value, jax.tree.map(jnp.add, grads, g)), aux
+        grads = jax.tree.map(jnp.add, grads, g)
+        if grad_shardings is not None:
+            grads = jax.lax.with_sharding_constraint(grads, grad_shardings)
+        return (total + value, grads), aux
 
     zeros = jax.tree.map(jnp.zeros_like, params)
     (total, grads), aux = jax.lax.scan(
@@ -222,7 +235,9 @@ def make_sft_step(
             batch["loss_mask"], batch["inputs"].segment_ids, normalize
         )
         batch = {**batch, "weights": weights}
-        total, aux, grads = accumulate(loss_sum, state.params, batch, rng, microbatches, mesh)
+        total, aux, grads = accumulate(
+            loss_sum, state.params, batch, rng, microbatches, mesh, state_shardings.params
+        )
         loss = total / denom
         grads = jax.tree.map(lambda g: g / denom, grads)
         trainable = trainable_mask(state.params, cfg.optimizer)

@@ -17,6 +17,11 @@ Backends:
   "cudnn"  `jax.nn.dot_product_attention(implementation="cudnn")` on GPU.
 The pallas path supports causal only for self-attention (T == S, q_offset == 0); decoding
 steps use "xla", where T == 1 makes the matmuls memory-bound anyway.
+
+`chunk` > 0 makes the "xla" backend run causal self-attention (T == S > chunk, q_offset 0)
+key-chunk by key-chunk with a running softmax (flash_attention.py): exact, and the largest
+score tensor is [B, N, T, chunk] instead of [B, N, T, S]. Other calls ignore it. The vision
+tower's bidirectional blocks have their own blocked path (local_attention.py).
 """
 
 from __future__ import annotations
@@ -43,11 +48,13 @@ def attention(
     q_offset: int | jax.Array = 0,
     backend: str = "xla",
     interpret: bool = False,
+    chunk: int = 0,
 ) -> jax.Array:
     """Masked multi-head attention.
 
     q: [B, T, N, H]; k, v: [B, S, K, H] with N % K == 0; q_segment_ids: int32[B, T];
-    kv_segment_ids: int32[B, S]; q_offset: scalar slot of query 0 for the causal mask.
+    kv_segment_ids: int32[B, S]; q_offset: scalar slot of query 0 for the causal mask;
+    chunk: static key chunk of the "xla" causal self-attention path (0 = dense).
     Returns [B, T, N, H] in q's dtype.
     """
     b, t, n, h = q.shape
@@ -60,6 +67,15 @@ def attention(
         raise ValueError(
             f"attention: segment ids {q_segment_ids.shape}, {kv_segment_ids.shape} do not "
             f"match q {q.shape} / k {k.shape}"
+        )
+    if chunk < 0:
+        raise ValueError(f"attention chunk must be >= 0, got {chunk}")
+    self_attention = t == s and isinstance(q_offset, int) and q_offset == 0
+    if backend == "xla" and causal and chunk and t > chunk and self_attention:
+        from .flash_attention import chunked_causal_attention  # imports this module
+
+        return chunked_causal_attention(
+            q, k, v, q_segment_ids, kv_segment_ids, scale=scale, chunk=chunk
         )
     if backend == "xla":
         return _xla(q, k, v, q_segment_ids, kv_segment_ids, causal, scale, q_offset)
