@@ -89,3 +89,24 @@ def test_chunk_is_ignored_where_it_does_not_apply():
         attention(q, k, v, SEG, SEG, causal=True, scale=0.3, chunk=-1)
     with pytest.raises(ValueError, match="chunk must be positive"):
         chunked_causal_attention(q, k, v, SEG, SEG, scale=0.3, chunk=0)
+
+
+def test_model_with_chunked_text_attention_equals_dense():
+    """TextConfig.attention_chunk wires the chunked path into the decoder: same logits."""
+    import dataclasses
+
+    from o3video_jax.models.qwen2_5_vl import Qwen25VL, Qwen25VLConfig
+    from o3video_jax.models.qwen2_5_vl.inputs import text_only_inputs
+
+    cfg = Qwen25VLConfig.preset("tiny", dtype="float32")
+    chunked = dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, attention_chunk=8))
+    ids = np.random.default_rng(0).integers(0, 400, size=(2, 40)).astype(np.int32)
+    seg = np.ones_like(ids)
+    seg[1, :7] = 0  # left padding
+    seg[0, 25:] = 2  # a packed second example
+    inputs = text_only_inputs(ids, seg)
+    params = Qwen25VL(cfg).init(jax.random.key(0), inputs)["params"]
+    dense = Qwen25VL(cfg).apply({"params": params}, inputs)
+    blocked = Qwen25VL(chunked).apply({"params": params}, inputs)
+    valid = seg > 0
+    np.testing.assert_allclose(np.asarray(blocked)[valid], np.asarray(dense)[valid], atol=1e-5)

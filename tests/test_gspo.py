@@ -255,3 +255,15 @@ def test_gspo_update_microbatches_equal_one_batch():
     assert max(jax.tree.leaves(diff)) < 1e-6
     for key in ("loss", "grad_norm", "kl_mean", "ratio_mean"):
         np.testing.assert_allclose(m1[key], m2[key], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("ratio", ["sequence", "token"])
+def test_garbage_outside_the_mask_is_ignored(ratio):
+    lp, old, ref, adv, mask = random_rollouts(seed=5)
+    clean, _ = jloss(jnp.asarray(lp, jnp.float32), old, ref, adv, mask, ratio)
+    old_bad = np.where(mask > 0, old, -np.inf)  # e.g. padding log-probs from a sampler
+    ref_bad = np.where(mask > 0, ref, np.nan)
+    f = lambda x: jloss(x, old_bad, ref_bad, adv, mask, ratio)[0]
+    value, grad = jax.value_and_grad(f)(jnp.asarray(lp, jnp.float32))
+    np.testing.assert_allclose(value, clean, rtol=1e-6)
+    assert np.isfinite(np.asarray(grad)).all()

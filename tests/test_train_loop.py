@@ -313,3 +313,28 @@ def test_gspo_step_metrics_and_resume(tmp_path, env, data):
     assert max(m["kl_mean"] for m in rows) > 0
     # Resumed from the step-1 checkpoint == uninterrupted.
     assert strip(metrics(part)) == strip(rows)
+
+
+def test_aot_needs_libtpu_and_a_valid_topology():
+    from o3video_jax.train import aot
+
+    assert aot.parse_topology("v5p:4x4x4") == ("v5p", (4, 4, 4))
+    assert aot.parse_topology("v5e:2x4") == ("v5e", (2, 4))
+    with pytest.raises(ValueError, match="not like 'v5p:4x4x4'"):
+        aot.parse_topology("v5p-128")
+    with pytest.raises(aot.LibTPUMissingError, match=r"needs libtpu.*pip install"):
+        aot.topology_devices("v5p:4x4x4")
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "o3video_jax.train.aot",
+            f"--config={CONFIG}:size=tiny",
+            "--topology=v5p:2x2x1",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert p.returncode != 0 and "needs libtpu" in p.stderr

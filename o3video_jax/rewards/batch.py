@@ -83,6 +83,17 @@ def budget(need: int, ceiling: int, bucket: bool) -> int:
     return min(ceiling, 1 << max(need - 1, 0).bit_length()) if bucket else ceiling
 
 
+def zeros(shape: tuple[int, ...], dtype=np.float64) -> np.ndarray:
+    """np.zeros with its data 64-byte aligned: XLA's CPU client then uses the buffer in place
+    instead of copying it (a copy of the fixed-budget tables costs more than scoring them).
+    The pages stay untouched, hence free, until written."""
+    dtype = np.dtype(dtype)
+    count = math.prod(shape)
+    raw = np.zeros(count * dtype.itemsize + 64, np.uint8)
+    start = -raw.ctypes.data % 64
+    return raw[start : start + count * dtype.itemsize].view(dtype).reshape(shape)
+
+
 def _scatter(shape: tuple[int, ...], index: list, values: list, value_shape=()):
     """float64[*shape, *value_shape] zeros with `values` at `index`, and the bool[*shape] mask."""
     out, mask = np.zeros(shape + value_shape), np.zeros(shape, bool)

@@ -14,6 +14,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from o3video_jax.rewards.config import (
     GENERAL_FREE_FORM,
@@ -28,6 +29,7 @@ from o3video_jax.rewards.config import (
 from o3video_jax.rewards.parse import TAG_COUNT_NAMES
 
 _COUNT = {name: i for i, name in enumerate(TAG_COUNT_NAMES)}
+_CHUNK = 512  # claims per step of sparse_map's loop
 
 
 def box_iou(gt, pred):
@@ -58,39 +60,92 @@ def _mean_over(total, count):
     return jnp.where(count > 0, total / jnp.maximum(count, 1), 0.0)
 
 
-def _claim_spatial(p, t, gate):
+def sparse_map(fn, mask, chunk: int = _CHUNK):
+    """fn over the True entries of bool[M] only: float[M], fn's values there, 0 elsewhere.
+
+    fn maps int32[S] flat indices to float[S]. The True entries are compacted (in order) and
+    mapped `chunk` at a time by a loop whose trip count follows their number, so the padding
+    of fixed budgets (most of a [N, C] claim grid) costs no work.
+    """
+    m = mask.shape[0]
+    if m == 0:
+        return jnp.zeros(0)
+    s = min(chunk, m)
+    (idx,) = jnp.nonzero(mask, size=-(-m // s) * s, fill_value=0)
+    count = mask.sum()
+
+    def body(i, out):
+        ids = lax.dynamic_slice(idx, (i * s,), (s,))
+        valid = i * s + jnp.arange(s) < count
+        return out.at[ids].add(jnp.where(valid, fn(ids), 0.0))
+
+    return lax.fori_loop(0, (count + s - 1) // s, body, jnp.zeros(m))
+
+
+def _claim_spatial(p, t, gate, scored):
     """Temporal-spatial thk_spatial: float[N].
 
     For each claim: eligible key-frame times g (reference gate g - T < 1, intended |g - T| < 1),
     the first eligible one nearest to T, then max over its objects of the mean over the
-    object's GT boxes of the max IoU over the claim's boxes (object names are not compared). Claims without an eligible frame
-    score 0 but count in the denominator (all parsed claims).
+    object's GT boxes of the max IoU over the claim's boxes (object names are not compared).
+    Claims without an eligible frame score 0 but count in the denominator (all parsed
+    claims). Only claims of `scored` rows (bool[N]) with a finite time and a valid box can
+    score above 0, so only those are evaluated.
     """
-    dt = t["kf_time"][:, None, :] - p["claim_time"][:, :, None]  # [N, C, K]: g - T
-    eligible = (dt < 1.0) if gate == "reference" else (jnp.abs(dt) < 1.0)
-    eligible &= t["kf_mask"][:, None, :] & p["claim_time_ok"][:, :, None]
-    frame = jnp.argmin(jnp.where(eligible, jnp.abs(dt), jnp.inf), axis=-1)  # first minimum
-    nearest = jnp.take_along_axis(t["kf_time"][:, None, :], frame[..., None], axis=-1)[..., 0]
-    # The original marks "no frame" with closest_time = -1, so a GT time of exactly -1 s is
-    # indistinguishable from none; kept for parity.
-    found = eligible.any(-1) & (nearest != -1.0)  # [N, C]
+    n, c, mb = p["claim_box_ok"].shape
+    g = t["kf_boxes"].shape[2]
+    claim_time = p["claim_time"].reshape(n * c)
+    claim_boxes = p["claim_boxes"].reshape(n * c, mb, 4)
+    claim_box_ok = p["claim_box_ok"].reshape(n * c, mb)
 
-    n, c = frame.shape
-    rows = jnp.arange(n)[:, None]
-    gt_boxes = t["kf_boxes"][rows, frame]  # [N, C, G, 4]
-    gt_mask = t["kf_box_mask"][rows, frame]  # [N, C, G]
-    iou = box_iou(gt_boxes[:, :, :, None, :], p["claim_boxes"][:, :, None, :, :])  # [N,C,G,MB]
-    iou = jnp.where(p["claim_box_ok"][:, :, None, :], iou, 0.0)
-    best = jnp.where(gt_mask, iou.max(-1), 0.0)  # [N, C, G]: max over the claim's boxes
-    # Mean over each object's boxes: segment sums with one segment per (row, claim, object).
-    g = best.shape[-1]
-    segment = (rows[..., None] * c + jnp.arange(c)[None, :, None]) * g
-    segment = segment + t["kf_box_object"][rows, frame]
-    sums = jax.ops.segment_sum(best.ravel(), segment.ravel(), num_segments=n * c * g)
-    count = t["kf_object_boxes"][rows, frame]  # [N, C, G] boxes per object slot
-    per_object = jnp.where(count > 0, sums.reshape(n, c, g) / jnp.maximum(count, 1), 0.0)
-    claim = jnp.where(found & p["claim_mask"], per_object.max(-1), 0.0)  # [N, C]
+    def claim_score(ids):  # int32[S] flat claim indices -> float[S]
+        example = t["example"][ids // c]
+        kf_time = t["kf_time"][example]  # [S, K]
+        dt = kf_time - claim_time[ids][:, None]  # g - T
+        eligible = (dt < 1.0) if gate == "reference" else (jnp.abs(dt) < 1.0)
+        eligible &= t["kf_mask"][example]
+        frame = jnp.argmin(jnp.where(eligible, jnp.abs(dt), jnp.inf), axis=-1)  # first minimum
+        nearest = jnp.take_along_axis(kf_time, frame[:, None], axis=-1)[:, 0]
+        # The original marks "no frame" with closest_time = -1, so a GT time of exactly -1 s
+        # is indistinguishable from none; kept for parity.
+        found = eligible.any(-1) & (nearest != -1.0)
+        gt_boxes = t["kf_boxes"][example, frame]  # [S, G, 4]
+        iou = box_iou(gt_boxes[:, :, None, :], claim_boxes[ids][:, None, :, :])  # [S, G, MB]
+        iou = jnp.where(claim_box_ok[ids][:, None, :], iou, 0.0)
+        best = jnp.where(t["kf_box_mask"][example, frame], iou.max(-1), 0.0)  # [S, G]
+        # Mean over each object's boxes (one-hot over object slots; adding zeros is exact).
+        owner = t["kf_box_object"][example, frame][:, :, None] == jnp.arange(g)  # [S, G, G]
+        sums = jnp.where(owner, best[:, :, None], 0.0).sum(1)  # [S, G] per object slot
+        count = t["kf_object_boxes"][example, frame]
+        per_object = jnp.where(count > 0, sums / jnp.maximum(count, 1), 0.0)
+        return jnp.where(found, per_object.max(-1), 0.0)
+
+    live = p["claim_mask"] & p["claim_time_ok"] & p["claim_box_ok"].any(-1) & scored[:, None]
+    claim = sparse_map(claim_score, live.reshape(n * c)).reshape(n, c)
     return _mean_over(claim.sum(-1), p["num_claims"])
+
+
+def _time_scores(p, t, sigma, is_ts, live):
+    """float[N, MT] per bare think time tau, at the `live` entries: temporal-spatial rows
+    exp(-d^2 / (2 sigma^2)) with d = min_g |tau - g| over the key frames (0 without key
+    frames); other rows 1 if tau lies in the GT span [start, end] (inclusive), else 0."""
+    n, mt = live.shape
+    times = p["times"].reshape(n * mt)
+
+    def time_score(ids):  # int32[S] flat time indices -> float[S]
+        row = ids // mt
+        tau = times[ids]
+        example = t["example"][row]
+        kf_mask = t["kf_mask"][example]  # [S, K]
+        gap = jnp.where(kf_mask, jnp.abs(tau[:, None] - t["kf_time"][example]), jnp.inf).min(-1)
+        has_gt = kf_mask.any(-1)
+        proximity = jnp.exp(-(jnp.where(has_gt, gap, 0.0) ** 2) / (2 * sigma**2))
+        proximity = jnp.where(has_gt, proximity, 0.0)
+        span = t["span"][row]
+        inside = (span[:, 0] <= tau) & (tau <= span[:, 1])
+        return jnp.where(is_ts[row], proximity, inside.astype(proximity.dtype))
+
+    return sparse_map(time_score, live.reshape(n * mt)).reshape(n, mt)
 
 
 def _format(p, task):
@@ -136,22 +191,21 @@ def score_batch(p, t, ans_acc, sigma, weights, *, gate="intended"):
         )
 
     with jax.named_scope("rewards/temporal"):
-        times, times_ok, num_times = p["times"], p["times_ok"], p["num_times"]  # [N, MT]
-        gap = jnp.abs(times[:, :, None] - t["kf_time"][:, None, :])  # [N, MT, K]: |tau - g|
-        gap = jnp.where(t["kf_mask"][:, None, :], gap, jnp.inf).min(-1)
-        has_gt = t["kf_mask"].any(-1)[:, None]
-        proximity = jnp.exp(-(jnp.where(has_gt, gap, 0.0) ** 2) / (2 * sigma**2))
-        proximity = jnp.where(times_ok & has_gt, proximity, 0.0)
-        point = jnp.where(is_ts & think, _mean_over(proximity.sum(-1), num_times), 0.0)
-        inside = times_ok & (t["span"][:, :1] <= times) & (times <= t["span"][:, 1:])
-        segment = jnp.where(is_temporal & think, _mean_over(inside.sum(-1), num_times), 0.0)
+        # thk_temporal_point (temporal-spatial) and thk_temporal_segment (temporal QA, TG-MCQ)
+        # both average a per-time score over the think block's times.
+        live = p["times_ok"] & ((is_ts | is_temporal) & think)[:, None]
+        per_time = _time_scores(p, t, sigma, is_ts, live).sum(-1)
+        point = jnp.where(is_ts & think, _mean_over(per_time, p["num_times"]), 0.0)
+        segment = jnp.where(is_temporal & think, _mean_over(per_time, p["num_times"]), 0.0)
 
     with jax.named_scope("rewards/spatial"):
         think_iou = box_iou(t["box"][:, None, :], p["think_boxes"])  # [N, TB]
         think_iou = jnp.where(p["think_box_ok"], think_iou, 0.0).max(-1)
         vqa_spatial = jnp.where(t["box_ok"] & (p["num_think_boxes"] > 0), think_iou, 0.0)
-        spatial = jnp.where(is_vqa, vqa_spatial, jnp.where(is_ts, _claim_spatial(p, t, gate), 0.0))
-        spatial = jnp.where(think & p["has_answer"], spatial, 0.0)
+        scored = think & p["has_answer"]
+        claims = _claim_spatial(p, t, gate, is_ts & scored)
+        spatial = jnp.where(is_vqa, vqa_spatial, jnp.where(is_ts, claims, 0.0))
+        spatial = jnp.where(scored, spatial, 0.0)
 
     out = {
         "ans_acc": ans_acc,

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from o3video_jax.rewards import parse
-from o3video_jax.rewards.batch import budget
+from o3video_jax.rewards.batch import budget, zeros
 from o3video_jax.rewards.config import (
     GENERAL_FREE_FORM,
     GENERAL_MCQ,
@@ -34,26 +34,31 @@ from o3video_jax.rewards.config import (
 
 @dataclasses.dataclass(frozen=True)
 class Targets:
-    """Ground truth of N examples (numpy; K key frames, G annotated boxes per key frame).
+    """Ground truth of N examples (numpy). Key-frame data sits in tables with one slot per
+    distinct example (E slots, K key frames, G annotated boxes per key frame), which rows
+    reach through `example`: the G completions of a prompt share one record, and a per-row
+    copy would multiply the largest arrays by G.
 
     task:            int32[N]             index into config.TASKS
     span:            float64[N, 2]        GT [start, end] s (temporal QA, TG-MCQ), else 0
     box:             float64[N, 4]        visual QA GT box in model pixels, else 0
     box_ok:          bool[N]
-    kf_time:         float64[N, K]        raw key-frame times, in list order
-    kf_mask:         bool[N, K]
-    kf_boxes:        float64[N, K, G, 4]  key_items boxes in model pixels, grouped by object
-    kf_box_mask:     bool[N, K, G]
-    kf_box_object:   int32[N, K, G]       object slot (0..G-1) of each box within its frame
-    kf_object_boxes: int32[N, K, G]       number of boxes of each object slot (0: no object)
-    reference:       list[str | None]     ROUGE reference (free-form tasks)
-    letter:          list[str | None]     option letter (MCQ, TG-MCQ)
+    example:         int32[N]             slot of the row's example in the kf_* tables
+    kf_time:         float64[E, K]        raw key-frame times, in list order
+    kf_mask:         bool[E, K]
+    kf_boxes:        float64[E, K, G, 4]  key_items boxes in model pixels, grouped by object
+    kf_box_mask:     bool[E, K, G]
+    kf_box_object:   int32[E, K, G]       object slot (0..G-1) of each box within its frame
+    kf_object_boxes: int32[E, K, G]       number of boxes of each object slot (0: no object)
+    reference:       list[str | None]     ROUGE reference (free-form tasks), per row
+    letter:          list[str | None]     option letter (MCQ, TG-MCQ), per row
     """
 
     task: np.ndarray
     span: np.ndarray
     box: np.ndarray
     box_ok: np.ndarray
+    example: np.ndarray
     kf_time: np.ndarray
     kf_mask: np.ndarray
     kf_boxes: np.ndarray
@@ -212,55 +217,66 @@ def build_targets(examples: Sequence[Mapping], config: RewardConfig | None = Non
     rows, row_of = [], []
     seen: dict[int, int] = {}  # id(example) -> unique row
     for i, ex in enumerate(examples):
-        if id(ex) not in seen:
-            seen[id(ex)] = len(rows)
+        r = seen.get(id(ex))
+        if r is None:
+            r = seen[id(ex)] = len(rows)
             rows.append(_row(ex, i, cfg))
-        row_of.append(seen[id(ex)])
+        row_of.append(r)
+    n, u = len(row_of), len(rows)
     frames = [row["key_frames"][1] for row in rows if "key_frames" in row]
-    u = len(rows)
+    # Table extents: fixed shapes size the tables for N distinct examples (one compile per
+    # batch size); only the slots in use are written.
+    e = budget(u, max(n, 1), cfg.bucket_shapes)
     k = budget(max(map(len, frames), default=0), cfg.max_key_frames, cfg.bucket_shapes)
     most_boxes = max((sum(map(len, objs)) for f in frames for objs in f), default=0)
     g = budget(most_boxes, cfg.max_frame_boxes, cfg.bucket_shapes)
-    task = np.zeros(u, np.int32)
-    span = np.zeros((u, 2))
-    box = np.zeros((u, 4))
-    box_ok = np.zeros(u, bool)
-    kf_time = np.zeros((u, k))
-    kf_mask = np.zeros((u, k), bool)
-    kf_boxes = np.zeros((u, k, g, 4))
-    kf_box_mask = np.zeros((u, k, g), bool)
-    kf_box_object = np.zeros((u, k, g), np.int32)
-    kf_object_boxes = np.zeros((u, k, g), np.int32)
+    task = np.array([row["task"] for row in rows], np.int32).reshape(u)
+    span, box, box_ok = np.zeros((u, 2)), np.zeros((u, 4)), np.zeros(u, bool)
+    # Flat (index, value) lists, written into the tables by one numpy call each.
+    t_idx, t_val, b_idx, b_val, b_obj, o_idx, o_cnt = [], [], [], [], [], [], []
     for r, row in enumerate(rows):
-        task[r] = row["task"]
         if "span" in row:
             span[r] = row["span"]
         if "box" in row:
             box[r], box_ok[r] = row["box"], True
         if "key_frames" in row:
-            times, frames = row["key_frames"]
-            kf_time[r, : len(times)], kf_mask[r, : len(times)] = times, True
-            for f, objects in enumerate(frames):
-                slot = 0
+            times, frame_objects = row["key_frames"]
+            t_idx.extend(range(r * k, r * k + len(times)))
+            t_val.extend(times)
+            for f, objects in enumerate(frame_objects):
+                base = (r * k + f) * g
+                slot = base
                 # Objects without boxes are skipped by the original (no mean to take).
                 for o, obj in enumerate(b for b in objects if b):
-                    kf_boxes[r, f, slot : slot + len(obj)] = obj
-                    kf_box_mask[r, f, slot : slot + len(obj)] = True
-                    kf_box_object[r, f, slot : slot + len(obj)] = o
-                    kf_object_boxes[r, f, o] = len(obj)
+                    b_idx.extend(range(slot, slot + len(obj)))
+                    b_val.extend(obj)
+                    b_obj.extend([o] * len(obj))
+                    o_idx.append(base + o)
+                    o_cnt.append(len(obj))
                     slot += len(obj)
+    kf_time, kf_mask = zeros((e, k)), zeros((e, k), bool)
+    kf_boxes, kf_box_mask = zeros((e, k, g, 4)), zeros((e, k, g), bool)
+    kf_box_object, kf_object_boxes = zeros((e, k, g), np.int32), zeros((e, k, g), np.int32)
+    kf_time.reshape(-1)[t_idx] = t_val
+    kf_mask.reshape(-1)[t_idx] = True
+    if b_idx:
+        kf_boxes.reshape(-1, 4)[b_idx] = b_val
+    kf_box_mask.reshape(-1)[b_idx] = True
+    kf_box_object.reshape(-1)[b_idx] = b_obj
+    kf_object_boxes.reshape(-1)[o_idx] = o_cnt
     idx = np.asarray(row_of, np.intp)
     return Targets(
         task=task[idx],
         span=span[idx],
         box=box[idx],
         box_ok=box_ok[idx],
-        kf_time=kf_time[idx],
-        kf_mask=kf_mask[idx],
-        kf_boxes=kf_boxes[idx],
-        kf_box_mask=kf_box_mask[idx],
-        kf_box_object=kf_box_object[idx],
-        kf_object_boxes=kf_object_boxes[idx],
+        example=idx.astype(np.int32),
+        kf_time=kf_time,
+        kf_mask=kf_mask,
+        kf_boxes=kf_boxes,
+        kf_box_mask=kf_box_mask,
+        kf_box_object=kf_box_object,
+        kf_object_boxes=kf_object_boxes,
         reference=[rows[j]["reference"] for j in row_of],
         letter=[rows[j]["letter"] for j in row_of],
     )

@@ -116,23 +116,26 @@ def sequence_terms(
     n_b = jnp.maximum(mask.sum(axis=1), 1.0)
     a_b1 = advantages.astype(jnp.float32)[:, None]
     lo, hi = 1.0 - eps_low, 1.0 + eps_high
+    # where, not a product: positions outside the mask may hold -inf/NaN (padding).
+    on_bl = mask > 0
+    d_bl = jnp.where(on_bl, logp - old_logp, 0.0)
 
     if ratio == "sequence":
-        log_s_b = (mask * (logp - old_logp)).sum(axis=1) / n_b
+        log_s_b = (mask * d_bl).sum(axis=1) / n_b
         r_bl = jnp.broadcast_to(jnp.exp(log_s_b)[:, None], logp.shape)
         weight_bl = jnp.ones_like(mask)[:, :1]  # one ratio per completion for the statistics
         r_stat = r_bl[:, :1]
     else:
-        r_bl = jnp.exp(logp - old_logp)
+        r_bl = jnp.exp(d_bl)
         weight_bl, r_stat = mask, r_bl
     pg_bl = -jnp.minimum(r_bl * a_b1, jnp.clip(r_bl, lo, hi) * a_b1)
 
     if beta:
-        x_bl = jnp.clip(ref_logp - logp, -kl_clamp, kl_clamp)
+        x_bl = jnp.clip(jnp.where(on_bl, ref_logp - logp, 0.0), -kl_clamp, kl_clamp)
         kl_bl = jnp.exp(x_bl) - x_bl - 1.0
     else:
         kl_bl = jnp.zeros_like(logp)
-    loss_b = (mask * (pg_bl + beta * kl_bl)).sum(axis=1) / n_b
+    loss_b = jnp.where(on_bl, mask * (pg_bl + beta * kl_bl), 0.0).sum(axis=1) / n_b
 
     on = weight_bl > 0
     r_stat = jax.lax.stop_gradient(r_stat)

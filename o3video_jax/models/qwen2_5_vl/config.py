@@ -46,9 +46,14 @@ class TextConfig:
     rope_theta: float = 1e6
     mrope_section: tuple[int, ...] = (16, 24, 24)
     max_position_embeddings: int = 32768
+    # Runtime knob, not an HF field: > 0 runs the XLA causal self-attention over key chunks of
+    # this size with a running softmax, so [T, S] scores never exist (long training rows).
+    attention_chunk: int = 0
 
     def __post_init__(self):
         object.__setattr__(self, "mrope_section", tuple(int(s) for s in self.mrope_section))
+        if self.attention_chunk < 0:
+            raise ValueError(f"text attention_chunk must be >= 0, got {self.attention_chunk}")
         for name in (
             "vocab_size",
             "hidden_size",
@@ -107,7 +112,10 @@ class VisionConfig:
     # Runtime knobs of the blocked XLA attention (local_attention.py; not HF keys, so
     # from_hf_dict leaves the defaults): the query chunk C (0 = always dense), and a static
     # bound on the patches of one frame, i.e. one full-attention segment (0 = unknown: those
-    # blocks stay dense). Windows need no bound: window_tokens^2 * merge_unit is one.
+    # blocks stay dense). Windows need no bound: window_tokens^2 * merge_unit is one. A safe
+    # frame bound is max_pixels // 196 of the preprocessing (smart_resize keeps h * w <=
+    # max_pixels); a frame above the bound gives NaN (at the patches it cannot cover), never a
+    # silently wrong value.
     attention_chunk: int = 128
     max_frame_patches: int = 0
 

@@ -44,7 +44,15 @@ class TextAttention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if kv is None:
             out = attention(
-                q, k, v, segment_ids, segment_ids, causal=True, scale=h**-0.5, backend=self.backend
+                q,
+                k,
+                v,
+                segment_ids,
+                segment_ids,
+                causal=True,
+                scale=h**-0.5,
+                backend=self.backend,
+                chunk=cfg.attention_chunk,
             )
         else:
             slot = (0, cache_index, 0, 0)
