@@ -99,41 +99,22 @@ def _answer_box(answer: str) -> tuple[float, ...]:
 def _times(inner: str, values: list) -> int:
     """Appends the bare think times (parse._times); returns their number."""
     found = _TIME.findall(inner)
-    if found:
-        try:
-            values.extend(map(float, found))
-        except ValueError:  # '1.2.3', '.': the original's try/except empties the list
-            # extend consumed the values before the failure; drop them.
-            del values[len(values) - _count_floats(found) :]
-            return 0
+    try:
+        values += map(float, found)
+    except ValueError:  # '1.2.3', '.': the original's try/except empties the list
+        del values[len(values) - _count_floats(found) :]  # what += appended before failing
+        return 0
     return len(found)
 
 
 def _count_floats(found: list) -> int:
-    """Number of leading entries of `found` that float() accepts (what extend appended)."""
+    """Number of leading entries of `found` that float() accepts."""
     for i, text in enumerate(found):
         try:
             float(text)
         except ValueError:
             return i
     return len(found)
-
-
-def _ragged(counts: np.ndarray, extent: int):
-    """Flat [N, extent] index of every item of N ragged rows, and which ones fit."""
-    n = len(counts)
-    total = int(counts.sum())
-    starts = np.cumsum(counts) - counts
-    rows = np.repeat(np.arange(n), counts)
-    within = np.arange(total) - np.repeat(starts, counts)
-    return rows * extent + within, within < extent
-
-
-def _fill(shape, flat_index, values, dtype=np.float64):
-    out = zeros(shape, dtype)
-    if len(flat_index):
-        out.reshape((-1,) + out.shape[len(shape) - (out.ndim - len(shape)) :][: 0] or -1)
-    return out
 
 
 def parse_batch(
