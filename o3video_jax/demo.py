@@ -64,10 +64,10 @@ TABLE_COLUMNS = (
 class Plan:
     """Sizes of a demo run (the full one, or `fast` for tests)."""
 
-    videos: int = 64
-    eval_videos: int = 8
+    videos: int = 128
+    eval_videos: int = 32
     sft_steps: int = 160
-    gspo_steps: int = 30
+    gspo_steps: int = 24
     size: str = "demo"
 
 

@@ -1,7 +1,10 @@
 """Completion parser: hand-made cases, equality with the original regexes, totality, linearity."""
 
+import dataclasses
+import importlib.util
 import json
 import math
+import pathlib
 import random
 import re
 import time
@@ -12,9 +15,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from o3video_jax.rewards import RewardConfig, compute_rewards, parse_batch, parse_completion
+from o3video_jax.rewards.batch import pack
 from o3video_jax.rewards.config import TASKS
+from o3video_jax.rewards.decimals import decimal_text, parse_decimals
 from o3video_jax.rewards.parse import as_box, extract_answer
-from o3video_jax.rewards.rouge import lcs_length, rouge_mean_f
+from o3video_jax.rewards.rouge import lcs_length, rouge_mean_f, rouge_mean_f_batch
 
 # ---------------------------------------------------------------------------------------------
 # The original regexes (reference §2/§3), used as the oracle on short inputs where their
@@ -34,6 +39,14 @@ def _key(x):
     if isinstance(x, tuple | list):
         return tuple(_key(v) for v in x)
     return x
+
+
+def _benchmark_module():
+    path = pathlib.Path(__file__).parents[1] / "benchmarks" / "rewards.py"
+    spec = importlib.util.spec_from_file_location("rewards_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def oracle(text):
@@ -223,6 +236,87 @@ def test_parse_batch_budgets_and_overflow():
 
 
 # ---------------------------------------------------------------------------------------------
+# The batch parser (tag scan in numpy, canonical-form regexes, bulk number conversion) against
+# packing the per-completion parser's results, field by field.
+
+_CONFIGS = (
+    RewardConfig(),
+    RewardConfig(bucket_shapes=True),
+    RewardConfig(max_claims=2, max_claim_boxes=1, max_times=3, max_think_boxes=2),
+)
+
+
+def _assert_same_batch(texts, tasks, config):
+    got = parse_batch(texts, config, tasks)
+    per_text = tasks if tasks is not None else [None] * len(texts)
+    want = pack([parse_completion(t, k) for t, k in zip(texts, per_text, strict=True)], config)
+    for field in dataclasses.fields(got):
+        a, b = getattr(got, field.name), getattr(want, field.name)
+        if isinstance(a, list):
+            assert a == b, field.name
+        else:
+            assert a.dtype == b.dtype and a.shape == b.shape, field.name
+            np.testing.assert_array_equal(a, b, err_msg=field.name)
+
+
+_json_number = st.from_regex(r"-?(0|[1-9][0-9]{0,3})(\.[0-9]{1,3})?", fullmatch=True)
+_plain_box = st.tuples(st.lists(_json_number, min_size=4, max_size=4), st.sampled_from([",", ", "]))
+_plain_box = _plain_box.map(lambda x: "[" + x[1].join(x[0]) + "]")
+_plain_time = st.from_regex(r"[0-9]{1,3}(\.[0-9]{0,2})?|\.[0-9]{1,2}", fullmatch=True)
+# Canonical claims and boxes (the batch parser's fast forms) among the grammar's other pieces.
+_canonical = st.one_of(
+    st.tuples(st.sampled_from(["man", "red cup", ""]), st.lists(_plain_box, min_size=1, max_size=3))
+    .map(lambda x: f"<obj>{x[0]}</obj>" + "".join(f"<box>{b}</box>" for b in x[1]))
+    .flatmap(lambda c: _plain_time.map(lambda t: f"{c}at<t>{t}</t>s ")),
+    _plain_box.map(lambda b: f"the <obj>cat</obj><box>{b}</box> "),
+)
+_mostly_canonical = st.tuples(
+    st.lists(st.one_of(_canonical, _canonical, _piece), max_size=6).map("".join),
+    st.one_of(_plain_box.map(lambda b: f"<obj>x</obj><box>{b}</box>"), _body),
+).map(lambda x: f"<think>{x[0]}</think><answer>{x[1]}</answer>")
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(
+    st.lists(st.one_of(soup, _mostly_canonical, st.text(max_size=40)), min_size=1, max_size=8),
+    st.sampled_from([None, *TASKS]),
+    st.sampled_from(range(len(_CONFIGS))),
+)
+def test_batch_parser_equals_per_completion_parser(texts, task, config):
+    tasks = None if task is None else [task] * len(texts)
+    _assert_same_batch(texts, tasks, _CONFIGS[config])
+
+
+def test_batch_parser_equals_per_completion_parser_on_benchmark_batch():
+    bench = _benchmark_module()
+    texts, examples = bench.make_batch(384, seed=2)
+    texts[0] = "\u00e9" + texts[0]  # one non-ASCII completion (tag scan with str methods)
+    tasks = [ex["task"] for ex in examples]
+    for config in _CONFIGS:
+        _assert_same_batch(texts, tasks, config)
+    _assert_same_batch(texts[:64], None, _CONFIGS[0])
+
+
+_PLAIN = st.from_regex(r"-?([0-9]{1,25}(\.[0-9]{0,25})?|\.[0-9]{1,25})", fullmatch=True)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(
+    st.lists(_PLAIN, max_size=12),
+    st.lists(st.one_of(st.none(), st.floats(), st.integers(-(10**30), 10**30).map(float))),
+)
+def test_decimals_equal_float(numbers, floats):
+    values, piece = parse_decimals([" , ".join(numbers), "[]", *map(decimal_text, floats)])
+    want = [float(x) for x in numbers] + [
+        math.nan if x is None or not math.isfinite(x) else x for x in floats
+    ]
+    assert len(values) == len(want)
+    for got, expected in zip(values.tolist(), want, strict=True):
+        assert _key(got) == _key(expected) and math.copysign(1, got) == math.copysign(1, expected)
+    assert piece.tolist() == [0] * len(numbers) + list(range(2, 2 + len(floats)))
+
+
+# ---------------------------------------------------------------------------------------------
 # Totality, ranges and linear time on adversarial input.
 
 WEIGHTS = {"ans_acc": 1.0, "format": 2.0, "thk_spatial": 0.5}
@@ -302,11 +396,13 @@ def _cpu_seconds(fn, repeats=3):
 def test_adversarial_inputs_parse_in_linear_time(name):
     make = ADVERSARIAL[name]
     small, large = make(10_000), make(100_000)
-    t_small = _cpu_seconds(lambda: parse_completion(small))
-    t_large = _cpu_seconds(lambda: parse_completion(large))
-    assert t_large < 1.0, f"{name}: {t_large:.3f}s for 100k chars"
-    # Linear growth would be 10x; allow noise and a fixed per-call cost.
-    assert t_large < 30 * max(t_small, 2e-4), (name, t_small, t_large)
+    # The batch parser has a fixed numpy cost of about a millisecond per call.
+    for parser, fixed in ((parse_completion, 2e-4), (lambda text: parse_batch([text]), 2e-3)):
+        t_small = _cpu_seconds(lambda p=parser: p(small))
+        t_large = _cpu_seconds(lambda p=parser: p(large))
+        assert t_large < 1.0, f"{name}: {t_large:.3f}s for 100k chars"
+        # Linear growth would be 10x; allow noise and a fixed per-call cost.
+        assert t_large < 30 * max(t_small, fixed), (name, t_small, t_large)
 
 
 def test_adversarial_inputs_score_in_range():
@@ -334,6 +430,23 @@ def test_rouge_is_bit_identical_to_rouge_score(reference, hypothesis):
     )
     expected = (s["rouge1"].fmeasure + s["rouge2"].fmeasure + s["rougeL"].fmeasure) / 3
     assert rouge_mean_f(reference, hypothesis) == expected
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(
+    st.lists(
+        st.tuples(
+            st.lists(st.sampled_from(WORDS), max_size=20).map(" ".join),
+            st.one_of(
+                st.lists(st.sampled_from(WORDS), max_size=20).map(" ".join), st.text(max_size=30)
+            ),
+        ),
+        max_size=12,
+    )
+)
+def test_batch_rouge_equals_per_pair_rouge(pairs):
+    got = rouge_mean_f_batch([r for r, _ in pairs], [h for _, h in pairs])
+    assert got.tolist() == [rouge_mean_f(r, h) for r, h in pairs]
 
 
 @settings(max_examples=200, deadline=None, derandomize=True)

@@ -4,10 +4,11 @@ import importlib.util
 import math
 import pathlib
 
+import jax
 import numpy as np
 import pytest
 
-from o3video_jax.rewards import REWARD_NAMES, RewardConfig, compute_rewards, sigma_schedule
+from o3video_jax.rewards import REWARD_NAMES, RewardConfig, compute_rewards, scoring, sigma_schedule
 
 # ---------------------------------------------------------------------------------------------
 # Examples. Pixel boxes are what the rewards compare against.
@@ -285,6 +286,20 @@ def test_float64_gate_matches_python():
 def test_bad_inputs_raise(examples, kwargs, match):
     with pytest.raises(ValueError, match=match):
         compute_rewards(["<think>x</think><answer>C</answer>"], examples, **kwargs)
+
+
+def test_sparse_map_visits_exactly_the_listed_entries():
+    # Several chunks, a partial last chunk, and an index length that is no multiple of it.
+    rng = np.random.default_rng(0)
+    size, count = 1000, 613
+    entries = np.sort(rng.choice(size, count, replace=False)).astype(np.int32)
+    index = np.zeros(size, np.int32)
+    index[:count] = entries
+    fn = jax.jit(lambda i, c: scoring.sparse_map(lambda ids: ids * 2.0 + 1.0, i, c, chunk=128))
+    want = np.zeros(size)
+    want[entries] = entries * 2.0 + 1.0
+    np.testing.assert_array_equal(fn(index, np.int32(count)), want)
+    np.testing.assert_array_equal(fn(index, np.int32(0)), np.zeros(size))
 
 
 def test_parity_with_per_sample_oracle():

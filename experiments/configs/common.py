@@ -64,6 +64,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.image_max_pixels = 200704
     c.data.prompt_quirks = "original"  # original | corrected
     c.data.loss_mask = "assistant"  # assistant | original
+    c.data.sft_prompts = "sft"  # sft: upstream SFT prompts | rl: SFT targets under RL prompts
     c.data.workers = 2
     c.data.prefetch = 2
     c.data.shuffle = True

@@ -36,6 +36,10 @@ def get_config(arg=None):
     c.data.synthetic.eval_videos = 8
     c.data.layout = "flat"
     c.data.loss_mask = "assistant"
+    # One prompt template for SFT, RL and evaluation: a tiny model does not bridge the
+    # upstream SFT/RL prompt differences (system prompt, "Question: ", frame labels).
+    c.data.sft_prompts = "rl"
+    c.data.prompt_quirks = "corrected"
     c.data.packing = "none"
     c.data.workers = 0
     c.data.fps = 2.0
@@ -45,7 +49,7 @@ def get_config(arg=None):
     c.data.frame_max_pixels = 84 * 56  # 6 merged tokens per frame
     c.data.synthetic.width = 84
     c.data.synthetic.height = 56
-    c.data.max_seq_len = 512
+    c.data.max_seq_len = 560
     c.data.max_patches = 192
     c.data.batch_size = 8
 
@@ -60,7 +64,7 @@ def get_config(arg=None):
 
     c.rl.group_size = 4
     c.rl.max_new_tokens = 144
-    c.rl.prompt_buckets = [416]  # one bucket: one prefill/decode compile
+    c.rl.prompt_buckets = [448]  # one bucket: one prefill/decode compile
     c.rl.temperature = 1.0
     c.rl.top_p = 1.0
     c.rl.num_updates = 1
@@ -72,12 +76,18 @@ def get_config(arg=None):
     c.log.every = 1
 
     if a.stage == "gspo":
-        c.total_steps = 40
-        c.optim.lr = 2e-4
+        # 8 prompts x G=8 samples at temperature 0.8 (closer to the greedy policy that the
+        # evaluation decodes), two minibatch updates per rollout batch (GSPO's off-policy
+        # ratio, so clipping can engage), a small constant lr: larger ones drift.
+        c.total_steps = 24
+        c.optim.lr = 1e-4
         c.optim.warmup_steps = 0
         c.optim.schedule = "constant"
-        c.data.batch_size = 4
-        c.data.max_seq_len = 416 + 144
+        c.data.batch_size = 8
+        c.rl.group_size = 8
+        c.rl.temperature = 0.8
+        c.rl.minibatches = 2
+        c.data.max_seq_len = 448 + 144
     if a.size == "demo":
         c.model.text_overrides = (
             "hidden_size=128,intermediate_size=384,num_hidden_layers=4,"
@@ -91,9 +101,11 @@ def get_config(arg=None):
         c.data.synthetic.height = 56
         c.data.max_frames = 4
         c.data.frame_max_pixels = 56 * 56
-        c.data.max_seq_len = 448 if a.stage == "sft" else 448 + 32
+        c.data.max_seq_len = 480 if a.stage == "sft" else 448 + 32
         c.data.max_patches = 128
         c.data.batch_size = 2
+        c.rl.group_size = 4
+        c.rl.minibatches = 1
         c.total_steps = 6
         c.optim.warmup_steps = 0
         c.rl.max_new_tokens = 32

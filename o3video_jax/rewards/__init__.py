@@ -1,9 +1,10 @@
 """Open-o3 Video rewards: a total host-side parser and one jitted scorer (DESIGN decision 7)."""
 
-from o3video_jax.rewards.batch import ParsedBatch, parse_batch
+from o3video_jax.rewards.batch import ParsedBatch
 from o3video_jax.rewards.config import REWARD_NAMES, TASKS, RewardConfig, sigma_schedule
 from o3video_jax.rewards.parse import Claim, Completion, extract_answer, parse_completion
 from o3video_jax.rewards.rewards import compute_rewards
+from o3video_jax.rewards.scan import parse_batch
 from o3video_jax.rewards.targets import Targets, build_targets
 
 __all__ = [

@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
 from o3video_jax.rewards.config import RewardConfig
-from o3video_jax.rewards.parse import TAG_COUNT_NAMES, Completion, parse_completion
+from o3video_jax.rewards.decimals import MISSING, decimal_text, parse_decimals
+from o3video_jax.rewards.parse import TAG_COUNT_NAMES, Completion
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +40,11 @@ class ParsedBatch:
       answer_box_ok:          bool[N]
       dropped_times, dropped_claims, dropped_claim_boxes, dropped_think_boxes: int32[N]
         items beyond the budgets (their share of numerators is lost, denominators are exact)
+      time_index:             int32[N * MT]     flat indices of the times_ok entries, in
+                                                order, then 0 (the scorer visits only these)
+      time_count:             int32[]           number of times_ok entries
+      claim_index:            int32[N * C]      flat indices of the claim_mask entries, then 0
+      claim_count:            int32[]           number of claim_mask entries
       answers:                list[str]         extracted answers (host-side ans_acc)
       choices:                list[str | None]  TG-MCQ choices
     """
@@ -66,6 +73,10 @@ class ParsedBatch:
     dropped_claims: np.ndarray
     dropped_claim_boxes: np.ndarray
     dropped_think_boxes: np.ndarray
+    time_index: np.ndarray
+    time_count: np.ndarray
+    claim_index: np.ndarray
+    claim_count: np.ndarray
     answers: list
     choices: list
 
@@ -85,8 +96,8 @@ def budget(need: int, ceiling: int, bucket: bool) -> int:
 
 def zeros(shape: tuple[int, ...], dtype=np.float64) -> np.ndarray:
     """np.zeros with its data 64-byte aligned: XLA's CPU client then uses the buffer in place
-    instead of copying it (a copy of the fixed-budget tables costs more than scoring them).
-    The pages stay untouched, hence free, until written."""
+    instead of copying it (a copy of the fixed-budget tables costs more than scoring them,
+    and large zero arrays are mapped lazily, so padding that is never written is cheap)."""
     dtype = np.dtype(dtype)
     count = math.prod(shape)
     raw = np.zeros(count * dtype.itemsize + 64, np.uint8)
@@ -94,74 +105,116 @@ def zeros(shape: tuple[int, ...], dtype=np.float64) -> np.ndarray:
     return raw[start : start + count * dtype.itemsize].view(dtype).reshape(shape)
 
 
-def _scatter(shape: tuple[int, ...], index: list, values: list, value_shape=()):
-    """float64[*shape, *value_shape] zeros with `values` at `index`, and the bool[*shape] mask."""
-    out, mask = np.zeros(shape + value_shape), np.zeros(shape, bool)
-    if index:
-        idx = tuple(np.array(index, np.intp).T)
-        out[idx], mask[idx] = values, True
-    return out, mask
+class Rows(NamedTuple):
+    """Parsed fields of N completions as flat lists: per-row values, and ragged items as
+    per-row counts plus their values concatenated in order. Coordinates and claim times
+    stay text until `pack_rows` converts them all at once (decimals.parse_decimals): boxes
+    are 4 numbers each, `decimals.MISSING` for entries that are not boxes or times that are
+    not finite (valid boxes are finite)."""
+
+    has_think: Sequence  # N bools
+    has_answer: Sequence  # N bools
+    tag_counts: Sequence  # N x 10 ints, TAG_COUNT_NAMES per row (flat list or [N, 10])
+    vqa_pair: list  # N bools
+    answers: list  # N str
+    choices: list  # N str | None
+    num_times: list  # N
+    times: list  # sum(num_times) floats
+    num_claims: list  # N
+    claim_time_text: list  # sum(num_claims) pieces of one number each
+    claim_box_text: list  # sum(num_claims) pieces: the claim's boxes, 4 numbers each
+    num_think_boxes: list  # N
+    think_box_text: list  # pieces holding 4 sum(num_think_boxes) numbers
+    spans: list  # 2 N floats, nan where there is no span
+    answer_box_rows: list  # rows that have an answer box field
+    answer_box_text: list  # their pieces of 4 numbers
 
 
-def pack(parsed: Sequence[Completion], config: RewardConfig | None = None) -> ParsedBatch:
-    """Packs parsed completions into a `ParsedBatch` with the budgets of `config`."""
+def box_text(box) -> str:
+    """A parsed box (4 floats, or None) as 4 numbers of text (see Rows)."""
+    return ",".join(map(decimal_text, box)) if box is not None else MISSING_BOX
+
+
+MISSING_BOX = ",".join([MISSING] * 4)
+
+
+def _ragged(counts: np.ndarray):
+    """(row, position within the row) of every item of ragged rows with these counts."""
+    starts = np.cumsum(counts) - counts
+    within = np.arange(int(counts.sum())) - np.repeat(starts, counts)
+    return np.repeat(np.arange(len(counts)), counts), within
+
+
+def _index(flat: np.ndarray, size: int):
+    """int32[size]: the flat indices, then zeros (see ParsedBatch.time_index)."""
+    out = zeros((size,), np.int32)
+    out[: len(flat)] = flat
+    return out
+
+
+def pack_rows(rows: Rows, config: RewardConfig | None = None) -> ParsedBatch:
+    """Pads flat parsed fields into a `ParsedBatch` with the budgets of `config`."""
     cfg = config or RewardConfig()
-    n = len(parsed)
-    num_times = [len(c.times) for c in parsed]
-    num_claims = [len(c.claims) for c in parsed]
-    num_think_boxes = [len(c.think_boxes) for c in parsed]
-    most_boxes = max((len(cl.boxes) for c in parsed for cl in c.claims), default=0)
-    b = cfg.bucket_shapes
-    mt = budget(max(num_times, default=0), cfg.max_times, b)
-    mc = budget(max(num_claims, default=0), cfg.max_claims, b)
-    mb = budget(most_boxes, cfg.max_claim_boxes, b)
-    tb = budget(max(num_think_boxes, default=0), cfg.max_think_boxes, b)
-    # Flat (index, value) lists, scattered into the padded arrays by one numpy call each.
-    t_idx, t_val, c_idx, c_time, cb_idx, cb_val, tb_idx, tb_val = ([] for _ in range(8))
-    m_idx, s_idx, s_val, a_idx, a_val = [], [], [], [], []
-    dropped_boxes = [0] * n
-    for i, c in enumerate(parsed):
-        for j, t in enumerate(c.times[:mt]):
-            if t - t == 0:  # finite
-                t_idx.append((i, j))
-                t_val.append(t)
-        for j, claim in enumerate(c.claims[:mc]):
-            m_idx.append((i, j))
-            if claim.time - claim.time == 0:
-                c_idx.append((i, j))
-                c_time.append(claim.time)
-            for k, box in enumerate(claim.boxes[:mb]):
-                if box is not None:
-                    cb_idx.append((i, j, k))
-                    cb_val.append(box)
-            dropped_boxes[i] += max(0, len(claim.boxes) - mb)
-        for j, box in enumerate(c.think_boxes[:tb]):
-            if box is not None:
-                tb_idx.append((i, j))
-                tb_val.append(box)
-        if c.span is not None and all(map(math.isfinite, c.span)) and c.span[1] >= c.span[0]:
-            s_idx.append((i,))
-            s_val.append(c.span)
-        if c.answer_box is not None:
-            a_idx.append((i,))
-            a_val.append(c.answer_box)
-    times, times_ok = _scatter((n, mt), t_idx, t_val)
-    claim_time, claim_time_ok = _scatter((n, mc), c_idx, c_time)
-    _, claim_mask = _scatter((n, mc), m_idx, [0.0] * len(m_idx))
-    claim_boxes, claim_box_ok = _scatter((n, mc, mb), cb_idx, cb_val, (4,))
-    think_boxes, think_box_ok = _scatter((n, tb), tb_idx, tb_val, (4,))
-    span, span_ok = _scatter((n,), s_idx, s_val, (2,))
-    answer_box, answer_box_ok = _scatter((n,), a_idx, a_val, (4,))
-    num_times, num_claims, num_think_boxes = (
-        np.array(v, np.int32).reshape(n) for v in (num_times, num_claims, num_think_boxes)
+    n, b = len(rows.has_think), cfg.bucket_shapes
+    num_times = np.array(rows.num_times, np.int32).reshape(n)
+    num_claims = np.array(rows.num_claims, np.int32).reshape(n)
+    num_think_boxes = np.array(rows.num_think_boxes, np.int32).reshape(n)
+    claim_times = parse_decimals(rows.claim_time_text)[0]
+    claim_box_values, claim_of_value = parse_decimals(rows.claim_box_text)
+    claim_nb = np.bincount(claim_of_value, minlength=len(claim_times)) // 4
+    mt = budget(int(num_times.max(initial=0)), cfg.max_times, b)
+    mc = budget(int(num_claims.max(initial=0)), cfg.max_claims, b)
+    mb = budget(int(claim_nb.max(initial=0)), cfg.max_claim_boxes, b)
+    tb = budget(int(num_think_boxes.max(initial=0)), cfg.max_think_boxes, b)
+
+    # Times: the first MT of each row, kept where finite.
+    row, j = _ragged(num_times)
+    values = np.array(rows.times, np.float64).reshape(-1)
+    keep = (j < mt) & np.isfinite(values)
+    flat = row[keep] * mt + j[keep]
+    times, times_ok = zeros((n, mt)), zeros((n, mt), bool)
+    times.reshape(-1)[flat], times_ok.reshape(-1)[flat] = values[keep], True
+    time_index, time_count = _index(flat, n * mt), np.int32(len(flat))
+
+    # Claims: the first C of each row; their first MB boxes.
+    row, j = _ragged(num_claims)
+    claim_flat, kept = row * mc + j, j < mc
+    claim_mask = zeros((n, mc), bool)
+    claim_mask.reshape(-1)[claim_flat[kept]] = True
+    values = claim_times
+    ok = kept & np.isfinite(values)
+    claim_time, claim_time_ok = zeros((n, mc)), zeros((n, mc), bool)
+    claim_time.reshape(-1)[claim_flat[ok]], claim_time_ok.reshape(-1)[claim_flat[ok]] = (
+        values[ok],
+        True,
     )
+    claim_index = _index(claim_flat[kept], n * mc)
+    claim, k = _ragged(claim_nb)
+    boxes = claim_box_values.reshape(-1, 4)
+    ok = kept[claim] & (k < mb) & np.isfinite(boxes).all(1)
+    box_flat = claim_flat[claim[ok]] * mb + k[ok]
+    claim_boxes, claim_box_ok = zeros((n, mc, mb, 4)), zeros((n, mc, mb), bool)
+    claim_boxes.reshape(-1, 4)[box_flat], claim_box_ok.reshape(-1)[box_flat] = boxes[ok], True
+    dropped_boxes = np.bincount(row[kept], np.maximum(claim_nb[kept] - mb, 0), minlength=n)
+
+    # Think boxes: the first TB of each row.
+    row, j = _ragged(num_think_boxes)
+    boxes = parse_decimals(rows.think_box_text)[0].reshape(-1, 4)
+    ok = (j < tb) & np.isfinite(boxes).all(1)
+    flat = row[ok] * tb + j[ok]
+    think_boxes, think_box_ok = zeros((n, tb, 4)), zeros((n, tb), bool)
+    think_boxes.reshape(-1, 4)[flat], think_box_ok.reshape(-1)[flat] = boxes[ok], True
+
+    span = np.array(rows.spans, np.float64).reshape(n, 2)
+    span_ok = np.isfinite(span).all(1) & (span[:, 1] >= span[:, 0])
+    answer_box = np.full((n, 4), np.nan)
+    answer_box[rows.answer_box_rows] = parse_decimals(rows.answer_box_text)[0].reshape(-1, 4)
+    answer_box_ok = np.isfinite(answer_box).all(1)
     return ParsedBatch(
-        has_think=np.array([c.think is not None for c in parsed], bool).reshape(n),
-        has_answer=np.array([c.has_answer for c in parsed], bool).reshape(n),
-        tag_counts=np.array([c.tag_counts for c in parsed], np.int32).reshape(
-            n, len(TAG_COUNT_NAMES)
-        ),
-        vqa_pair=np.array([c.vqa_pair for c in parsed], bool).reshape(n),
+        has_think=np.array(rows.has_think, bool).reshape(n),
+        has_answer=np.array(rows.has_answer, bool).reshape(n),
+        tag_counts=np.array(rows.tag_counts, np.int32).reshape(n, len(TAG_COUNT_NAMES)),
+        vqa_pair=np.array(rows.vqa_pair, bool).reshape(n),
         times=times,
         times_ok=times_ok,
         num_times=num_times,
@@ -174,25 +227,44 @@ def pack(parsed: Sequence[Completion], config: RewardConfig | None = None) -> Pa
         think_boxes=think_boxes,
         think_box_ok=think_box_ok,
         num_think_boxes=num_think_boxes,
-        span=span,
+        span=np.where(span_ok[:, None], span, 0.0),
         span_ok=span_ok,
-        answer_box=answer_box,
+        answer_box=np.where(answer_box_ok[:, None], answer_box, 0.0),
         answer_box_ok=answer_box_ok,
         dropped_times=np.maximum(num_times - mt, 0),
         dropped_claims=np.maximum(num_claims - mc, 0),
-        dropped_claim_boxes=np.array(dropped_boxes, np.int32).reshape(n),
+        dropped_claim_boxes=dropped_boxes.astype(np.int32),
         dropped_think_boxes=np.maximum(num_think_boxes - tb, 0),
-        answers=[c.answer for c in parsed],
-        choices=[c.choice for c in parsed],
+        time_index=time_index,
+        time_count=time_count,
+        claim_index=claim_index,
+        claim_count=np.int32(np.count_nonzero(kept)),
+        answers=list(rows.answers),
+        choices=list(rows.choices),
     )
 
 
-def parse_batch(
-    completions: Sequence[str],
-    config: RewardConfig | None = None,
-    tasks: Sequence[str] | None = None,
-) -> ParsedBatch:
-    """Parses N completions (optionally only the fields their `tasks` need) into arrays."""
-    if tasks is None:
-        return pack([parse_completion(text) for text in completions], config)
-    return pack([parse_completion(t, k) for t, k in zip(completions, tasks, strict=True)], config)
+def pack(parsed: Sequence[Completion], config: RewardConfig | None = None) -> ParsedBatch:
+    """Packs `parse.parse_completion` results into a `ParsedBatch` (the reference for
+    scan.parse_batch, which parses straight into flat lists)."""
+    rows = Rows(*([] for _ in Rows._fields))
+    for c in parsed:
+        rows.has_think.append(c.think is not None)
+        rows.has_answer.append(c.has_answer)
+        rows.tag_counts.extend(c.tag_counts)
+        rows.vqa_pair.append(c.vqa_pair)
+        rows.answers.append(c.answer)
+        rows.choices.append(c.choice)
+        rows.num_times.append(len(c.times))
+        rows.times.extend(c.times)
+        rows.num_claims.append(len(c.claims))
+        for claim in c.claims:
+            rows.claim_time_text.append(decimal_text(claim.time))
+            rows.claim_box_text.append(",".join(map(box_text, claim.boxes)))
+        rows.num_think_boxes.append(len(c.think_boxes))
+        rows.think_box_text.extend(map(box_text, c.think_boxes))
+        rows.spans.extend((math.nan, math.nan) if c.span is None else c.span)
+        if c.answer_box is not None:
+            rows.answer_box_rows.append(len(rows.answers) - 1)
+            rows.answer_box_text.append(box_text(c.answer_box))
+    return pack_rows(rows, config)

@@ -44,7 +44,8 @@ TAG_COUNT_NAMES = (
     "box_close",
 )
 
-_DIGITS_DOTS = re.compile(r"[\d.]*")  # a single greedy class: no backtracking
+_TIMES = re.compile(r"<t>([\d.]+)</t>s")  # linear: see _times
+_SPAN = re.compile(r"<t>(\d+(?:\.\d*)?)</t>s to <t>(\d+(?:\.\d*)?)</t>s")  # see _span
 _VQA_PREFIX = re.compile(r"<obj>\w+</obj><box>\[")  # `\w+` is followed by '<': linear
 
 
@@ -198,6 +199,32 @@ def box_tag_spans(s: str):
         pos = close + 7
 
 
+def claim_at(think: str, s: int) -> tuple[Claim | None, int] | None:
+    """One step of `_claims` from the `<obj>` at s: (the claim, or None if it is skipped,
+    and where the next search starts), or None when no claim matches from s (nor from any
+    later `<obj>`)."""
+    a = think.find("</obj><box>[", s + 5)
+    if a < 0:
+        return None
+    r = think.find("]</box>at<t>", a + 12)
+    if r < 0:
+        return None
+    e = think.find("</t>s", r + 12)
+    if e < 0:
+        return None
+    try:
+        time = float(think[r + 12 : e].strip())
+    except ValueError:
+        return None, e + 5
+    boxes = []
+    for piece in _bracket_spans(think[a + 6 : r + 7]):
+        parsed, box = load_box(piece)
+        if not parsed:
+            return None, e + 5
+        boxes.append(box)
+    return Claim(name=think[s + 5 : a].strip(), boxes=tuple(boxes), time=time), e + 5
+
+
 def _claims(think: str) -> list[Claim]:
     """`re.finditer(r'<obj>(.*?)</obj>((?:<box>\\[.*?\\]</box>)+)at<t>(.*?)</t>s', think, DOTALL)`.
 
@@ -209,86 +236,36 @@ def _claims(think: str) -> list[Claim]:
     Claims whose time fails `float` or whose `[..]` pieces fail `json.loads` are skipped.
     """
     claims, pos = [], 0
-    while True:
-        s = think.find("<obj>", pos)
-        if s < 0:
-            break
-        a = think.find("</obj><box>[", s + 5)
-        if a < 0:
-            break
-        r = think.find("]</box>at<t>", a + 12)
-        if r < 0:
-            break
-        e = think.find("</t>s", r + 12)
-        if e < 0:
-            break
-        pos = e + 5
-        try:
-            time = float(think[r + 12 : e].strip())
-        except ValueError:
-            continue
-        boxes = []
-        for piece in _bracket_spans(think[a + 6 : r + 7]):
-            parsed, box = load_box(piece)
-            if not parsed:
-                break
-            boxes.append(box)
-        else:
-            claims.append(Claim(name=think[s + 5 : a].strip(), boxes=tuple(boxes), time=time))
+    while (s := think.find("<obj>", pos)) >= 0 and (step := claim_at(think, s)) is not None:
+        claim, pos = step
+        if claim is not None:
+            claims.append(claim)
     return claims
 
 
 def _times(think: str) -> tuple[float, ...]:
-    """`[float(m) for m in re.findall(r'<t>([\\d.]+)</t>s', think)]`, () if any float fails."""
-    values, pos = [], 0
-    while True:
-        p = think.find("<t>", pos)
-        if p < 0:
-            break
-        end = _DIGITS_DOTS.match(think, p + 3).end()
-        if end > p + 3 and think.startswith("</t>s", end):
-            try:
-                values.append(float(think[p + 3 : end]))
-            except ValueError:  # '1.2.3', '.'
-                return ()
-            pos = end + 5
-        else:
-            pos = end  # no `<t>` starts inside a digit run
-    return tuple(values)
+    """`[float(m) for m in re.findall(r'<t>([\\d.]+)</t>s', think)]`, () if any float fails.
 
-
-def _is_decimal_number(s: str) -> bool:
-    """fullmatch(r'\\d+\\.?\\d*') for a string made of `\\d` and '.' characters."""
-    return bool(s) and s[0] != "." and s.count(".") <= 1
+    The pattern itself is linear here: a `[\\d.]+` run cannot contain the '<' of `</t>s`,
+    so each attempt (one per `<t>`) backtracks only over its own run, and runs after
+    different `<t>` are disjoint.
+    """
+    try:
+        return tuple(map(float, _TIMES.findall(think)))
+    except ValueError:  # '1.2.3', '.'
+        return ()
 
 
 def _span(answer: str) -> tuple[float, float] | None:
     """`re.search(r'<t>(\\d+\\.?\\d*)</t>s to <t>(\\d+\\.?\\d*)</t>s', answer)` as floats.
 
-    Each candidate is anchored at an occurrence k of the literal `</t>s to <t>`: the first
-    number is the maximal run of digits/dots ending at k (it must follow `<t>`), the second the
-    maximal run starting at k+12 (it must precede `</t>s`). Candidates come in the order of
-    their match starts, so the first valid one is the regex's leftmost match. Runs are scanned
-    at most twice in total.
+    `\\d+\\.?\\d*` and `\\d+(?:\\.\\d*)?` match the same strings, so the search finds the same
+    leftmost match with the same groups; the second form splits a digit run in one way only,
+    so each attempt (one per `<t>`) backtracks over its own runs once: linear time, where the
+    original's two ways of splitting a run are quadratic in its length.
     """
-    sep = "</t>s to <t>"
-    k = answer.find(sep)
-    while k >= 0:
-        i = k
-        while i > 0 and (answer[i - 1] == "." or answer[i - 1].isdecimal()):
-            i -= 1
-        first = answer[i:k]
-        j = _DIGITS_DOTS.match(answer, k + 12).end()
-        second = answer[k + 12 : j]
-        if (
-            answer.endswith("<t>", 0, i)
-            and _is_decimal_number(first)
-            and _is_decimal_number(second)
-            and answer.startswith("</t>s", j)
-        ):
-            return float(first), float(second)
-        k = answer.find(sep, k + 1)
-    return None
+    m = _SPAN.search(answer)
+    return None if m is None else (float(m.group(1)), float(m.group(2)))
 
 
 def _vqa_pair(text: str) -> bool:

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 import jax
 import numpy as np
 
-from o3video_jax.rewards import batch, rouge, scoring, targets
+from o3video_jax.rewards import batch, rouge, scan, scoring, targets
 from o3video_jax.rewards.config import (
     GENERAL_FREE_FORM,
     GENERAL_MCQ,
@@ -36,15 +36,21 @@ def letter_matches(prediction: str, letter: str) -> bool:
 def answer_accuracy(parsed: batch.ParsedBatch, gt: targets.Targets) -> np.ndarray:
     """ans_acc, float64[N]: ROUGE mean F (free-form tasks, clipped to [0, 1]), letter match
     (General MCQ: the whole answer; TG-MCQ: text after `Correct Option:`), else 0."""
-    out = [0.0] * len(parsed.answers)
-    for i, (task, answer) in enumerate(zip(gt.task.tolist(), parsed.answers, strict=True)):
-        if task in _FREE_FORM:
-            out[i] = max(0.0, min(1.0, rouge.rouge_mean_f(gt.reference[i], answer)))
-        elif task == TASK_IDS[GENERAL_MCQ]:
-            out[i] = float(letter_matches(answer, gt.letter[i]))
-        elif task == TASK_IDS[TEMPORAL_QA_MCQ] and parsed.choices[i] is not None:
-            out[i] = float(letter_matches(parsed.choices[i], gt.letter[i]))
-    return np.array(out, np.float64)
+    task = gt.task
+    out = np.zeros(len(task))
+    free = np.flatnonzero((task == _FREE_FORM[0]) | (task == _FREE_FORM[1])).tolist()
+    if free:
+        answers, references = parsed.answers, gt.reference
+        rouge_f = rouge.rouge_mean_f_batch(
+            [references[i] for i in free], [answers[i] for i in free]
+        )
+        out[free] = np.clip(rouge_f, 0.0, 1.0)
+    for i in np.flatnonzero(task == TASK_IDS[GENERAL_MCQ]).tolist():
+        out[i] = letter_matches(parsed.answers[i], gt.letter[i])
+    for i in np.flatnonzero(task == TASK_IDS[TEMPORAL_QA_MCQ]).tolist():
+        if parsed.choices[i] is not None:
+            out[i] = letter_matches(parsed.choices[i], gt.letter[i])
+    return out
 
 
 def _weights(weights: Mapping[str, float] | None) -> np.ndarray:
@@ -94,7 +100,7 @@ def compute_rewards(
     w = _weights(weights)
     cfg = config or RewardConfig()
     gt = targets.build_targets(examples, cfg)  # validates the tasks first
-    parsed = batch.parse_batch(completions, cfg, [ex["task"] for ex in examples])
+    parsed = scan.parse_batch(completions, cfg, [ex["task"] for ex in examples])
     acc = answer_accuracy(parsed, gt)
     # float64 on the CPU: see scoring's docstring (discontinuous comparisons must match).
     cpu = jax.devices("cpu")[0]

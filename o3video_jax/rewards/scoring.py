@@ -29,7 +29,7 @@ from o3video_jax.rewards.config import (
 from o3video_jax.rewards.parse import TAG_COUNT_NAMES
 
 _COUNT = {name: i for i, name in enumerate(TAG_COUNT_NAMES)}
-_CHUNK = 512  # claims per step of sparse_map's loop
+_CHUNK = 512  # entries per step of sparse_map's loop
 
 
 def box_iou(gt, pred):
@@ -60,22 +60,23 @@ def _mean_over(total, count):
     return jnp.where(count > 0, total / jnp.maximum(count, 1), 0.0)
 
 
-def sparse_map(fn, mask, chunk: int = _CHUNK):
-    """fn over the True entries of bool[M] only: float[M], fn's values there, 0 elsewhere.
+def sparse_map(fn, index, count, chunk: int = _CHUNK):
+    """fn at the flat entries index[:count] only: float[M] (M = index.size), fn's values
+    there, 0 elsewhere.
 
-    fn maps int32[S] flat indices to float[S]. The True entries are compacted (in order) and
-    mapped `chunk` at a time by a loop whose trip count follows their number, so the padding
-    of fixed budgets (most of a [N, C] claim grid) costs no work.
+    fn maps int32[S] flat indices to float[S]. The host lists the entries that exist
+    (ParsedBatch.time_index, claim_index), and the loop over them, `chunk` at a time, runs as
+    many steps as there are entries: the padding of fixed budgets (most of an [N, C] claim
+    grid) costs no work.
     """
-    m = mask.shape[0]
+    m = index.shape[0]
     if m == 0:
         return jnp.zeros(0)
     s = min(chunk, m)
-    (idx,) = jnp.nonzero(mask, size=-(-m // s) * s, fill_value=0)
-    count = mask.sum()
+    index = jnp.pad(index, (0, -m % s))  # whole chunks: dynamic_slice would clamp the last
 
     def body(i, out):
-        ids = lax.dynamic_slice(idx, (i * s,), (s,))
+        ids = lax.dynamic_slice(index, (i * s,), (s,))
         valid = i * s + jnp.arange(s) < count
         return out.at[ids].add(jnp.where(valid, fn(ids), 0.0))
 
@@ -97,8 +98,10 @@ def _claim_spatial(p, t, gate, scored):
     claim_time = p["claim_time"].reshape(n * c)
     claim_boxes = p["claim_boxes"].reshape(n * c, mb, 4)
     claim_box_ok = p["claim_box_ok"].reshape(n * c, mb)
+    claim_time_ok = p["claim_time_ok"].reshape(n * c)
 
     def claim_score(ids):  # int32[S] flat claim indices -> float[S]
+        live = claim_time_ok[ids] & scored[ids // c] & claim_box_ok[ids].any(-1)
         example = t["example"][ids // c]
         kf_time = t["kf_time"][example]  # [S, K]
         dt = kf_time - claim_time[ids][:, None]  # g - T
@@ -112,24 +115,26 @@ def _claim_spatial(p, t, gate, scored):
         gt_boxes = t["kf_boxes"][example, frame]  # [S, G, 4]
         iou = box_iou(gt_boxes[:, :, None, :], claim_boxes[ids][:, None, :, :])  # [S, G, MB]
         iou = jnp.where(claim_box_ok[ids][:, None, :], iou, 0.0)
-        best = jnp.where(t["kf_box_mask"][example, frame], iou.max(-1), 0.0)  # [S, G]
-        # Mean over each object's boxes (one-hot over object slots; adding zeros is exact).
-        owner = t["kf_box_object"][example, frame][:, :, None] == jnp.arange(g)  # [S, G, G]
-        sums = jnp.where(owner, best[:, :, None], 0.0).sum(1)  # [S, G] per object slot
-        count = t["kf_object_boxes"][example, frame]
+        best = iou.max(-1)  # [S, G]
+        # Mean over each object's boxes: add the boxes in slot order, which is each object's
+        # box order, so the sums are the original's sequential ones (adding 0.0 is exact).
+        owner = t["kf_box_object"][example, frame].astype(jnp.int32) - 1  # [S, G], -1: none
+        sums, count = jnp.zeros_like(best), jnp.zeros(best.shape, jnp.int32)  # per object
+        for j in range(g):
+            hit = owner[:, j : j + 1] == jnp.arange(g)  # [S, G]: the object of box slot j
+            sums, count = sums + jnp.where(hit, best[:, j : j + 1], 0.0), count + hit
         per_object = jnp.where(count > 0, sums / jnp.maximum(count, 1), 0.0)
-        return jnp.where(found, per_object.max(-1), 0.0)
+        return jnp.where(live & found, per_object.max(-1), 0.0)
 
-    live = p["claim_mask"] & p["claim_time_ok"] & p["claim_box_ok"].any(-1) & scored[:, None]
-    claim = sparse_map(claim_score, live.reshape(n * c)).reshape(n, c)
+    claim = sparse_map(claim_score, p["claim_index"], p["claim_count"]).reshape(n, c)
     return _mean_over(claim.sum(-1), p["num_claims"])
 
 
 def _time_scores(p, t, sigma, is_ts, live):
-    """float[N, MT] per bare think time tau, at the `live` entries: temporal-spatial rows
+    """float[N, MT] per bare think time tau of `live` rows (bool[N]): temporal-spatial rows
     exp(-d^2 / (2 sigma^2)) with d = min_g |tau - g| over the key frames (0 without key
     frames); other rows 1 if tau lies in the GT span [start, end] (inclusive), else 0."""
-    n, mt = live.shape
+    n, mt = p["times"].shape
     times = p["times"].reshape(n * mt)
 
     def time_score(ids):  # int32[S] flat time indices -> float[S]
@@ -143,9 +148,10 @@ def _time_scores(p, t, sigma, is_ts, live):
         proximity = jnp.where(has_gt, proximity, 0.0)
         span = t["span"][row]
         inside = (span[:, 0] <= tau) & (tau <= span[:, 1])
-        return jnp.where(is_ts[row], proximity, inside.astype(proximity.dtype))
+        score = jnp.where(is_ts[row], proximity, inside.astype(proximity.dtype))
+        return jnp.where(live[row], score, 0.0)
 
-    return sparse_map(time_score, live.reshape(n * mt)).reshape(n, mt)
+    return sparse_map(time_score, p["time_index"], p["time_count"]).reshape(n, mt)
 
 
 def _format(p, task):
@@ -193,7 +199,7 @@ def score_batch(p, t, ans_acc, sigma, weights, *, gate="intended"):
     with jax.named_scope("rewards/temporal"):
         # thk_temporal_point (temporal-spatial) and thk_temporal_segment (temporal QA, TG-MCQ)
         # both average a per-time score over the think block's times.
-        live = p["times_ok"] & ((is_ts | is_temporal) & think)[:, None]
+        live = (is_ts | is_temporal) & think
         per_time = _time_scores(p, t, sigma, is_ts, live).sum(-1)
         point = jnp.where(is_ts & think, _mean_over(per_time, p["num_times"]), 0.0)
         segment = jnp.where(is_temporal & think, _mean_over(per_time, p["num_times"]), 0.0)

@@ -14,6 +14,7 @@ import ast
 import dataclasses
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -35,21 +36,22 @@ from o3video_jax.rewards.config import (
 @dataclasses.dataclass(frozen=True)
 class Targets:
     """Ground truth of N examples (numpy). Key-frame data sits in tables with one slot per
-    distinct example (E slots, K key frames, G annotated boxes per key frame), which rows
-    reach through `example`: the G completions of a prompt share one record, and a per-row
-    copy would multiply the largest arrays by G.
+    distinct temporal-spatial example (E slots, K key frames, G annotated boxes per key
+    frame), which rows reach through `example`: the completions of a prompt share one
+    record, and per-row copies would multiply the largest arrays by the group size.
 
     task:            int32[N]             index into config.TASKS
     span:            float64[N, 2]        GT [start, end] s (temporal QA, TG-MCQ), else 0
     box:             float64[N, 4]        visual QA GT box in model pixels, else 0
     box_ok:          bool[N]
-    example:         int32[N]             slot of the row's example in the kf_* tables
+    example:         int32[N]             slot of a temporal-spatial row's example in the kf_*
+                                          tables (other rows: 0, never read)
     kf_time:         float64[E, K]        raw key-frame times, in list order
     kf_mask:         bool[E, K]
     kf_boxes:        float64[E, K, G, 4]  key_items boxes in model pixels, grouped by object
-    kf_box_mask:     bool[E, K, G]
-    kf_box_object:   int32[E, K, G]       object slot (0..G-1) of each box within its frame
-    kf_object_boxes: int32[E, K, G]       number of boxes of each object slot (0: no object)
+    kf_box_object:   int8[E, K, G]        1 + the object slot of each box within its frame
+                                          (objects numbered from 0 in order), 0: no box
+                                          (int32 when G > 127)
     reference:       list[str | None]     ROUGE reference (free-form tasks), per row
     letter:          list[str | None]     option letter (MCQ, TG-MCQ), per row
     """
@@ -62,9 +64,7 @@ class Targets:
     kf_time: np.ndarray
     kf_mask: np.ndarray
     kf_boxes: np.ndarray
-    kf_box_mask: np.ndarray
     kf_box_object: np.ndarray
-    kf_object_boxes: np.ndarray
     reference: list
     letter: list
 
@@ -98,6 +98,13 @@ def _numbers(value, n: int, what: str, i: int) -> list[float]:
     return out
 
 
+# `[start, end]` of two plain numbers, which ast.literal_eval reads as the same floats: ints
+# without leading zeros (literal_eval rejects those) and decimals, no sign (-0 reads as 0).
+_PLAIN_SPAN = re.compile(
+    r"\[ *((?:0|[1-9][0-9]*)(?:\.[0-9]*)?) *, *((?:0|[1-9][0-9]*)(?:\.[0-9]*)?) *\]"
+)
+
+
 def _span(answer: str, task: str, i: int) -> list[float]:
     # ans_tiou / thk_temporal_segment: literal_eval(answer), TG-MCQ: of its second line.
     text = answer
@@ -108,6 +115,11 @@ def _span(answer: str, task: str, i: int) -> list[float]:
                 f"example {i}: TG-MCQ answer needs 'LETTER\\n[start, end]', got {answer!r}"
             )
         text = lines[1]
+    m = _PLAIN_SPAN.fullmatch(text)
+    if m is not None:
+        start, end = float(m.group(1)), float(m.group(2))
+        if start - start == 0 and end - end == 0:  # finite
+            return [start, end]
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
@@ -134,9 +146,10 @@ def _visual_box(example: Mapping, i: int) -> list[float]:
 
 
 def _key_frames(example: Mapping, i: int, cfg: RewardConfig):
-    """Key-frame times and, per frame, its objects' box lists in model pixels."""
+    """Key-frame times, per frame the box counts of its objects (those with boxes), the raw
+    boxes in that order (converted and checked by `_frame_boxes`), and frame_size."""
     frames = example.get("key_frames")
-    if not isinstance(frames, Sequence) or isinstance(frames, str):
+    if type(frames) is not list and (not isinstance(frames, Sequence) or isinstance(frames, str)):
         raise ValueError(f"example {i}: temporal-spatial example needs a key_frames list")
     if len(frames) > cfg.max_key_frames:
         raise ValueError(
@@ -144,10 +157,10 @@ def _key_frames(example: Mapping, i: int, cfg: RewardConfig):
             f"{cfg.max_key_frames}"
         )
     items = example.get("key_items") or {}
-    if not isinstance(items, Mapping):
+    if type(items) is not dict and not isinstance(items, Mapping):
         raise ValueError(f"example {i}: key_items must be a dict, got {type(items).__name__}")
-    w, h = _size(example, "frame_size", i)
-    times, frames_objects = [], []
+    size = _size(example, "frame_size", i)
+    times, frame_counts, boxes = [], [], []
     for frame in frames:
         try:
             time, idx = float(frame["time"]), frame["idx"]
@@ -158,34 +171,43 @@ def _key_frames(example: Mapping, i: int, cfg: RewardConfig):
         times.append(time)
         # A frame without key_items makes the original raise KeyError when a claim selects
         # it; here it has no objects, so such a claim scores 0. None values are Arrow padding.
-        objects = []
+        counts = []
         for obj in (items.get(str(idx)) or {}).values():
             if obj is None:
                 continue
-            if not isinstance(obj, Sequence) or isinstance(obj, str):
+            if type(obj) is not list and (not isinstance(obj, Sequence) or isinstance(obj, str)):
                 raise ValueError(
                     f"example {i}: key_items of frame {idx} must map names to box lists"
                 )
-            # convert_coord_format: normalised [0, 1] -> pixels of the resized frame.
-            objects.append(
-                [
-                    [x1 * w, y1 * h, x2 * w, y2 * h]
-                    for x1, y1, x2, y2 in (_numbers(b, 4, "key_items box", i) for b in obj)
-                ]
-            )
-        total = sum(map(len, objects))
-        if total > cfg.max_frame_boxes:
+            if obj:  # objects without boxes are skipped by the original (no mean to take)
+                counts.append(len(obj))
+                boxes += obj
+        if sum(counts) > cfg.max_frame_boxes:
             raise ValueError(
-                f"example {i}: {total} boxes in key frame {idx} exceed "
+                f"example {i}: {sum(counts)} boxes in key frame {idx} exceed "
                 f"RewardConfig.max_frame_boxes={cfg.max_frame_boxes}"
             )
-        frames_objects.append(objects)
-    return times, frames_objects
+        frame_counts.append(counts)
+    return times, frame_counts, boxes, size
+
+
+def _frame_boxes(boxes: list, first: list) -> np.ndarray:
+    """float64[B, 4]: [float(v) for v in box] for the raw key_items boxes of all examples
+    (`np.array` converts with `float`), else the ValueError naming the first bad example
+    (`first`: per box, the index of its example)."""
+    try:
+        out = np.array(boxes, np.float64)
+        if out.shape == (len(boxes), 4) and np.isfinite(out).all():
+            return out
+    except (TypeError, ValueError):
+        pass
+    values = [_numbers(box, 4, "key_items box", i) for box, i in zip(boxes, first, strict=True)]
+    return np.array(values, np.float64).reshape(-1, 4)
 
 
 def _row(ex, i: int, cfg: RewardConfig) -> dict:
     """Ground truth of one example as a dict of per-row values."""
-    if not isinstance(ex, Mapping):
+    if type(ex) is not dict and not isinstance(ex, Mapping):
         raise ValueError(f"example {i} must be a dict, got {type(ex).__name__}")
     name = ex.get("task")
     if name not in TASK_IDS:
@@ -214,69 +236,72 @@ def build_targets(examples: Sequence[Mapping], config: RewardConfig | None = Non
     """Ground-truth arrays of N examples; each distinct example object is converted once
     (the G completions of a prompt share one record)."""
     cfg = config or RewardConfig()
-    rows, row_of = [], []
-    seen: dict[int, int] = {}  # id(example) -> unique row
-    for i, ex in enumerate(examples):
-        r = seen.get(id(ex))
-        if r is None:
-            r = seen[id(ex)] = len(rows)
-            rows.append(_row(ex, i, cfg))
-        row_of.append(r)
-    n, u = len(row_of), len(rows)
-    frames = [row["key_frames"][1] for row in rows if "key_frames" in row]
+    n = len(examples)
+    # Distinct example objects in order of first appearance, and each row's one.
+    ids = np.array(list(map(id, examples)), np.uint64).reshape(n)
+    _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+    order = np.argsort(first)
+    rank = np.empty(len(order), np.intp)
+    rank[order] = np.arange(len(order))
+    row_of = rank[inverse.reshape(n)]
+    rows = [_row(examples[i], i, cfg) for i in first[order].tolist()]
+    u = len(rows)
+    # Key-frame table slots: one per distinct temporal-spatial example. Other rows point at
+    # slot 0, which their rewards never read.
+    ts_rows = [r for r, row in enumerate(rows) if "key_frames" in row]
+    slot = np.zeros(u, np.int32)
+    slot[ts_rows] = np.arange(len(ts_rows))
+    frames = [rows[r]["key_frames"][1] for r in ts_rows]  # per frame, objects' box counts
     # Table extents: fixed shapes size the tables for N distinct examples (one compile per
     # batch size); only the slots in use are written.
-    e = budget(u, max(n, 1), cfg.bucket_shapes)
+    e = budget(len(ts_rows), max(n, 1), cfg.bucket_shapes)
     k = budget(max(map(len, frames), default=0), cfg.max_key_frames, cfg.bucket_shapes)
-    most_boxes = max((sum(map(len, objs)) for f in frames for objs in f), default=0)
+    most_boxes = max((sum(counts) for f in frames for counts in f), default=0)
     g = budget(most_boxes, cfg.max_frame_boxes, cfg.bucket_shapes)
+    nan2, nan4 = (math.nan,) * 2, (math.nan,) * 4
     task = np.array([row["task"] for row in rows], np.int32).reshape(u)
-    span, box, box_ok = np.zeros((u, 2)), np.zeros((u, 4)), np.zeros(u, bool)
+    span = np.array([row.get("span", nan2) for row in rows], np.float64).reshape(u, 2)
+    box = np.array([row.get("box", nan4) for row in rows], np.float64).reshape(u, 4)
+    box_ok = ~np.isnan(box[:, 0])
+    span, box = np.nan_to_num(span, nan=0.0), np.where(box_ok[:, None], box, 0.0)
     # Flat (index, value) lists, written into the tables by one numpy call each.
-    t_idx, t_val, b_idx, b_val, b_obj, o_idx, o_cnt = [], [], [], [], [], [], []
-    for r, row in enumerate(rows):
-        if "span" in row:
-            span[r] = row["span"]
-        if "box" in row:
-            box[r], box_ok[r] = row["box"], True
-        if "key_frames" in row:
-            times, frame_objects = row["key_frames"]
-            t_idx.extend(range(r * k, r * k + len(times)))
-            t_val.extend(times)
-            for f, objects in enumerate(frame_objects):
-                base = (r * k + f) * g
-                slot = base
-                # Objects without boxes are skipped by the original (no mean to take).
-                for o, obj in enumerate(b for b in objects if b):
-                    b_idx.extend(range(slot, slot + len(obj)))
-                    b_val.extend(obj)
-                    b_obj.extend([o] * len(obj))
-                    o_idx.append(base + o)
-                    o_cnt.append(len(obj))
-                    slot += len(obj)
+    t_idx, t_val, b_idx, b_obj, raw, raw_first, scale = [], [], [], [], [], [], []
+    first_rows = first[order].tolist()
+    for e_slot, r in enumerate(ts_rows):
+        times, frame_counts, boxes, (w, h) = rows[r]["key_frames"]
+        t_idx += range(e_slot * k, e_slot * k + len(times))
+        t_val += times
+        for f, counts in enumerate(frame_counts):
+            at = (e_slot * k + f) * g
+            for o, count in enumerate(counts, 1):
+                b_idx += range(at, at + count)
+                b_obj += [o] * count
+                at += count
+        raw += boxes
+        raw_first += [first_rows[r]] * len(boxes)
+        scale += [w, h, w, h] * len(boxes)
+    values = _frame_boxes(raw, raw_first)
     kf_time, kf_mask = zeros((e, k)), zeros((e, k), bool)
-    kf_boxes, kf_box_mask = zeros((e, k, g, 4)), zeros((e, k, g), bool)
-    kf_box_object, kf_object_boxes = zeros((e, k, g), np.int32), zeros((e, k, g), np.int32)
+    kf_boxes = zeros((e, k, g, 4))
+    kf_box_object = zeros((e, k, g), np.int8 if g < 128 else np.int32)
+    t_idx, b_idx = np.array(t_idx, np.intp), np.array(b_idx, np.intp)
     kf_time.reshape(-1)[t_idx] = t_val
     kf_mask.reshape(-1)[t_idx] = True
-    if b_idx:
-        kf_boxes.reshape(-1, 4)[b_idx] = b_val
-    kf_box_mask.reshape(-1)[b_idx] = True
+    # convert_coord_format: normalised [0, 1] -> pixels of the resized frame (x * W).
+    kf_boxes.reshape(-1, 4)[b_idx] = values * np.array(scale, np.float64).reshape(-1, 4)
     kf_box_object.reshape(-1)[b_idx] = b_obj
-    kf_object_boxes.reshape(-1)[o_idx] = o_cnt
-    idx = np.asarray(row_of, np.intp)
+    references, letters = [row["reference"] for row in rows], [row["letter"] for row in rows]
+    row_list = row_of.tolist()
     return Targets(
-        task=task[idx],
-        span=span[idx],
-        box=box[idx],
-        box_ok=box_ok[idx],
-        example=idx.astype(np.int32),
+        task=task[row_of],
+        span=span[row_of],
+        box=box[row_of],
+        box_ok=box_ok[row_of],
+        example=slot[row_of],
         kf_time=kf_time,
         kf_mask=kf_mask,
         kf_boxes=kf_boxes,
-        kf_box_mask=kf_box_mask,
         kf_box_object=kf_box_object,
-        kf_object_boxes=kf_object_boxes,
-        reference=[rows[j]["reference"] for j in row_of],
-        letter=[rows[j]["letter"] for j in row_of],
+        reference=list(map(references.__getitem__, row_list)),
+        letter=list(map(letters.__getitem__, row_list)),
     )

@@ -87,15 +87,7 @@ def _minibatches(batch: dict[str, Any], n_rows: int, minibatches: int, rng) -> l
     perm = rng.permutation(n_rows)
     out = []
     for m in range(minibatches):
-        idx = np.sort(perm[m::minibatches])
-
-        def take(path, x):
-            last = path[-1] if path else None
-            if isinstance(last, jax.tree_util.GetAttrKey) and last.name == "positions":
-                return np.asarray(x)[:, idx]
-            return np.asarray(x)[idx]
-
-        out.append(jax.tree_util.tree_map_with_path(take, batch))
+        out.append(rollouts.take_rows(batch, np.sort(perm[m::minibatches])))
     return out
 
 

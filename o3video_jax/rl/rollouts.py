@@ -47,15 +47,19 @@ def fill_padding_rows(inputs: ModelInputs, valid: np.ndarray) -> ModelInputs:
         return inputs
     if not valid.any():
         raise ValueError("a prompt batch without any valid prompt")
-    src = np.where(valid, np.arange(len(valid)), int(np.argmax(valid)))
+    return take_rows(inputs, np.where(valid, np.arange(len(valid)), int(np.argmax(valid))))
+
+
+def take_rows(tree, idx: np.ndarray):
+    """Rows `idx` of every leaf of a batch (numpy); `ModelInputs.positions` is [3, B, L]."""
 
     def take(path, x):
         last = path[-1] if path else None
         if isinstance(last, jax.tree_util.GetAttrKey) and last.name == "positions":
-            return np.asarray(x)[:, src]
-        return np.asarray(x)[src]
+            return np.asarray(x)[:, idx]
+        return np.asarray(x)[idx]
 
-    return jax.tree_util.tree_map_with_path(take, inputs)
+    return jax.tree_util.tree_map_with_path(take, tree)
 
 
 def host_local(x: jax.Array, mesh: Mesh | None) -> np.ndarray:

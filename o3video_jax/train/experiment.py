@@ -22,7 +22,7 @@ from jax.sharding import Mesh
 from o3video_jax.checkpoints import hf
 from o3video_jax.checkpoints.orbax import Checkpointer
 from o3video_jax.data import pipeline, records
-from o3video_jax.data.examples import ExampleBuilder, ExampleConfig
+from o3video_jax.data.examples import ExampleBuilder, ExampleConfig, ExampleError
 from o3video_jax.data.tokenizer import Tokenizer
 from o3video_jax.models.qwen2_5_vl import ModelInputs, Qwen25VL, Qwen25VLConfig
 from o3video_jax.models.qwen2_5_vl.config import TextConfig, VisionConfig
@@ -131,12 +131,33 @@ def prepare_synthetic(config: ml_collections.ConfigDict, workdir: str):
     return data
 
 
+class RLPromptSFTBuilder(ExampleBuilder):
+    """SFT examples (reasoning targets) under the RL prompt template (system prompt, user
+    text; with quirks="corrected" the frame layout is shared too): `data.sft_prompts="rl"`.
+    Upstream SFT and RL prompts differ; a large model bridges that, a tiny one does not, so
+    RL would start from a policy that never saw its prompts."""
+
+    def __call__(self, raw, index=None):
+        try:
+            record = records.parse_stgr(raw, "sft", index)
+        except records.RecordError as e:
+            raise ExampleError(str(e.record_id), "record", str(e)) from e
+        record = dataclasses.replace(record, split="rl")
+        try:
+            return self._build(record)
+        except records.RecordError as e:
+            raise ExampleError(record.id, "record", str(e)) from e
+
+
 def example_builder(
     config: ml_collections.ConfigDict, tokenizer: Tokenizer, kind: str, media_root: str
 ) -> ExampleBuilder:
     d = config.data
     max_len = d.max_seq_len - (config.rl.max_new_tokens if kind == "rl" else 0)
-    return ExampleBuilder(
+    if d.sft_prompts not in ("sft", "rl"):
+        raise ValueError(f"data.sft_prompts must be 'sft' or 'rl', got {d.sft_prompts!r}")
+    cls = RLPromptSFTBuilder if kind == "sft" and d.sft_prompts == "rl" else ExampleBuilder
+    return cls(
         ExampleConfig(
             kind=kind,
             media_root=media_root,

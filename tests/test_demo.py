@@ -1,0 +1,67 @@
+"""The demo end to end in its --fast form: data, tiny model, SFT, GSPO, evaluations, report."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_fast_demo_writes_report_curves_example_and_exports(tmp_path):
+    env = dict(os.environ)
+    env.update(
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS="--xla_force_host_platform_device_count=1",
+        PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""),
+    )
+    wd = tmp_path / "demo"
+    p = subprocess.run(
+        [sys.executable, "-m", "o3video_jax.demo", f"--workdir={wd}", "--fast"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "held-out init" in p.stdout and "held-out gspo" in p.stdout
+
+    report = (wd / "report.md").read_text()
+    rows = {}
+    for line in report.splitlines():
+        m = re.match(r"\| (init|sft|gspo) \| (.*) \|$", line)
+        if m:
+            rows[m.group(1)] = [float(x) for x in m.group(2).split(" | ")]
+    assert list(rows) == ["init", "sft", "gspo"]
+    assert all(len(v) == 12 and all(0.0 <= x <= 7.0 for x in v) for v in rows.values())
+
+    summary = json.loads((wd / "summary.json").read_text())
+    for stage, values in rows.items():
+        assert values[0] == round(summary[stage]["total"], 3)  # the table is the summary
+    n_prompts = summary["init"]["n"]
+    assert n_prompts == 6  # 2 held-out videos x 3 RL tasks
+    for stage in ("init", "sft", "gspo"):
+        lines = (wd / f"heldout_{stage}.jsonl").read_text().splitlines()
+        assert len(lines) == n_prompts
+
+    for png in ("curves.png", "example.png"):
+        img = cv2.imread(str(wd / png))
+        assert img is not None and img.shape[0] > 50 and img.shape[1] > 50, png
+
+    from o3video_jax.checkpoints import hf
+
+    _, init = hf.load(wd / "model_init", progress=False)
+    for stage in ("sft", "gspo"):
+        for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+            assert (wd / stage / "hf" / name).exists(), (stage, name)
+    _, sft = hf.load(wd / "sft" / "hf", progress=False)
+    _, gspo = hf.load(wd / "gspo" / "hf", progress=False)
+    emb = ("model", "embed_tokens", "embedding")
+    get = lambda t: np.asarray(t[emb[0]][emb[1]][emb[2]])
+    assert get(sft).shape == get(init).shape == get(gspo).shape
+    assert not np.array_equal(get(sft), get(init))  # SFT trained the model
