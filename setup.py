@@ -30,6 +30,9 @@ EXTRAS = {
         # an unpinned torch pulls a multi-GB CUDA build.
         "torch==2.13.0",
         "transformers==5.24.0",
+        # libtpu lets tests/test_aot.py compile the real steps for TPU topologies on a CPU
+        # host (it has wheels for linux x86_64 only; elsewhere that test is skipped).
+        'jax[tpu]; sys_platform == "linux" and platform_machine == "x86_64"',
     ],
     "tpu": ["jax[tpu]"],
     "gpu": ["jax[cuda12]"],
