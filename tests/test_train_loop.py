@@ -7,6 +7,7 @@ each step function pays for XLA compilation.
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -315,26 +316,39 @@ def test_gspo_step_metrics_and_resume(tmp_path, env, data):
     assert strip(metrics(part)) == strip(rows)
 
 
-def test_aot_needs_libtpu_and_a_valid_topology():
+def test_aot_needs_libtpu_and_a_valid_topology(monkeypatch):
+    import importlib.util
+
     from o3video_jax.train import aot
 
     assert aot.parse_topology("v5p:4x4x4") == ("v5p", (4, 4, 4))
     assert aot.parse_topology("v5e:2x4") == ("v5e", (2, 4))
     with pytest.raises(ValueError, match="not like 'v5p:4x4x4'"):
         aot.parse_topology("v5p-128")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "libtpu" else real(name, *a)
+    )
     with pytest.raises(aot.LibTPUMissingError, match=r"needs libtpu.*pip install"):
         aot.topology_devices("v5p:4x4x4")
-    p = subprocess.run(
+
+
+def test_aot_compiles_the_sft_step_for_a_tpu_topology(env):
+    import importlib.util
+
+    if importlib.util.find_spec("libtpu") is None:
+        pytest.skip("libtpu is not installed (pip install -e '.[tpu]')")
+    p = run(
         [
             sys.executable,
             "-m",
             "o3video_jax.train.aot",
             f"--config={CONFIG}:size=tiny",
+            "--config.data.batch_size=8",
             "--topology=v5p:2x2x1",
         ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
+        env,
     )
-    assert p.returncode != 0 and "needs libtpu" in p.stderr
+    assert "v5p:2x2x1: 4 devices" in p.stdout
+    temps = re.search(r"temporaries\s+([\d.]+) GiB", p.stdout)
+    assert temps and float(temps.group(1)) > 0
