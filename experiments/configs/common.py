@@ -93,7 +93,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.sft.ce_chunk = 512  # sequence chunk of the cross-entropy (the [B, L, V] logits never exist)
 
     c.rl = ml_collections.ConfigDict()
-    c.rl.preset = "open_o3"  # open_o3 | gspo_paper (see o3video_jax.rl.gspo)
+    c.rl.preset = "open_o3_video"  # open_o3_video | gspo_paper (o3video_jax.rl.gspo.presets)
     c.rl.group_size = 4
     c.rl.temperature = 1.0
     c.rl.top_p = 0.95

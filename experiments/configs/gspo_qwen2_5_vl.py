@@ -1,9 +1,10 @@
 r"""GSPO (stage 2) of Qwen2.5-VL on STGR-RL with the spatio-temporal rewards.
 
-Args (`:arg`): size=3b|7b|32b|72b (default 7b), preset=open_o3|gspo_paper (default open_o3),
-runlocal (tiny model, CPU smoke test).
+Args (`:arg`): size=3b|7b|32b|72b (default 7b), preset=open_o3_video|gspo_paper (default
+open_o3_video), runlocal (tiny model, CPU smoke test). The presets live in
+`o3video_jax.rl.gspo.presets()`; every field stays overridable with --config.rl.x=...
 
-`open_o3` reproduces Open-o3 Video (G=4, temperature 1.0, top-p 0.95, eps 0.2, beta 0.04 with
+`open_o3_video` reproduces Open-o3 Video (G=4, temperature 1.0, top-p 0.95, eps 0.2, beta 0.04 with
 the k3 KL clamped at 10, one update per rollout batch, lr 1e-6 cosine, 8 prompts per step);
 `gspo_paper` uses the GSPO paper's clipping (eps 3e-4 / 4e-4, beta 0, 4 minibatch updates).
 
@@ -22,9 +23,16 @@ sys.path.insert(0, os.path.dirname(__file__))
 import common  # noqa: E402
 from sft_qwen2_5_vl import _MESH  # noqa: E402
 
+from o3video_jax.rl import gspo  # noqa: E402
+
+_PRESET_FIELDS = (
+    "eps_low", "eps_high", "beta", "kl_clamp", "ratio", "group_size", "temperature", "top_p",
+    "old_logp", "minibatches",
+)  # fmt: skip
+
 
 def get_config(arg=None):
-    a = common.parse_arg(arg, size="7b", preset="open_o3", runlocal=False)
+    a = common.parse_arg(arg, size="7b", preset="open_o3_video", runlocal=False)
     c = common.base_config()
     c.stage = "gspo"
     c.model.preset = a.size
@@ -35,12 +43,13 @@ def get_config(arg=None):
     c.optim.weight_decay = 0.01
     c.data.batch_size = 8
     c.data.max_seq_len = 16384 + 768
+    presets = gspo.presets()
+    if a.preset not in presets:
+        raise ValueError(f"unknown rl preset {a.preset!r}; use one of {sorted(presets)}")
     c.rl.preset = a.preset
-    if a.preset == "gspo_paper":
-        c.rl.eps_low, c.rl.eps_high, c.rl.beta = 3e-4, 4e-4, 0.0
-        c.rl.num_updates, c.rl.minibatches = 4, 4
-    elif a.preset != "open_o3":
-        raise ValueError(f"unknown rl preset {a.preset!r}; use open_o3 or gspo_paper")
+    for field in _PRESET_FIELDS:  # `minibatches` = optimiser updates per rollout batch
+        c.rl[field] = presets[a.preset][field]
+    c.rl.num_updates = 1
     if a.runlocal:
         c.model.preset = "tiny"
         c.model.dtype = "float32"

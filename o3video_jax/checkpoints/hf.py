@@ -34,7 +34,8 @@ from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from o3video_jax.checkpoints import safetensors_io
-from o3video_jax.models.qwen2_5_vl import ModelInputs, Qwen25VL, Qwen25VLConfig
+from o3video_jax.models.qwen2_5_vl import Qwen25VL, Qwen25VLConfig
+from o3video_jax.models.qwen2_5_vl.inputs import init_inputs
 from o3video_jax.train.sharding import DEFAULT_RULES, MeshAxes
 
 Path_ = tuple[str, ...]
@@ -98,29 +99,10 @@ def _to_hf(config: Qwen25VLConfig, path: Path_, x: np.ndarray) -> np.ndarray:
 
 
 # ---- shapes and shardings ------------------------------------------------------------------
-def _init_inputs(config: Qwen25VLConfig) -> ModelInputs:
-    """Smallest inputs that touch every parameter: 4 tokens and one 2x2 merge unit."""
-    b, length, p = 1, 4, config.vision.merge_unit
-    feature_index = np.full((b, length), -1, np.int32)
-    feature_index[0, 1] = 0
-    return ModelInputs(
-        input_ids=np.zeros((b, length), np.int32),
-        segment_ids=np.ones((b, length), np.int32),
-        positions=np.zeros((3, b, length), np.int32),
-        rope_deltas=np.zeros((b,), np.int32),
-        pixel_values=np.zeros((b, p, config.vision.patch_dim), np.float32),
-        vision_pos=np.zeros((b, p, 2), np.int32),
-        window_index=np.zeros((b, p // config.vision.merge_unit), np.int32),
-        window_segment_ids=np.ones((b, p), np.int32),
-        frame_segment_ids=np.ones((b, p), np.int32),
-        feature_index=feature_index,
-    )
-
-
 def abstract_params(config: Qwen25VLConfig):
     """The (possibly logically boxed) params of `Qwen25VL(config)` as ShapeDtypeStructs."""
     model = Qwen25VL(config)
-    init = lambda: model.init(jax.random.key(0), _init_inputs(config))
+    init = lambda: model.init(jax.random.key(0), init_inputs(config))
     return jax.eval_shape(init)["params"]
 
 

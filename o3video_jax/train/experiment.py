@@ -16,7 +16,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from jax.sharding import Mesh
 
 from o3video_jax.checkpoints import hf
@@ -24,8 +23,9 @@ from o3video_jax.checkpoints.orbax import Checkpointer
 from o3video_jax.data import pipeline, records
 from o3video_jax.data.examples import ExampleBuilder, ExampleConfig, ExampleError
 from o3video_jax.data.tokenizer import Tokenizer
-from o3video_jax.models.qwen2_5_vl import ModelInputs, Qwen25VL, Qwen25VLConfig
+from o3video_jax.models.qwen2_5_vl import Qwen25VL, Qwen25VLConfig
 from o3video_jax.models.qwen2_5_vl.config import TextConfig, VisionConfig
+from o3video_jax.models.qwen2_5_vl.inputs import init_inputs  # noqa: F401 - re-exported for demo/aot
 from o3video_jax.train import sharding, synthetic_data
 from o3video_jax.train.state import TrainState, make_optimizer
 
@@ -86,25 +86,6 @@ def model_config(config: ml_collections.ConfigDict) -> Qwen25VLConfig:
     text = dataclasses.replace(base.text, **text_kw)
     vision = dataclasses.replace(base.vision, out_hidden_size=text.hidden_size, **vision_kw)
     return dataclasses.replace(base, text=text, vision=vision, **runtime)
-
-
-def init_inputs(config: Qwen25VLConfig) -> ModelInputs:
-    """Smallest inputs that touch every parameter: 4 tokens and one 2x2 merge unit."""
-    b, length, p = 1, 4, config.vision.merge_unit
-    feature_index = np.full((b, length), -1, np.int32)
-    feature_index[0, 1] = 0
-    return ModelInputs(
-        input_ids=np.zeros((b, length), np.int32),
-        segment_ids=np.ones((b, length), np.int32),
-        positions=np.zeros((3, b, length), np.int32),
-        rope_deltas=np.zeros((b,), np.int32),
-        pixel_values=np.zeros((b, p, config.vision.patch_dim), np.float32),
-        vision_pos=np.zeros((b, p, 2), np.int32),
-        window_index=np.zeros((b, p // config.vision.merge_unit), np.int32),
-        window_segment_ids=np.ones((b, p), np.int32),
-        frame_segment_ids=np.ones((b, p), np.int32),
-        feature_index=feature_index,
-    )
 
 
 # ---- data -------------------------------------------------------------------------------------

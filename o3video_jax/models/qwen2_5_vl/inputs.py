@@ -86,11 +86,11 @@ def text_only_inputs(input_ids: np.ndarray, segment_ids: np.ndarray | None = Non
     input_ids: int[B, L]; segment_ids: int[B, L] (default: all ones).
     """
     input_ids = np.asarray(input_ids, np.int32)
-    b, l = input_ids.shape
+    b, length = input_ids.shape
     if segment_ids is None:
-        segment_ids = np.ones((b, l), np.int32)
+        segment_ids = np.ones((b, length), np.int32)
     segment_ids = np.asarray(segment_ids, np.int32)
-    pos = np.zeros((b, l), np.int32)
+    pos = np.zeros((b, length), np.int32)
     deltas = np.zeros((b,), np.int32)
     for r in range(b):
         for s in np.unique(segment_ids[r]):
@@ -101,12 +101,32 @@ def text_only_inputs(input_ids: np.ndarray, segment_ids: np.ndarray | None = Non
     return ModelInputs(
         input_ids=input_ids,
         segment_ids=segment_ids,
-        positions=np.broadcast_to(pos, (3, b, l)).copy(),
+        positions=np.broadcast_to(pos, (3, b, length)).copy(),
         rope_deltas=deltas,
         pixel_values=np.zeros((b, 0, PATCH_DIM), np.float32),
         vision_pos=np.zeros((b, 0, 2), np.int32),
         window_index=np.zeros((b, 0), np.int32),
         window_segment_ids=np.zeros((b, 0), np.int32),
         frame_segment_ids=np.zeros((b, 0), np.int32),
-        feature_index=np.full((b, l), -1, np.int32),
+        feature_index=np.full((b, length), -1, np.int32),
+    )
+
+
+def init_inputs(config) -> ModelInputs:
+    """Smallest inputs that touch every parameter (4 tokens, one 2x2 merge unit): for `init`
+    and `jax.eval_shape` of the parameters. `config`: a `Qwen25VLConfig`."""
+    b, length, p = 1, 4, config.vision.merge_unit
+    feature_index = np.full((b, length), -1, np.int32)
+    feature_index[0, 1] = 0
+    return ModelInputs(
+        input_ids=np.zeros((b, length), np.int32),
+        segment_ids=np.ones((b, length), np.int32),
+        positions=np.zeros((3, b, length), np.int32),
+        rope_deltas=np.zeros((b,), np.int32),
+        pixel_values=np.zeros((b, p, config.vision.patch_dim), np.float32),
+        vision_pos=np.zeros((b, p, 2), np.int32),
+        window_index=np.zeros((b, p // config.vision.merge_unit), np.int32),
+        window_segment_ids=np.ones((b, p), np.int32),
+        frame_segment_ids=np.ones((b, p), np.int32),
+        feature_index=feature_index,
     )
