@@ -14,6 +14,7 @@ error.
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 from typing import Any
 
@@ -49,6 +50,9 @@ def topology_devices(name: str) -> list:
             f"AOT compilation for TPU topology {name!r} needs libtpu, which is not installed; "
             'install the TPU extra (pip install -e ".[tpu]", i.e. jax[tpu]) on this CPU host'
         )
+    # Describing a topology does not touch TPU hardware, so the single-process lock libtpu
+    # takes by default (which fails beside another JAX process holding it) is not needed.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     from jax.experimental import topologies
 
     try:
