@@ -65,9 +65,9 @@ class Plan:
     """Sizes of a demo run (the full one, or `fast` for tests)."""
 
     videos: int = 128
-    eval_videos: int = 32
+    eval_videos: int = 64
     sft_steps: int = 160
-    gspo_steps: int = 24
+    gspo_steps: int = 36
     size: str = "demo"
 
 

@@ -76,16 +76,18 @@ def get_config(arg=None):
     c.log.every = 1
 
     if a.stage == "gspo":
-        # 8 prompts x G=8 samples at temperature 0.8 (closer to the greedy policy that the
+        # 8 prompts x G=8 samples at temperature 0.6 (closer to the greedy policy that the
         # evaluation decodes), two minibatch updates per rollout batch (GSPO's off-policy
-        # ratio, so clipping can engage), a small constant lr: larger ones drift.
-        c.total_steps = 24
-        c.optim.lr = 1e-4
+        # ratio, so clipping can engage), a constant lr with the k3 KL to the SFT model as an
+        # anchor: without it (beta 0) lr >= 3e-4 collapses the format within a few steps.
+        c.total_steps = 36
+        c.optim.lr = 2e-4
         c.optim.warmup_steps = 0
         c.optim.schedule = "constant"
         c.data.batch_size = 8
         c.rl.group_size = 8
-        c.rl.temperature = 0.8
+        c.rl.temperature = 0.6
+        c.rl.beta = 0.04
         c.rl.minibatches = 2
         c.data.max_seq_len = 448 + 144
     if a.size == "demo":

@@ -22,23 +22,14 @@ import jax
 import ml_collections
 import numpy as np
 
-from o3video_jax.rewards import compute_rewards
+from o3video_jax.rewards import REWARD_NAMES, compute_rewards
 from o3video_jax.rl import gspo, rollouts
 from o3video_jax.rl import sampler as sampler_lib
 from o3video_jax.train import experiment, sharding, steps
 from o3video_jax.train.loop import Profiler, export_hf
 from o3video_jax.train.metrics_log import MetricsWriter
 
-REWARD_TERMS = (
-    "ans_acc",
-    "ans_tiou",
-    "ans_viou",
-    "thk_temporal_point",
-    "thk_temporal_segment",
-    "thk_spatial",
-    "format",
-    "total",
-)
+REWARD_TERMS = (*REWARD_NAMES, "total")
 _MEAN_KEYS = ("loss", "grad_norm", "update_norm", "clip_frac", "clip_low_frac", "clip_high_frac")
 
 
