@@ -1,7 +1,7 @@
 """AOT-compile the real train steps for TPU topologies on this CPU host (STYLE 13).
 
-Needs libtpu (installed with the test extra on linux x86_64); elsewhere the compile tests are
-skipped and only the error path runs.
+Needs libtpu (installed with the test extra on linux x86_64); elsewhere these tests are
+skipped. Topology parsing and the missing-libtpu error are tested in test_train_loop.py.
 """
 
 import importlib.util
@@ -29,19 +29,6 @@ def _config(stage: str, mesh: dict):
         c.data.max_seq_len = 64
         c.data.max_patches = 16
     return c
-
-
-def test_parse_topology():
-    assert aot.parse_topology("v5p:4x4x4") == ("v5p", (4, 4, 4))
-    assert aot.parse_topology("v5e:2x2") == ("v5e", (2, 2))
-    with pytest.raises(ValueError, match="v5p:4x4x4"):
-        aot.parse_topology("v5p-64")
-
-
-@pytest.mark.skipif(HAS_LIBTPU, reason="libtpu is installed: the missing-libtpu path cannot run")
-def test_missing_libtpu_is_a_clear_error():
-    with pytest.raises(aot.LibTPUMissingError, match="libtpu"):
-        aot.topology_devices("v5p:2x2x1")
 
 
 @pytest.mark.skipif(not HAS_LIBTPU, reason="needs libtpu (pip install jax[tpu])")
