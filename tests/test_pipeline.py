@@ -242,3 +242,22 @@ def test_over_budget_examples_are_skipped(env):
     it = iter(ds)
     assert _ids(list(it)) == ["vq0", "vq1"]
     assert dict(it.stats.skipped) == {"over_budget": 2}
+
+
+def test_prompt_split_and_system_prompt_options(env):
+    """SFT records under the RL template keep their SFT target; a custom system prompt replaces
+    the per-task Open-o3 prompts (and only them)."""
+    _, tok = env
+    rec = _tqa(0)
+    text = lambda b: tok.decode(b(rec).segment.input_ids)  # noqa: E731
+    sft, as_rl = text(_builder(env)), text(_builder(env, prompt_split="rl"))
+    rl_system = prompts.system_prompt(rec["task"], "rl")
+    assert prompts.system_prompt(rec["task"], "sft") in sft and rl_system not in sft
+    assert rl_system in as_rl and "Question: " not in as_rl  # RL user text has no prefix
+    target = "<think>at <t>1.5</t>s</think>"
+    assert target in sft and target in as_rl
+    short = text(_builder(env, prompt_split="rl", system_prompt="Be brief."))
+    assert short.startswith("<|im_start|>system\nBe brief.<|im_end|>")
+    assert short.split("<|im_end|>", 1)[1] == as_rl.split("<|im_end|>", 1)[1]
+    with pytest.raises(ValueError, match="prompt_split"):
+        _builder(env, prompt_split="test")

@@ -50,6 +50,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.train_json = ""
     c.data.eval_json = ""
     c.data.media_root = ""
+    c.data.eval_media_root = ""  # media of data.eval_json; "" = data.media_root
     c.data.layout = "upstream"  # upstream (DATA_ROOT/videos folder table) | flat
     c.data.tokenizer_dir = ""  # defaults to model.hf_checkpoint
     c.data.batch_size = 8  # rows (SFT) or prompts (GSPO) per step, global
@@ -65,6 +66,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.prompt_quirks = "original"  # original | corrected
     c.data.loss_mask = "assistant"  # assistant | original
     c.data.sft_prompts = "sft"  # sft: upstream SFT prompts | rl: SFT targets under RL prompts
+    # open_o3: the Open-o3 per-task system prompts; any other text replaces them for every task
+    c.data.system_prompt = "open_o3"
     c.data.workers = 2
     c.data.prefetch = 2
     c.data.shuffle = True
@@ -107,6 +110,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.rl.ratio = "sequence"  # sequence (GSPO) | token (GRPO)
     c.rl.num_updates = 1
     c.rl.minibatches = 1
+    c.rl.share_vision = True  # training forwards run the vision tower once per prompt (DESIGN 6)
     c.rl.spatial_gate = "intended"  # intended | reference
     c.rl.old_logp = "rollout"  # rollout: recomputed before the updates | current: sg(logp)
     c.rl.reward_weights = ml_collections.ConfigDict(
@@ -129,7 +133,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.log = ml_collections.ConfigDict()
     c.log.every = 10
-    c.log.eval_every = 0
+    c.log.eval_every = 0  # > 0: held-out evaluation of data.eval_json every this many steps
+    c.log.eval_batches = 8  # SFT eval: at most this many batches (eval/loss, eval/accuracy)
+    c.log.eval_prompts = 64  # GSPO eval: greedy completions of at most this many prompts
     c.log.tensorboard = True
     c.log.profile_steps = []  # e.g. [20, 21]: capture a jax.profiler trace of these steps
     c.log.progress = True  # tqdm progress bar on the console (process 0)

@@ -71,10 +71,18 @@ class ExampleConfig:
     resample: str = "pil"
     max_seq_len: int = 16384
     max_patches: int = 65536
+    # "" renders each record under its own split's prompt template; "rl" renders SFT records
+    # (reasoning targets) under the RL template (system prompt, user text, frame labels):
+    # upstream SFT and RL prompts differ, a large model bridges that, a tiny one does not.
+    prompt_split: str = ""
+    # None: the Open-o3 per-task system prompts; a string replaces them for every task (a
+    # model trained from scratch gains nothing from ~350 tokens of instructions per row).
+    system_prompt: str | None = None
 
     def __post_init__(self):
         for name, allowed in (
             ("kind", KINDS),
+            ("prompt_split", ("", "sft", "rl")),
             ("layout", ("flat", "upstream")),
             ("video_mode", ("frames", "video")),
             ("quirks", prompts.QUIRKS),
@@ -156,6 +164,8 @@ class ExampleBuilder:
                 record = records.parse_mcq(raw, index)
             else:
                 record = records.parse_stgr(raw, cfg.kind, index)
+                if cfg.prompt_split:
+                    record = dataclasses.replace(record, split=cfg.prompt_split)
         except records.RecordError as e:
             raise ExampleError(str(e.record_id), "record", str(e)) from e
         try:
@@ -251,7 +261,7 @@ class ExampleBuilder:
                 t = prompts.sft_target(record, frame_size or (1, 1))
                 flags[records.BOX_CLIPPED] += t.num_clipped
                 target = t.text
-            messages = prompts.build_messages(record, content, target)
+            messages = prompts.build_messages(record, content, target, cfg.system_prompt)
             gt = records.ground_truth(record, frame_size or (1, 1), duration)
             flags.update(gt.flags)
             reward_record = dict(record.to_dict(), frame_size=list(frame_size or (0, 0)))

@@ -207,15 +207,20 @@ def build_messages(
     record: STGRRecord,
     vision_content: Sequence[dict[str, Any]],
     assistant: str | None = None,
+    system: str | None = None,
 ) -> list[dict[str, Any]]:
     """[system, user{vision content + question}, (assistant)] for one STGR record.
 
+    system: None for the Open-o3 prompt of the record's task and split, else this text.
     vision_content: `FrameLayout.content`, [{"type": "image"}] (visual QA) or
     [{"type": "video"}] (native video mode).
     """
     user = list(vision_content) + [{"type": "text", "text": user_text(record)}]
     msgs = [
-        {"role": "system", "content": system_prompt(record.task, record.split)},
+        {
+            "role": "system",
+            "content": system_prompt(record.task, record.split) if system is None else system,
+        },
         {"role": "user", "content": _merge_text(user)},
     ]
     if assistant is not None:

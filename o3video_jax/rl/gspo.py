@@ -24,8 +24,9 @@ import jax.numpy as jnp
 import ml_collections
 from jax.sharding import Mesh
 
+from o3video_jax.rl import rollouts
 from o3video_jax.train import losses, steps
-from o3video_jax.train.sharding import DEFAULT_RULES, MeshAxes
+from o3video_jax.train.sharding import DEFAULT_RULES, MeshAxes, batch_axis_tree
 from o3video_jax.train.state import TrainState, make_optimizer, trainable_mask
 
 RATIOS = ("sequence", "token")
@@ -220,7 +221,9 @@ def make_gspo_update(
     """One optimiser update on a minibatch of rollouts: `(state, batch) -> (state, metrics)`.
 
     batch (rows = completions, prompt + completion tokens, placed with `shard_batch`):
-      inputs:     ModelInputs [B, L]
+      inputs:     ModelInputs [B, L]; the pixels may be shared by groups of G consecutive
+                  rows (vision fields with B // G rows, `rollouts.group_minibatches`): the
+                  vision tower then runs once per prompt, with the same result
       targets:    int32[B, L]   the token position t predicts (shifted on the host)
       mask:       float32[B, L] 1 where targets[t] is a completion token (up to and including
                                 the first EOS)
@@ -252,7 +255,12 @@ def make_gspo_update(
 
     def loss_sum(params, mb, rng):
         variables = {"params": params}
-        hidden = model.apply(variables, mb["inputs"], method="hidden_states", rngs={"dropout": rng})
+        # Only a shared batch passes vision_group, so models without the argument still work.
+        vg = rollouts.vision_group(mb["inputs"])
+        kw = {"vision_group": vg} if vg > 1 else {}
+        hidden = model.apply(
+            variables, mb["inputs"], method="hidden_states", rngs={"dropout": rng}, **kw
+        )
         unembed = lambda h: model.apply(variables, h, method="unembed")
         logp, _ = losses.token_logprobs(
             hidden, mb["targets"], unembed, chunk=chunk, temperature=temperature
@@ -265,6 +273,7 @@ def make_gspo_update(
     def update(state: TrainState, batch: Any):
         rng = jax.random.fold_in(state.rng, state.step)
         rows = batch["advantages"].shape[0]
+        batch = _fit_shared_vision(batch, microbatches, rollouts.batch_shards(mesh))
         total, stats, grads = steps.accumulate(
             loss_sum, state.params, batch, rng, microbatches, mesh, state_shardings.params
         )
@@ -276,3 +285,35 @@ def make_gspo_update(
         return state, metrics
 
     return steps.jit_step(update, mesh, state_shardings, rules)
+
+
+def _fit_shared_vision(batch: Any, microbatches: int, shards: int) -> Any:
+    """Prepares a batch whose pixels are shared by groups of G rows for `steps.accumulate`
+    (under jit; shapes are static).
+
+    `steps.split_microbatches` gives microbatch m the rows m, m + M, ... of every leaf. For
+    the vision rows (prompts p) that is prompts j*M + m; the text rows are reordered so that
+    microbatch m also gets exactly the G rows of those prompts, in order (a local transpose
+    of row blocks [J, M, G] -> [J, G, M]: no data moves between shards). The loss is a sum
+    over rows, so the order does not change it. When `rollouts.can_share_vision` rules the
+    split out, the pixels are repeated instead (same results).
+    """
+    g = rollouts.vision_group(batch["inputs"])
+    if g == 1:
+        return batch
+    prompts = batch["inputs"].pixel_values.shape[0]
+    if not rollouts.can_share_vision(prompts, shards, microbatches):
+        return {**batch, "inputs": rollouts.expand_vision(batch["inputs"])}
+    if microbatches == 1:
+        return batch
+
+    def reorder(path, x, ax):
+        last = path[-1] if path else None
+        if ax is None or getattr(last, "name", None) in rollouts.VISION_FIELDS:
+            return x
+        shape = x.shape[:ax] + (prompts // microbatches, microbatches, g) + x.shape[ax + 1 :]
+        x = jnp.swapaxes(x.reshape(shape), ax + 1, ax + 2)
+        return x.reshape(x.shape[:ax] + (-1,) + x.shape[ax + 3 :])
+
+    axes = batch_axis_tree(batch)
+    return jax.tree_util.tree_map_with_path(reorder, batch, axes, is_leaf=lambda x: x is None)

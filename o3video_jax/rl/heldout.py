@@ -13,12 +13,15 @@ Each is answered greedily with the GSPO sampler (group of 1) and scored two ways
 from __future__ import annotations
 
 import ast
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
 
 from o3video_jax.data.tokenizer import Tokenizer
 from o3video_jax.eval import grounding, mcq, vstar
@@ -29,6 +32,7 @@ from o3video_jax.rl import rollouts
 from o3video_jax.rl import sampler as sampler_lib
 from o3video_jax.rl.loop import REWARD_TERMS, sampling_config
 from o3video_jax.train import experiment
+from o3video_jax.train.sharding import DEFAULT_RULES, MeshAxes
 
 
 def _item_scores(text: str, record: Mapping[str, Any], rewards: Mapping[str, float]) -> dict:
@@ -62,6 +66,35 @@ def summarize(items: list[dict]) -> dict[str, float]:
     return out
 
 
+def _gather_items(items: list[dict], rows: int) -> list[dict]:
+    """Every process's scored items (numbers only: task, reward terms, correct, tiou, viou),
+    for a summary over the whole held-out set. `rows` >= len(items), equal on all processes."""
+    tasks = sorted({TEMPORAL_QA, GENERAL_MCQ, TEMPORAL_SPATIAL})
+    terms = [f"reward/{k}" for k in REWARD_TERMS]
+    fields = ["correct", "tiou", "viou"]
+    table = np.full((rows, 2 + len(terms) + len(fields)), np.nan, np.float64)
+    table[:, 0] = 0.0
+    for r, it in enumerate(items):
+        task = tasks.index(it["task"]) if it["task"] in tasks else -1
+        table[r, :2] = 1.0, task
+        table[r, 2:] = [it[k] for k in terms] + [it.get(f, np.nan) for f in fields]
+    out = []
+    for row in np.asarray(multihost_utils.process_allgather(table)).reshape(-1, table.shape[1]):
+        if row[0] != 1.0:
+            continue
+        it = {"task": tasks[int(row[1])] if row[1] >= 0 else "other"}
+        it.update(zip(terms, row[2 : 2 + len(terms)].tolist(), strict=True))
+        it.update(
+            {
+                f: v
+                for f, v in zip(fields, row[2 + len(terms) :].tolist(), strict=True)
+                if not np.isnan(v)
+            }
+        )
+        out.append(it)
+    return out
+
+
 def evaluate(
     config: ml_collections.ConfigDict,
     model_config: Qwen25VLConfig,
@@ -71,10 +104,20 @@ def evaluate(
     media_root: str,
     *,
     batch_size: int = 8,
+    max_prompts: int | None = None,
+    mesh: Mesh | None = None,
+    rules: Sequence[tuple[str, MeshAxes]] = DEFAULT_RULES,
 ) -> tuple[dict[str, float], list[dict]]:
-    """Greedy completions for every record of `json_path`; returns (summary, items).
+    """Greedy completions for the records of `json_path` (the first `max_prompts` of them,
+    in file order); returns (summary, items).
 
-    Single-process (the demo and small evaluations); params may live on any device.
+    Without a mesh: single-process (the demo and small evaluations); params may live on any
+    device. With `mesh` (the training loop): params are the run's global arrays and the
+    prompts go through the sampler exactly as training rollouts do. Multi-process, every
+    process must call this (the sampler's steps are collectives over the global params):
+    each answers its own slice of the records (`batch_size` prompts a batch, its local rows;
+    max_prompts is split evenly), the processes agree on the number of batches, and the
+    summary covers every process's items; the returned items are this process's.
     """
     model = Qwen25VL(model_config)
     ds = experiment.dataset(
@@ -88,19 +131,42 @@ def evaluate(
         shuffle=False,
         num_epochs=1,
     )
+    processes = jax.process_count() if mesh is not None else 1
+    local_cap = None if max_prompts is None else -(-int(max_prompts) // processes)
     scfg = sampling_config(config, tokenizer, greedy=True, group_size=1)
-    sample = sampler_lib.make_sampler(model, scfg)
+    sample = sampler_lib.make_sampler(model, scfg, mesh=mesh, rules=rules)
     keys = jax.random.split(jax.random.PRNGKey(0), batch_size)
-    items = []
-    for batch in ds:
+    items, template, loops = [], None, 0
+    it = iter(ds)
+    while True:
+        want = local_cap is None or len(items) < local_cap
+        batch = next(it, None) if want else None
+        more = batch is not None
+        if processes > 1:  # the same number of sampler calls on every process
+            more = bool(np.any(multihost_utils.process_allgather(np.asarray(more))))
+        if not more:
+            break
+        loops += 1
+        if batch is not None:
+            template = batch
+        elif template is None:
+            raise ValueError(f"{json_path} has no usable prompt for process {jax.process_index()}")
+        else:  # done here, not elsewhere: rerun a batch whose results are all dropped
+            batch = dataclasses.replace(template, valid=np.zeros_like(template.valid))
+        valid = np.asarray(batch.valid, bool)
+        if local_cap is not None:  # the cap may fall inside this batch: drop its tail
+            valid = valid & (np.arange(batch_size) + len(items) < local_cap)
+        inputs, filled = (batch.inputs, valid) if valid.any() else (template.inputs, template.valid)
         prompt = rollouts.trim_left(
-            rollouts.fill_padding_rows(batch.inputs, batch.valid),
+            rollouts.fill_padding_rows(inputs, filled),
             tokenizer.pad_id,
             config.rl.prompt_buckets,
         )
-        out = jax.device_get(sample(params, prompt, keys))
+        out = jax.tree.map(lambda x: rollouts.host_local(x, mesh), sample(params, prompt, keys))
         texts = rollouts.decode_completions(tokenizer, out.tokens, out.lengths, scfg.eos_ids)
-        keep = [i for i in range(batch_size) if batch.valid[i]]
+        keep = [i for i in range(batch_size) if valid[i]]
+        if not keep:
+            continue
         recs = [batch.records[i] for i in keep]
         r = compute_rewards(
             [texts[i] for i in keep],
@@ -113,4 +179,5 @@ def evaluate(
             item = _item_scores(texts[i], recs[j], {k: r[k][j] for k in REWARD_TERMS})
             item.update(id=batch.record_ids[i], completion=texts[i])
             items.append(item)
-    return summarize(items), items
+    everyone = _gather_items(items, loops * batch_size) if processes > 1 else items
+    return summarize(everyone), items

@@ -10,12 +10,16 @@ Per step (DESIGN decision 8):
   4. `num_updates` passes over `minibatches` shuffled minibatches of the rows     [update]
 Diagnostics: clip fractions, ratio min/mean/max, KL, advantage stats, zero-variance groups,
 each reward term, completion lengths, and the time of each phase. Checkpoints, resume, NaN
-policy, logging and the HF export are as in the SFT loop (`train.loop`).
+policy, logging and the HF export are as in the SFT loop (`train.loop`). With
+`log.eval_every` > 0, every that many steps and after the last one, greedy completions of the
+held-out prompts `data.eval_json` (`rl.heldout.evaluate`, at most `log.eval_prompts`) add
+`eval/<reward term>`, `eval/acc`, `eval/tiou`, `eval/viou`, `eval/mAM`, ... to that step's row.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -25,11 +29,13 @@ import numpy as np
 from o3video_jax.rewards import REWARD_NAMES, compute_rewards
 from o3video_jax.rl import gspo, rollouts
 from o3video_jax.rl import sampler as sampler_lib
-from o3video_jax.train import experiment, sharding, steps
+from o3video_jax.train import evaluation, experiment, sharding, steps
 from o3video_jax.train.loop import Profiler, export_hf
 from o3video_jax.train.metrics_log import MetricsWriter
 
 REWARD_TERMS = (*REWARD_NAMES, "total")
+DEFAULT_EVAL_PROMPTS = 64
+_EVAL_KEYS = (*REWARD_TERMS, "acc", "mcq_acc", "tiou", "viou", "mAM", "mLGM", "n")
 _MEAN_KEYS = ("loss", "grad_norm", "update_norm", "clip_frac", "clip_low_frac", "clip_high_frac")
 
 
@@ -72,14 +78,19 @@ def train_length(config) -> int:
     return max(int(b) for b in config.rl.prompt_buckets) + int(config.rl.max_new_tokens)
 
 
-def _minibatches(batch: dict[str, Any], n_rows: int, minibatches: int, rng) -> list[dict]:
-    if n_rows % minibatches:
-        raise ValueError(f"{n_rows} rollout rows are not divisible by minibatches={minibatches}")
-    perm = rng.permutation(n_rows)
-    out = []
-    for m in range(minibatches):
-        out.append(rollouts.take_rows(batch, np.sort(perm[m::minibatches])))
-    return out
+def _minibatches(batch: dict[str, Any], config, mesh, rng) -> list[dict]:
+    """Minibatches of whole groups (`rollouts.group_minibatches`); each keeps the pixels once
+    per prompt (the vision tower runs once per group) when `rl.share_vision` and the mesh's
+    batch shards allow it."""
+    return rollouts.group_minibatches(
+        batch,
+        int(config.rl.group_size),
+        int(config.rl.minibatches),
+        rng,
+        shared=bool(config.rl.get("share_vision", True)),
+        shards=rollouts.batch_shards(mesh, local=True),
+        microbatches=int(config.optim.get("microbatches", 1)),
+    )
 
 
 def _combine(updates: list[dict[str, float]]) -> dict[str, float]:
@@ -99,10 +110,52 @@ def _combine(updates: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
+def make_evaluator(exp: experiment.Experiment) -> Callable[[Any], dict[str, float]]:
+    """`evaluate(params) -> {"eval/...": value}`: greedy held-out rollouts of the first
+    `log.eval_prompts` (default 64) records of data.eval_json.
+
+    It runs on every process with the global params, as the training rollouts do: the
+    params are sharded over every host's devices, so any computation on them (sampling
+    included) is a collective that all processes must enter; fetching them to process 0
+    instead would gather the whole model into one host. Each process answers its own slice
+    of the prompts and `heldout.evaluate` combines the scores, so every process logs the same
+    summary (only process 0 writes it).
+    """
+    from o3video_jax.rl import heldout  # heldout imports this module (REWARD_TERMS, sampling)
+
+    config = exp.config
+    json_path = config.data.eval_json
+    media_root = evaluation.eval_media_root(config, exp.synthetic, json_path)
+    max_prompts = int(config.log.get("eval_prompts", DEFAULT_EVAL_PROMPTS))
+    if max_prompts < 1:
+        raise ValueError(f"log.eval_prompts must be >= 1, got {max_prompts}")
+    batch_size = experiment.local_batch_size(config.data.batch_size)
+
+    def evaluate(params) -> dict[str, float]:
+        summary, _ = heldout.evaluate(
+            config,
+            exp.model_config,
+            params,
+            exp.tokenizer,
+            json_path,
+            media_root,
+            batch_size=batch_size,
+            max_prompts=max_prompts,
+            mesh=exp.mesh,
+            rules=exp.rules,
+        )
+        if not summary["n"]:
+            raise ValueError(f"data.eval_json {json_path} gave no held-out prompt to evaluate")
+        return {f"eval/{k}": summary[k] for k in _EVAL_KEYS}
+
+    return evaluate
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Runs (or resumes) GSPO to `config.total_steps`. Returns the last step's metrics."""
     if config.stage != "gspo":
         raise ValueError(f"rl.loop.train runs GSPO; config.stage is {config.stage!r}")
+    eval_every = evaluation.check_config(config)
     exp = experiment.setup(config, workdir)
     rl, total, g = config.rl, int(config.total_steps), int(config.rl.group_size)
     tok = exp.tokenizer
@@ -137,6 +190,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     ref_params = experiment.initial_params(exp) if rl.beta else None
     length = train_length(config)
     weights = dict(rl.reward_weights)
+    evaluate = make_evaluator(exp) if eval_every else None
 
     writer = MetricsWriter(
         workdir,
@@ -179,7 +233,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 spatial_gate=rl.spatial_gate,
             )
             adv = np.asarray(gspo.group_advantages(r["total"], g)) * valid
-            rows = rollouts.training_rows(prompt, out_host, g, length, tok.pad_id)
+            rows = rollouts.training_rows(
+                prompt,
+                out_host,
+                g,
+                length,
+                tok.pad_id,
+                share=bool(rl.get("share_vision", True)),
+                mesh=exp.mesh,
+            )
             rows["mask"] = rows["mask"] * valid[:, None]
             rows["advantages"] = adv.astype(np.float32)
             t2 = time.perf_counter()
@@ -196,7 +258,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             results = []
             for u in range(rl.num_updates):
                 rng = np.random.default_rng([config.seed, step, u])
-                for mb in _minibatches(rows, n, rl.minibatches, rng):
+                for mb in _minibatches(rows, config, exp.mesh, rng):
                     with jax.transfer_guard("disallow"):
                         state, m = update(state, sharding.shard_batch(mb, exp.mesh))
                     m = {k: np.asarray(v).item() for k, v in jax.device_get(m).items()}
@@ -226,8 +288,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                     "time/update": t4 - t3,
                 }
             )
+            # Greedy (no random draws) and before the checkpoint, as in the SFT loop.
+            evaluated = evaluation.is_eval_step(step, eval_every, total)
+            if evaluated:
+                t5 = time.perf_counter()
+                metrics.update(evaluate(state.params))
+                metrics["time/eval"] = time.perf_counter() - t5
             last = metrics
-            if step % config.log.every == 0 or step == total or metrics["skipped"]:
+            if step % config.log.every == 0 or step == total or metrics["skipped"] or evaluated:
                 writer.write(step, metrics)
             writer.advance()
             exp.checkpointer.save(step, state, data_state)

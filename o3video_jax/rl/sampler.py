@@ -301,23 +301,42 @@ def make_sampler(
 
 
 # ---- training rows -----------------------------------------------------------------------------
-@functools.partial(jax.jit, static_argnums=1)
-def repeat_rows(inputs: ModelInputs, g: int) -> ModelInputs:
-    """Each row repeated g times (row b*g + j copies row b), pixels included (jnp arrays)."""
+# The fields with one row per prompt's pixels: with a shared vision group they keep B rows while
+# the text fields have B*G (see `Qwen25VL`'s `vision_group`).
+VISION_FIELDS = (
+    "pixel_values",
+    "vision_pos",
+    "window_index",
+    "window_segment_ids",
+    "frame_segment_ids",
+)
+
+
+@functools.partial(jax.jit, static_argnums=1, static_argnames="vision")
+def repeat_rows(inputs: ModelInputs, g: int, vision: bool = True) -> ModelInputs:
+    """Each row repeated g times (row b*g + j copies row b), jnp arrays. With vision=False the
+    `VISION_FIELDS` keep their B rows (the model's `vision_group=g` form)."""
     rep = lambda x, axis=0: jnp.repeat(jnp.asarray(x), g, axis=axis)
-    fields = {f.name: rep(getattr(inputs, f.name)) for f in dataclasses.fields(inputs)}
+    fields = {
+        f.name: jnp.asarray(getattr(inputs, f.name))
+        if f.name in VISION_FIELDS and not vision
+        else rep(getattr(inputs, f.name))
+        for f in dataclasses.fields(inputs)
+    }
     return ModelInputs(**{**fields, "positions": rep(inputs.positions, 1)})
 
 
-@functools.partial(jax.jit, static_argnames="group_size")
+@functools.partial(jax.jit, static_argnames=("group_size", "share_vision"))
 def completion_inputs(
-    prompt_inputs: ModelInputs, out: SampleOutput, group_size: int
+    prompt_inputs: ModelInputs, out: SampleOutput, group_size: int, share_vision: bool = False
 ) -> tuple[ModelInputs, jax.Array]:
     """The B*G rows prompt + completion (length L + T) and their completion mask.
 
-    Prompt rows are repeated G times (pixels included: the training forward needs them per
-    row); completion token t sits at text position L + t with M-RoPE position next_pos + t on
-    all three axes, in the prompt's last segment up to its length, padding (segment 0) after.
+    Prompt rows are repeated G times; completion token t sits at text position L + t with
+    M-RoPE position next_pos + t on all three axes, in the prompt's last segment up to its
+    length, padding (segment 0) after. The pixels (`VISION_FIELDS`) are repeated too, unless
+    share_vision: then they keep one row per prompt, for the model's `vision_group=G` (the
+    tower runs once per prompt in the training forward, DESIGN decision 6).
     Returns (ModelInputs, float32[B*G, L + T] mask: 1 at the completion tokens, the first EOS
     included). The log-prob of the token at position p comes from the logits at p - 1.
     """
@@ -325,7 +344,7 @@ def completion_inputs(
     n, t_max = out.tokens.shape
     if n != b * group_size:
         raise ValueError(f"{n} completions for {b} prompts x group_size {group_size}")
-    rows = repeat_rows(prompt_inputs, group_size)
+    rows = repeat_rows(prompt_inputs, group_size, vision=not share_vision)
     real = jnp.arange(t_max)[None, :] < out.lengths[:, None]  # [N, T]
     comp_seg = jnp.where(real, rows.segment_ids[:, -1:], 0)
     comp_pos = jnp.where(real, out.next_pos[:, None] + jnp.arange(t_max)[None, :], 0)

@@ -62,25 +62,30 @@ def topology_devices(name: str) -> list:
     return list(desc.devices)
 
 
-def abstract_inputs(batch: int, length: int, patches: int) -> ModelInputs:
+def abstract_inputs(
+    batch: int, length: int, patches: int, vision_rows: int | None = None
+) -> ModelInputs:
+    """Abstract `ModelInputs`; `vision_rows` (default `batch`): rows of the vision fields
+    (batch // G when a GSPO group shares its prompt's pixels, `Qwen25VL(vision_group=G)`)."""
     i32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.int32)
+    bv = batch if vision_rows is None else vision_rows
     return ModelInputs(
         input_ids=i32(batch, length),
         segment_ids=i32(batch, length),
         positions=i32(3, batch, length),
         rope_deltas=i32(batch),
-        pixel_values=jax.ShapeDtypeStruct((batch, patches, PATCH_DIM), jnp.float32),
-        vision_pos=i32(batch, patches, 2),
-        window_index=i32(batch, patches // 4),
-        window_segment_ids=i32(batch, patches),
-        frame_segment_ids=i32(batch, patches),
+        pixel_values=jax.ShapeDtypeStruct((bv, patches, PATCH_DIM), jnp.float32),
+        vision_pos=i32(bv, patches, 2),
+        window_index=i32(bv, patches // 4),
+        window_segment_ids=i32(bv, patches),
+        frame_segment_ids=i32(bv, patches),
         feature_index=i32(batch, length),
     )
 
 
 def compile_step(config: ml_collections.ConfigDict, devices: list) -> Any:
     """Lowers and compiles the config's train step over `devices`; returns the executable."""
-    from o3video_jax.rl import gspo
+    from o3video_jax.rl import gspo, rollouts
     from o3video_jax.rl.loop import gspo_step_config
     from o3video_jax.train.loop import sft_step_config
 
@@ -106,9 +111,17 @@ def compile_step(config: ml_collections.ConfigDict, devices: list) -> Any:
     d = config.data
     f32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)
     if config.stage == "gspo":
-        rows = d.batch_size * config.rl.group_size // max(config.rl.minibatches, 1)
+        g = config.rl.group_size
+        prompts = d.batch_size // max(config.rl.minibatches, 1)
+        rows = prompts * g
+        # The layout the loop feeds: pixels once per prompt when `rollouts.can_share_vision`.
+        shared = config.rl.get("share_vision", True) and rollouts.can_share_vision(
+            prompts, rollouts.batch_shards(mesh), int(config.optim.get("microbatches", 1))
+        )
         batch = {
-            "inputs": abstract_inputs(rows, d.max_seq_len, d.max_patches),
+            "inputs": abstract_inputs(
+                rows, d.max_seq_len, d.max_patches, prompts if shared else rows
+            ),
             "targets": jax.ShapeDtypeStruct((rows, d.max_seq_len), jnp.int32),
             "mask": f32(rows, d.max_seq_len),
             "advantages": f32(rows),

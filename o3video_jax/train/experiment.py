@@ -21,7 +21,7 @@ from jax.sharding import Mesh
 from o3video_jax.checkpoints import hf
 from o3video_jax.checkpoints.orbax import Checkpointer
 from o3video_jax.data import pipeline, records
-from o3video_jax.data.examples import ExampleBuilder, ExampleConfig, ExampleError
+from o3video_jax.data.examples import ExampleBuilder, ExampleConfig
 from o3video_jax.data.tokenizer import Tokenizer
 from o3video_jax.models.qwen2_5_vl import Qwen25VL, Qwen25VLConfig
 from o3video_jax.models.qwen2_5_vl.config import TextConfig, VisionConfig
@@ -105,29 +105,14 @@ def prepare_synthetic(config: ml_collections.ConfigDict, workdir: str):
     )
     with config.unlocked():
         config.data.train_json = data.sft_json if config.stage == "sft" else data.rl_json
-        config.data.eval_json = config.data.eval_json or data.heldout_rl_json
+        held = data.heldout_sft_json if config.stage == "sft" else data.heldout_rl_json
+        if not config.data.eval_json:
+            config.data.eval_json = held
+            config.data.eval_media_root = data.heldout_media_root
         config.data.media_root = data.media_root
         config.data.layout = "flat"
         config.data.tokenizer_dir = config.data.tokenizer_dir or data.tokenizer_dir
     return data
-
-
-class RLPromptSFTBuilder(ExampleBuilder):
-    """SFT examples (reasoning targets) under the RL prompt template (system prompt, user
-    text; with quirks="corrected" the frame layout is shared too): `data.sft_prompts="rl"`.
-    Upstream SFT and RL prompts differ; a large model bridges that, a tiny one does not, so
-    RL would start from a policy that never saw its prompts."""
-
-    def __call__(self, raw, index=None):
-        try:
-            record = records.parse_stgr(raw, "sft", index)
-        except records.RecordError as e:
-            raise ExampleError(str(e.record_id), "record", str(e)) from e
-        record = dataclasses.replace(record, split="rl")
-        try:
-            return self._build(record)
-        except records.RecordError as e:
-            raise ExampleError(record.id, "record", str(e)) from e
 
 
 def example_builder(
@@ -137,8 +122,8 @@ def example_builder(
     max_len = d.max_seq_len - (config.rl.max_new_tokens if kind == "rl" else 0)
     if d.sft_prompts not in ("sft", "rl"):
         raise ValueError(f"data.sft_prompts must be 'sft' or 'rl', got {d.sft_prompts!r}")
-    cls = RLPromptSFTBuilder if kind == "sft" and d.sft_prompts == "rl" else ExampleBuilder
-    return cls(
+    system = d.get("system_prompt", "open_o3")
+    return ExampleBuilder(
         ExampleConfig(
             kind=kind,
             media_root=media_root,
@@ -153,6 +138,8 @@ def example_builder(
             image_max_pixels=d.image_max_pixels,
             max_seq_len=max_len,
             max_patches=d.max_patches,
+            prompt_split="rl" if kind == "sft" and d.sft_prompts == "rl" else "",
+            system_prompt=None if system == "open_o3" else system,
         ),
         tokenizer,
     )

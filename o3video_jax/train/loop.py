@@ -4,7 +4,9 @@ One jitted, donated step per batch (`steps.make_sft_step`); everything else happ
 after an explicit `device_get`: metrics to metrics.jsonl / TensorBoard / the progress bar, the
 NaN policy, Orbax checkpoints (params, optimiser state, step, rng and the grain iterator state)
 every `ckpt.save_every` steps and on SIGTERM (then the loop returns cleanly), and at the end an
-HF export (`WORKDIR/hf`, with the tokenizer files) that transformers can load.
+HF export (`WORKDIR/hf`, with the tokenizer files) that transformers can load. With
+`log.eval_every` > 0, every that many steps and after the last one the held-out loss and token
+accuracy on `data.eval_json` (`train.evaluation`) join that step's metrics row as `eval/*`.
 
 A run directory that holds a checkpoint is resumed automatically, and continues with exactly
 the batches and random streams of an uninterrupted run (tests/test_train_loop.py).
@@ -23,7 +25,7 @@ import ml_collections
 import numpy as np
 
 from o3video_jax.checkpoints import hf
-from o3video_jax.train import experiment, sharding, steps
+from o3video_jax.train import evaluation, experiment, sharding, steps
 from o3video_jax.train.metrics_log import MetricsWriter
 from o3video_jax.train.state import make_schedule
 
@@ -88,6 +90,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """
     if config.stage != "sft":
         raise ValueError(f"train() runs SFT; config.stage is {config.stage!r}")
+    eval_every = evaluation.check_config(config)
     exp = experiment.setup(config, workdir)
     total = int(config.total_steps)
     ds = experiment.dataset(
@@ -107,6 +110,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     step_fn = steps.make_sft_step(
         exp.model, sft_step_config(config), exp.mesh, exp.shardings, rules=exp.rules
     )
+    evaluate = evaluation.make_sft_evaluator(exp) if eval_every else None
     schedule = make_schedule(config.optim)
     writer = MetricsWriter(
         workdir,
@@ -139,8 +143,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             metrics["step_time"] = t2 - t1
             metrics["data_time"] = t1 - t0
             metrics["tokens_per_s"] = float((host.inputs.segment_ids > 0).sum()) / (t2 - t1)
+            # Before the checkpoint: a run killed in between redoes this step and its eval.
+            evaluated = evaluation.is_eval_step(step, eval_every, total)
+            if evaluated:
+                metrics.update(evaluate(state.params))
             last = metrics
-            if step % config.log.every == 0 or step == total or metrics["skipped"]:
+            if step % config.log.every == 0 or step == total or metrics["skipped"] or evaluated:
                 writer.write(step, metrics)
             writer.advance()
             steps.check_finite(metrics, config.nan_policy)

@@ -32,6 +32,7 @@ class SyntheticData:
     root: str
     sft_json: str
     rl_json: str
+    heldout_sft_json: str
     heldout_rl_json: str
     heldout_vstar_json: str
     media_root: str
@@ -45,6 +46,7 @@ def _paths(root: str) -> SyntheticData:
         root=root,
         sft_json=os.path.join(train, "json_data", "STGR-SFT.json"),
         rl_json=os.path.join(train, "json_data", "STGR-RL.json"),
+        heldout_sft_json=os.path.join(held, "json_data", "STGR-SFT.json"),
         heldout_rl_json=os.path.join(held, "json_data", "STGR-RL.json"),
         heldout_vstar_json=os.path.join(held, "json_data", "vstar.json"),
         media_root=train,

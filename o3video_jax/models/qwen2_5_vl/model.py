@@ -6,12 +6,19 @@ their logical axes (`nn.LogicallyPartitioned`); `nn.get_partition_spec` on the a
 gives the shardings, `nn.unbox` the plain arrays. `apply` accepts either.
 
 Entry points (all pure; one compile per shape budget):
-  __call__(inputs)                    -> float32[B, L, V]   (or (logits, aux) with return_aux)
-  hidden_states(inputs)               -> [B, L, D] after the final norm
+  __call__(inputs, vision_group=1)    -> float32[B, L, V]   (or (logits, aux) with return_aux)
+  hidden_states(inputs, vision_group=1) -> [B, L, D] after the final norm
   unembed(hidden)                     -> float32[..., V]
   vision_features(inputs)             -> [B, P // 4, D] merged features, processor order
   prefill(inputs, cache_len)          -> (KVCache, float32[B, V] logits at position L - 1)
   decode_step(tokens, cache)          -> (float32[B, V], KVCache)
+
+`vision_group` g (static int, DESIGN decision 6 for the training forward): the text fields
+have B rows and the vision fields (pixel_values, vision_pos, window_index, window_segment_ids,
+frame_segment_ids) B // g rows; the tower runs once per vision row, and text rows
+b*g .. b*g + g - 1 all read the features of vision row b (a G-sample group shares its
+prompt's pixels). The gradient of the shared features is then the sum over the g rows, as
+for repeated pixels.
 """
 
 from __future__ import annotations
@@ -58,34 +65,37 @@ class Qwen25VL(nn.Module):
             return self.model.attend(hidden)
         return self.lm_head(hidden).astype(jnp.float32)
 
-    def _embed(self, inputs: ModelInputs):
-        _check_inputs(inputs)
+    def _embed(self, inputs: ModelInputs, vision_group: int = 1):
+        _check_inputs(inputs, vision_group)
         if inputs.max_patches == 0:
             if self.is_initializing():
                 # Text-only init still creates the vision parameters (on one dummy unit).
                 self.vision_features(_dummy_vision(inputs.batch_size))
             return self.model.embed(inputs.input_ids), None
-        feats = self.vision_features(inputs)
-        return self.model.embed(inputs.input_ids, feats, inputs.feature_index), feats
+        feats = self.vision_features(inputs)  # [B // g, P // 4, D]
+        # Broadcast after the tower: text row b*g + j reads the features of vision row b.
+        per_row = jnp.repeat(feats, vision_group, axis=0) if vision_group > 1 else feats
+        return self.model.embed(inputs.input_ids, per_row, inputs.feature_index), feats
 
-    def _forward(self, inputs: ModelInputs):
-        x, feats = self._embed(inputs)
+    def _forward(self, inputs: ModelInputs, vision_group: int = 1):
+        x, feats = self._embed(inputs, vision_group)
         hidden, kvs = self.model(x, inputs.positions, inputs.segment_ids)
         return hidden, kvs, feats
 
     # ---- public methods -----------------------------------------------------------------------
-    def __call__(self, inputs: ModelInputs, return_aux: bool = False):
+    def __call__(self, inputs: ModelInputs, return_aux: bool = False, vision_group: int = 1):
         """float32[B, L, V] logits; with return_aux, (logits, {"hidden_states": [B, L, D],
-        "vision_features": [B, P // 4, D] or None})."""
-        hidden, _, feats = self._forward(inputs)
+        "vision_features": [B // vision_group, P // 4, D] or None})."""
+        hidden, _, feats = self._forward(inputs, vision_group)
         logits = self.unembed(hidden)
         if return_aux:
             return logits, {"hidden_states": hidden, "vision_features": feats}
         return logits
 
-    def hidden_states(self, inputs: ModelInputs) -> jax.Array:
-        """[B, L, D] after the final norm."""
-        return self._forward(inputs)[0]
+    def hidden_states(self, inputs: ModelInputs, vision_group: int = 1) -> jax.Array:
+        """[B, L, D] after the final norm (vision fields of B // vision_group rows, see the
+        module docstring)."""
+        return self._forward(inputs, vision_group)[0]
 
     def prefill(self, inputs: ModelInputs, cache_len: int) -> tuple[KVCache, jax.Array]:
         """Runs a LEFT-padded prompt batch; returns the cache (cache_len >= L slots, L written)
@@ -129,19 +139,22 @@ def _dummy_vision(batch: int) -> ModelInputs:
     )
 
 
-def _check_inputs(inputs: ModelInputs) -> None:
+def _check_inputs(inputs: ModelInputs, vision_group: int = 1) -> None:
     """Static shape checks (trace time): a clear ValueError instead of a broadcasting error."""
     b, length = inputs.input_ids.shape
     p = inputs.max_patches
+    if vision_group < 1 or b % vision_group:
+        raise ValueError(f"vision_group {vision_group} does not divide the {b} text rows")
+    bv = b // vision_group
     expected = {
         "segment_ids": (b, length),
         "positions": (3, b, length),
         "rope_deltas": (b,),
-        "pixel_values": (b, p, PATCH_DIM),
-        "vision_pos": (b, p, 2),
-        "window_index": (b, p // 4),
-        "window_segment_ids": (b, p),
-        "frame_segment_ids": (b, p),
+        "pixel_values": (bv, p, PATCH_DIM),
+        "vision_pos": (bv, p, 2),
+        "window_index": (bv, p // 4),
+        "window_segment_ids": (bv, p),
+        "frame_segment_ids": (bv, p),
         "feature_index": (b, length),
     }
     for name, shape in expected.items():
