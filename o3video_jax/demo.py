@@ -69,10 +69,11 @@ class Plan:
     sft_steps: int = 160
     gspo_steps: int = 36
     size: str = "demo"
+    eval_points: int = 4  # held-out evaluations inside each training stage (the curves)
 
 
 FULL = Plan()
-FAST = Plan(videos=8, eval_videos=2, sft_steps=6, gspo_steps=2, size="tiny")
+FAST = Plan(videos=8, eval_videos=2, sft_steps=6, gspo_steps=2, size="tiny", eval_points=2)
 
 
 def load_config(arg: str) -> ml_collections.ConfigDict:
@@ -91,12 +92,16 @@ def stage_config(plan: Plan, stage: str, data, checkpoint: str) -> ml_collection
     c.model.hf_checkpoint = checkpoint
     c.data.synthetic.videos = 0  # data prepared once by the demo, shared by the stages
     c.data.train_json = data.sft_json if stage == "sft" else data.rl_json
-    c.data.eval_json = data.heldout_rl_json
+    c.data.eval_json = data.heldout_sft_json if stage == "sft" else data.heldout_rl_json
+    c.data.eval_media_root = data.heldout_media_root
     c.data.media_root = data.media_root
     c.data.tokenizer_dir = data.tokenizer_dir
     c.total_steps = plan.sft_steps if stage == "sft" else plan.gspo_steps
     c.optim.warmup_steps = min(c.optim.warmup_steps, c.total_steps)
     c.ckpt.save_every = max(c.total_steps // 2, 1)
+    # Held-out curves: SFT loss on held-out SFT records, greedy GSPO rewards on RL prompts.
+    c.log.eval_every = max(c.total_steps // plan.eval_points, 1)
+    c.log.eval_prompts = 64
     return c
 
 
@@ -146,14 +151,21 @@ def plot_curves(workdir: str, out_png: str) -> None:
     rl = read_metrics(os.path.join(workdir, "gspo"))
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     steps = [m["step"] for m in sft]
-    axes[0].plot(steps, [m["loss"] for m in sft], label="loss")
+    axes[0].plot(steps, [m["loss"] for m in sft], label="train")
+    ev = [m for m in sft if "eval/loss" in m]
+    axes[0].plot([m["step"] for m in ev], [m["eval/loss"] for m in ev], "o-", label="held-out")
     axes[0].set(title="SFT cross-entropy", xlabel="step", yscale="log")
+    axes[0].legend(fontsize=7)
     axes[1].plot(steps, [m["accuracy"] for m in sft], label="token accuracy", color="C1")
     axes[1].set(title="SFT token accuracy", xlabel="step")
     rsteps = [m["step"] for m in rl]
     for k in rl_loop.REWARD_TERMS:
         axes[2].plot(rsteps, [m[f"reward/{k}"] for m in rl], label=k, lw=2 if k == "total" else 1)
-    axes[2].set(title="GSPO rollout rewards (train prompts)", xlabel="step")
+    ev = [m for m in rl if "eval/total" in m]
+    axes[2].plot(
+        [m["step"] for m in ev], [m["eval/total"] for m in ev], "ko-", label="total (held-out)"
+    )
+    axes[2].set(title="GSPO rewards (train rollouts; held-out greedy)", xlabel="step")
     axes[2].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out_png, dpi=90)

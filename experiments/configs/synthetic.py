@@ -19,6 +19,12 @@ sys.path.insert(0, os.path.dirname(__file__))
 import common  # noqa: E402
 
 
+SYSTEM_PROMPT = (
+    "Reason in <think></think> citing <obj>object</obj><box>[x1,y1,x2,y2]</box>at<t>time</t>s "
+    "evidence, then answer in <answer></answer>."
+)
+
+
 def get_config(arg=None):
     a = common.parse_arg(arg, stage="sft", size="demo", videos=48)
     if a.stage not in ("sft", "gspo"):
@@ -40,6 +46,9 @@ def get_config(arg=None):
     # upstream SFT/RL prompt differences (system prompt, "Question: ", frame labels).
     c.data.sft_prompts = "rl"
     c.data.prompt_quirks = "corrected"
+    # A model trained from scratch gains nothing from the Open-o3 instructions (~220 tokens of
+    # every row); one short sentence keeps the chat layout and makes every step ~1.7x cheaper.
+    c.data.system_prompt = SYSTEM_PROMPT
     c.data.packing = "none"
     c.data.workers = 0
     c.data.fps = 2.0
@@ -49,7 +58,7 @@ def get_config(arg=None):
     c.data.frame_max_pixels = 84 * 56  # 6 merged tokens per frame
     c.data.synthetic.width = 84
     c.data.synthetic.height = 56
-    c.data.max_seq_len = 560
+    c.data.max_seq_len = 416
     c.data.max_patches = 192
     c.data.batch_size = 8
 
@@ -64,7 +73,7 @@ def get_config(arg=None):
 
     c.rl.group_size = 4
     c.rl.max_new_tokens = 144
-    c.rl.prompt_buckets = [448]  # one bucket: one prefill/decode compile
+    c.rl.prompt_buckets = [320]  # one bucket: one prefill/decode compile
     c.rl.temperature = 1.0
     c.rl.top_p = 1.0
     c.rl.num_updates = 1
@@ -89,11 +98,11 @@ def get_config(arg=None):
         c.rl.temperature = 0.6
         c.rl.beta = 0.04
         c.rl.minibatches = 2
-        c.data.max_seq_len = 448 + 144
+        c.data.max_seq_len = 320 + 144
     if a.size == "demo":
         c.model.text_overrides = (
             "hidden_size=128,intermediate_size=384,num_hidden_layers=4,"
-            "num_attention_heads=4,num_key_value_heads=2"
+            "num_attention_heads=4,num_key_value_heads=2,rope_theta=10000.0"
         )
         c.model.vision_overrides = "hidden_size=64,intermediate_size=128,num_heads=2"
     else:
@@ -103,7 +112,7 @@ def get_config(arg=None):
         c.data.synthetic.height = 56
         c.data.max_frames = 4
         c.data.frame_max_pixels = 56 * 56
-        c.data.max_seq_len = 480 if a.stage == "sft" else 448 + 32
+        c.data.max_seq_len = 416 if a.stage == "sft" else 256 + 32
         c.data.max_patches = 128
         c.data.batch_size = 2
         c.rl.group_size = 4
@@ -111,7 +120,7 @@ def get_config(arg=None):
         c.total_steps = 6
         c.optim.warmup_steps = 0
         c.rl.max_new_tokens = 32
-        c.rl.prompt_buckets = [448]
+        c.rl.prompt_buckets = [256]
         c.ckpt.save_every = 2
     c.lock()
     return c

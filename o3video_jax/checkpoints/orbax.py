@@ -10,13 +10,16 @@ uninterrupted run would have seen.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import signal
 import threading
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 
 def _encode_data_state(state: Any) -> Any:
@@ -30,6 +33,38 @@ def _decode_data_state(state: Any) -> Any:
     if isinstance(state, dict) and set(state) == {"__bytes_b64__"}:
         return base64.b64decode(state["__bytes_b64__"])
     return state
+
+
+def _gather_json(obj: Any) -> list[Any]:
+    """Every process's `obj` (JSON-serialisable), in process order (a collective)."""
+    data = np.frombuffer(json.dumps(obj).encode(), np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.int32(data.size))).reshape(-1)
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[: data.size] = data
+    rows = np.asarray(multihost_utils.process_allgather(padded))
+    return [json.loads(bytes(r[:n]).decode()) for r, n in zip(rows, sizes, strict=True)]
+
+
+def _data_payload(data_state: Any) -> Any:
+    """The JSON item of a save. Multi-host: each process reads its own shard of the records
+    and its iterator state differs (e.g. tokens emitted by packing), so all are stored."""
+    encoded = _encode_data_state(data_state)
+    if jax.process_count() == 1:
+        return encoded
+    return {"per_process": _gather_json(encoded)}
+
+
+def _own_data_state(payload: Any) -> Any:
+    if isinstance(payload, dict) and set(payload) == {"per_process"}:
+        states = payload["per_process"]
+        if len(states) != jax.process_count():
+            raise ValueError(
+                f"the checkpoint holds data-iterator states of {len(states)} processes, this run "
+                f"has {jax.process_count()}: the records are sharded by process, so resuming "
+                "with another process count would repeat or skip data"
+            )
+        payload = states[jax.process_index()]
+    return _decode_data_state(payload)
 
 
 class Checkpointer:
@@ -98,7 +133,7 @@ class Checkpointer:
             return False
         args = {"state": ocp.args.StandardSave(state)}
         if data_state is not None:
-            args["data"] = ocp.args.JsonSave(_encode_data_state(data_state))
+            args["data"] = ocp.args.JsonSave(_data_payload(data_state))
         self._manager.save(step, args=ocp.args.Composite(**args), force=True)
         return True
 
@@ -117,7 +152,7 @@ class Checkpointer:
         if items is not None and "data" in items.keys():
             args["data"] = ocp.args.JsonRestore()
         restored = self._manager.restore(step, args=ocp.args.Composite(**args))
-        data_state = _decode_data_state(restored["data"]) if "data" in args else None
+        data_state = _own_data_state(restored["data"]) if "data" in args else None
         return restored["state"], data_state, step
 
     def wait(self) -> None:

@@ -103,7 +103,7 @@ def compute_rewards(
     parsed = scan.parse_batch(completions, cfg, [ex["task"] for ex in examples])
     acc = answer_accuracy(parsed, gt)
     # float64 on the CPU: see scoring's docstring (discontinuous comparisons must match).
-    cpu = jax.devices("cpu")[0]
+    cpu = jax.local_devices(backend="cpu")[0]  # this process's (multi-host CPU backends)
     with jax.enable_x64(True), jax.default_device(cpu):
         out = scoring.score_batch(
             parsed.arrays(), gt.arrays(), acc, np.float64(sigma), w, gate=spatial_gate

@@ -132,14 +132,18 @@ def evaluate(
         num_epochs=1,
     )
     processes = jax.process_count() if mesh is not None else 1
-    local_cap = None if max_prompts is None else -(-int(max_prompts) // processes)
+    # Records are dealt to processes p, p + P, p + 2P, ... (unshuffled): this process's share
+    # of the first `max_prompts` records.
+    pid = jax.process_index() if processes > 1 else 0
+    local_cap = None if max_prompts is None else max(-(-(int(max_prompts) - pid) // processes), 0)
     scfg = sampling_config(config, tokenizer, greedy=True, group_size=1)
     sample = sampler_lib.make_sampler(model, scfg, mesh=mesh, rules=rules)
     keys = jax.random.split(jax.random.PRNGKey(0), batch_size)
     items, template, loops = [], None, 0
     it = iter(ds)
     while True:
-        want = local_cap is None or len(items) < local_cap
+        # (a process whose share is empty still reads one batch: the shapes for the calls)
+        want = local_cap is None or len(items) < local_cap or template is None
         batch = next(it, None) if want else None
         more = batch is not None
         if processes > 1:  # the same number of sampler calls on every process

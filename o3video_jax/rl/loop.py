@@ -25,6 +25,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from o3video_jax.rewards import REWARD_NAMES, compute_rewards
 from o3video_jax.rl import gspo, rollouts
@@ -108,6 +109,19 @@ def _combine(updates: list[dict[str, float]]) -> dict[str, float]:
         else:
             out[k] = vals[-1]
     return out
+
+
+def _global_rows(rewards: dict, adv, lengths, valid):
+    """(rewards, advantages, lengths, valid) of every process's rows, in process order."""
+    if jax.process_count() == 1:
+        return rewards, np.asarray(adv), np.asarray(lengths), np.asarray(valid, bool)
+    gather = lambda x: np.asarray(multihost_utils.process_allgather(np.asarray(x), tiled=True))
+    return (
+        {k: gather(v) for k, v in rewards.items()},
+        gather(adv),
+        gather(lengths),
+        gather(valid).astype(bool),
+    )
 
 
 def make_evaluator(exp: experiment.Experiment) -> Callable[[Any], dict[str, float]]:
@@ -214,7 +228,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             )
             profiler.before(step + 1)
             n = prompt.batch_size * g
-            keys = jax.random.split(jax.random.fold_in(base_key, step), n)
+            # One global stream: process p takes keys [p * n, (p + 1) * n), so a sample's noise
+            # does not depend on how many hosts share the batch.
+            pid = jax.process_index()
+            keys = jax.random.split(jax.random.fold_in(base_key, step), n * jax.process_count())
+            keys = keys[pid * n : (pid + 1) * n]
             out = sample(state.params, prompt, keys)
             out_host = jax.tree.map(lambda x: rollouts.host_local(x, exp.mesh), out)
             t1 = time.perf_counter()
@@ -259,8 +277,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             for u in range(rl.num_updates):
                 rng = np.random.default_rng([config.seed, step, u])
                 for mb in _minibatches(rows, config, exp.mesh, rng):
+                    placed_mb = sharding.shard_batch(mb, exp.mesh)
                     with jax.transfer_guard("disallow"):
-                        state, m = update(state, sharding.shard_batch(mb, exp.mesh))
+                        state, m = update(state, placed_mb)
                     m = {k: np.asarray(v).item() for k, v in jax.device_get(m).items()}
                     results.append(m)
                     steps.check_finite(m, config.nan_policy)
@@ -269,7 +288,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             t4 = time.perf_counter()
 
             metrics = _combine(results)
-            lengths = out_host.lengths[valid]
+            # Summaries over the global batch (every process's rows; a collective).
+            r, adv, lengths, valid = _global_rows(
+                {k: np.asarray(r[k]) for k in REWARD_TERMS}, adv, out_host.lengths, valid
+            )
+            lengths = lengths[valid]
             metrics.update(
                 {
                     "reward": float(r["total"][valid].mean()),

@@ -32,7 +32,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from o3video_jax.models.qwen2_5_vl.cache import KVCache
 from o3video_jax.models.qwen2_5_vl.inputs import ModelInputs
-from o3video_jax.train.sharding import BATCH_AXES, DEFAULT_RULES, MeshAxes, batch_sharding
+from o3video_jax.train.sharding import (
+    BATCH_AXES,
+    DEFAULT_RULES,
+    MeshAxes,
+    batch_sharding,
+    shard_batch,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,7 +291,13 @@ def make_sampler(
         if isinstance(seg, np.ndarray) and not np.all(seg[:, -1] != 0):
             rows = np.flatnonzero(seg[:, -1] == 0).tolist()
             raise ValueError(f"prompts must be LEFT-padded (end at L - 1); rows {rows} do not")
-        if mesh is not None:
+        if mesh is not None and jax.process_count() > 1:
+            # Multi-host: each process holds its own prompts and keys -> global arrays.
+            prompt_inputs = shard_batch(jax.device_get(prompt_inputs), mesh)
+            rng_keys = shard_batch(np.asarray(jax.device_get(rng_keys)), mesh)
+            if shardings is not None:
+                params = jax.device_put(params, shardings)
+        elif mesh is not None:
             prompt_inputs = jax.device_put(prompt_inputs, batch_sharding(prompt_inputs, mesh))
             axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names) or None
             rng_keys = jax.device_put(rng_keys, NamedSharding(mesh, PartitionSpec(axes)))

@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from o3video_jax.checkpoints import hf
@@ -94,8 +95,7 @@ def prepare_synthetic(config: ml_collections.ConfigDict, workdir: str):
     s = config.data.synthetic
     if s.videos <= 0 or config.data.train_json:
         return None
-    data = synthetic_data.prepare(
-        os.path.join(workdir, "synthetic"),
+    kw = dict(
         videos=s.videos,
         eval_videos=s.eval_videos,
         seed=s.seed,
@@ -103,6 +103,14 @@ def prepare_synthetic(config: ml_collections.ConfigDict, workdir: str):
         height=s.height,
         fps=s.fps,
     )
+    root = os.path.join(workdir, "synthetic")
+    # One writer: process 0 generates, the others wait for it and then read the same files
+    # (prepare is idempotent, so their call only returns the paths).
+    if jax.process_index() == 0:
+        synthetic_data.prepare(root, **kw)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("o3video_jax synthetic data")
+    data = synthetic_data.prepare(root, **kw)
     with config.unlocked():
         config.data.train_json = data.sft_json if config.stage == "sft" else data.rl_json
         held = data.heldout_sft_json if config.stage == "sft" else data.heldout_rl_json

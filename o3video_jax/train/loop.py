@@ -23,6 +23,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from o3video_jax.checkpoints import hf
 from o3video_jax.train import evaluation, experiment, sharding, steps
@@ -142,7 +143,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             metrics["lr"] = float(schedule(step - 1))
             metrics["step_time"] = t2 - t1
             metrics["data_time"] = t1 - t0
-            metrics["tokens_per_s"] = float((host.inputs.segment_ids > 0).sum()) / (t2 - t1)
+            tokens = (host.inputs.segment_ids > 0).sum()
+            if jax.process_count() > 1:  # every process's rows (a collective)
+                tokens = np.sum(multihost_utils.process_allgather(np.int64(tokens)))
+            metrics["tokens_per_s"] = float(tokens) / (t2 - t1)
             # Before the checkpoint: a run killed in between redoes this step and its eval.
             evaluated = evaluation.is_eval_step(step, eval_every, total)
             if evaluated:
