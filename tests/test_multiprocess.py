@@ -61,6 +61,7 @@ GSPO_ROLLOUT_KEYS = (
     "truncated_frac",
 )
 
+
 # ---- launching -----------------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as s:

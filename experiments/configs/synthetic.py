@@ -18,7 +18,6 @@ import sys
 sys.path.insert(0, os.path.dirname(__file__))
 import common  # noqa: E402
 
-
 SYSTEM_PROMPT = (
     "Reason in <think></think> citing <obj>object</obj><box>[x1,y1,x2,y2]</box>at<t>time</t>s "
     "evidence, then answer in <answer></answer>."
