@@ -1,6 +1,6 @@
 r"""End-to-end demo on CPU: synthetic videos -> tiny Qwen2.5-VL -> SFT -> GSPO -> report.
 
-  python -m o3video_jax.demo --workdir /tmp/o3demo          # ~15 min on a 2-core CPU
+  python -m o3video_jax.demo --workdir /tmp/o3demo          # ~11 min on a 2-core CPU
   python -m o3video_jax.demo --workdir /tmp/o3demo --fast   # ~2 min smoke run
 
 Steps (each through the library functions the CLI uses, with experiments/configs/synthetic.py):
@@ -32,6 +32,7 @@ from o3video_jax.data import video, vision
 from o3video_jax.eval import results as eval_results
 from o3video_jax.eval.visualize import render_example
 from o3video_jax.models.qwen2_5_vl import Qwen25VL
+from o3video_jax.rewards import parse_completion
 from o3video_jax.rl import heldout
 from o3video_jax.rl import loop as rl_loop
 from o3video_jax.train import experiment, synthetic_data
@@ -65,9 +66,9 @@ class Plan:
     """Sizes of a demo run (the full one, or `fast` for tests)."""
 
     videos: int = 128
-    eval_videos: int = 64
-    sft_steps: int = 160
-    gspo_steps: int = 36
+    eval_videos: int = 128
+    sft_steps: int = 240
+    gspo_steps: int = 40
     size: str = "demo"
     eval_points: int = 4  # held-out evaluations inside each training stage (the curves)
 
@@ -195,6 +196,16 @@ def render(plan: Plan, data, items: list[dict], out_png: str) -> str:
     return pick["completion"]
 
 
+def answer_diversity(items: list[dict]) -> dict[str, int]:
+    """Distinct greedy answers per task over the held-out prompts: a model that reads its
+    inputs gives many; one that answers every prompt alike gives one or two per task."""
+    out = {}
+    for it in items:
+        answer = parse_completion(it["completion"]).answer
+        out.setdefault(it["task"], set()).add(answer)
+    return {task: len(answers) for task, answers in sorted(out.items())}
+
+
 def write_report(workdir: str, evals: dict, example: str, timings: dict) -> str:
     head = "| stage | " + " | ".join(label for _, label in TABLE_COLUMNS) + " |"
     sep = "|---" * (len(TABLE_COLUMNS) + 1) + "|"
@@ -207,6 +218,11 @@ def write_report(workdir: str, evals: dict, example: str, timings: dict) -> str:
         f"- {a} -> {b}: reward {s[a]['total']:.3f} -> {s[b]['total']:.3f}, "
         f"mAM {s[a]['mAM']:.3f} -> {s[b]['mAM']:.3f}"
         for a, b in (("init", "sft"), ("sft", "gspo"))
+    ]
+    diversity = [
+        f"- {name}: "
+        + ", ".join(f"{task} {n}" for task, n in answer_diversity(ev["items"]).items())
+        for name, ev in evals.items()
     ]
     text = "\n".join(
         [
@@ -222,6 +238,11 @@ def write_report(workdir: str, evals: dict, example: str, timings: dict) -> str:
             *rows,
             "",
             *checks,
+            "",
+            "Distinct greedy answers per task on the held-out prompts (a policy that reads the "
+            "video answers each prompt differently; a handful means it answers from priors):",
+            "",
+            *diversity,
             "",
             "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()),
             "",

@@ -57,7 +57,7 @@ def get_config(arg=None):
     c.data.frame_max_pixels = 84 * 56  # 6 merged tokens per frame
     c.data.synthetic.width = 84
     c.data.synthetic.height = 56
-    c.data.max_seq_len = 416
+    c.data.max_seq_len = 448  # longest synthetic SFT row ~420 tokens
     c.data.max_patches = 192
     c.data.batch_size = 8
 
@@ -72,7 +72,8 @@ def get_config(arg=None):
 
     c.rl.group_size = 4
     c.rl.max_new_tokens = 144
-    c.rl.prompt_buckets = [320]  # one bucket: one prefill/decode compile
+    # One bucket (the longest prompt has ~305 tokens): one prefill/decode compile.
+    c.rl.prompt_buckets = [336]
     c.rl.temperature = 1.0
     c.rl.top_p = 1.0
     c.rl.num_updates = 1
@@ -97,7 +98,7 @@ def get_config(arg=None):
         c.rl.temperature = 0.6
         c.rl.beta = 0.04
         c.rl.minibatches = 2
-        c.data.max_seq_len = 320 + 144
+        c.data.max_seq_len = 336 + 144
     if a.size == "demo":
         c.model.text_overrides = (
             "hidden_size=128,intermediate_size=384,num_hidden_layers=4,"
