@@ -13,50 +13,20 @@ import sys
 import textwrap
 
 import pytest
+from loop_fixtures import REPO, base_flags
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMING = ("step_time", "data_time", "tokens_per_s")
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("xla_cache")
-    e = dict(os.environ)
-    e.update(
-        JAX_PLATFORMS="cpu",
-        XLA_FLAGS="--xla_force_host_platform_device_count=1",
-        JAX_COMPILATION_CACHE_DIR=str(cache),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-        PYTHONPATH=REPO + os.pathsep + e.get("PYTHONPATH", ""),
-    )
-    return e
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    from o3video_jax.train import synthetic_data
-
-    return synthetic_data.prepare(
-        tmp_path_factory.mktemp("synthetic"), videos=4, eval_videos=1, width=56, height=56
-    )
 
 
 def flags(data, stage, **kw):
     held = data.heldout_media_root
     return {
-        "data.synthetic.videos": 0,
-        "data.train_json": data.sft_json if stage == "sft" else data.rl_json,
-        "data.media_root": data.media_root,
-        "data.tokenizer_dir": data.tokenizer_dir,
+        **base_flags(data, stage),
         # 3 held-out records: two batches of 2 rows, the second one half padding.
         "data.eval_json": os.path.join(
             held, "json_data", "STGR-SFT.json" if stage == "sft" else "STGR-RL.json"
         ),
         "data.eval_media_root": held,
-        "optim.schedule": "constant",
-        "log.progress": False,
-        "log.tensorboard": False,
         "ckpt.export_hf": False,
         "ckpt.keep": 5,
         **kw,
@@ -194,8 +164,9 @@ GSPO_PART = textwrap.dedent(
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory, env, data):
+def results(tmp_path_factory, loop_env, loop_data):
     """Both stages, each trained with and without evaluation (one subprocess)."""
+    env, data = loop_env, loop_data
     runs = {
         "sft": flags(data, "sft", total_steps=3, **{"ckpt.save_every": 2}),
         "gspo": flags(
@@ -262,7 +233,8 @@ def test_gspo_eval_every(results):
 
 
 @pytest.mark.parametrize("stage", ["sft", "gspo"])
-def test_eval_every_without_eval_json_raises_before_setup(tmp_path, data, stage):
+def test_eval_every_without_eval_json_raises_before_setup(tmp_path, loop_data, stage):
+    data = loop_data
     from o3video_jax.demo import load_config
     from o3video_jax.rl import loop as rl_loop
     from o3video_jax.train import loop

@@ -37,6 +37,7 @@ import time
 
 import numpy as np
 import pytest
+from loop_fixtures import base_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(REPO, "tests", "multiprocess_worker.py")
@@ -197,32 +198,16 @@ def collectives(tmp_path_factory, cache):
     pytest.skip(f"jax multi-process CPU collectives (gloo) unavailable: {failure(run)[-1500:]}")
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    from o3video_jax.train import synthetic_data
-
-    return synthetic_data.prepare(
-        tmp_path_factory.mktemp("synthetic"), videos=4, eval_videos=1, width=56, height=56
-    )
-
-
 def common_flags(data, stage):
-    return {
-        "data.synthetic.videos": 0,
-        "data.train_json": data.sft_json if stage == "sft" else data.rl_json,
-        "data.media_root": data.media_root,
-        "data.tokenizer_dir": data.tokenizer_dir,
-        "data.shuffle": False,  # shuffled order depends on the process count (see top)
-        "optim.schedule": "constant",
-        "log.progress": False,
-        "log.tensorboard": False,
-    }
+    # shuffled order depends on the process count (see top)
+    return {**base_flags(data, stage), "data.shuffle": False}
 
 
 @pytest.fixture(scope="module")
-def runs(collectives, data, cache, tmp_path_factory):
+def runs(collectives, loop_data, cache, tmp_path_factory):
     """Phase 1: the SFT reference (1 process), SFT on 2 processes to step 1, GSPO on 2
     processes. Phase 2: the 2-process SFT resumed to step 2, the GSPO reference."""
+    data = loop_data
     root = tmp_path_factory.mktemp("runs")
     sft = {
         **common_flags(data, "sft"),

@@ -16,35 +16,10 @@ import time
 
 import numpy as np
 import pytest
+from loop_fixtures import REPO, base_flags
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "experiments", "configs", "synthetic.py")
 TIMING = ("step_time", "data_time", "tokens_per_s")
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("xla_cache")
-    e = dict(os.environ)
-    e.update(
-        JAX_PLATFORMS="cpu",
-        XLA_FLAGS="--xla_force_host_platform_device_count=1",
-        JAX_COMPILATION_CACHE_DIR=str(cache),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-        PYTHONPATH=REPO + os.pathsep + e.get("PYTHONPATH", ""),
-    )
-    return e
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    """One tiny synthetic dataset (the tiny config's sizes) shared by every run."""
-    from o3video_jax.train import synthetic_data
-
-    return synthetic_data.prepare(
-        tmp_path_factory.mktemp("synthetic"), videos=4, eval_videos=1, width=56, height=56
-    )
 
 
 def overrides(data, **kw):
@@ -94,7 +69,8 @@ def checkpoint_steps(workdir):
     return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
 
 
-def test_sigkill_resume_matches_uninterrupted(tmp_path, env, data):
+def test_sigkill_resume_matches_uninterrupted(tmp_path, loop_env, loop_data):
+    env, data = loop_env, loop_data
     total = 8
     ref_dir, run_dir = tmp_path / "ref", tmp_path / "killed"
     run(cli(data, ref_dir, total_steps=total, **{"ckpt.save_every": 2}), env)
@@ -180,19 +156,8 @@ NAN_DRIVER = PRELUDE + textwrap.dedent(
 )
 
 
-def base_flags(data, stage):
-    return {
-        "data.synthetic.videos": 0,
-        "data.train_json": data.sft_json if stage == "sft" else data.rl_json,
-        "data.media_root": data.media_root,
-        "data.tokenizer_dir": data.tokenizer_dir,
-        "optim.schedule": "constant",
-        "log.progress": False,
-        "log.tensorboard": False,
-    }
-
-
-def test_nan_skip_and_stop(tmp_path, env, data):
+def test_nan_skip_and_stop(tmp_path, loop_env, loop_data):
+    env, data = loop_env, loop_data
     flags = {**base_flags(data, "sft"), "total_steps": 5}
     p = run([sys.executable, "-c", NAN_DRIVER, json.dumps(flags), str(tmp_path)], env)
     result = json.loads(p.stdout.split("RESULT ", 1)[1])
@@ -280,7 +245,8 @@ GSPO_DRIVER = PRELUDE + textwrap.dedent(
 )
 
 
-def test_gspo_step_metrics_and_resume(tmp_path, env, data):
+def test_gspo_step_metrics_and_resume(tmp_path, loop_env, loop_data):
+    env, data = loop_env, loop_data
     flags = {
         **base_flags(data, "gspo"),
         "rl.beta": 0.04,
@@ -333,7 +299,8 @@ def test_aot_needs_libtpu_and_a_valid_topology(monkeypatch):
         aot.topology_devices("v5p:4x4x4")
 
 
-def test_aot_compiles_the_sft_step_for_a_tpu_topology(env):
+def test_aot_compiles_the_sft_step_for_a_tpu_topology(loop_env):
+    env = loop_env
     import importlib.util
 
     if importlib.util.find_spec("libtpu") is None:
