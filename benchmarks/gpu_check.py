@@ -72,9 +72,11 @@ def section_parity(args) -> None:
     say("| case | max abs err, precision highest | max abs err, default (TF32) | max |logit| |")
     say("|---|---|---|---|")
     for case in cases:
-        meta = json.load(open(f"{golden}/{case}/meta.json")) if os.path.exists(
-            f"{golden}/{case}/meta.json"
-        ) else {}
+        meta = (
+            json.load(open(f"{golden}/{case}/meta.json"))
+            if os.path.exists(f"{golden}/{case}/meta.json")
+            else {}
+        )
         model_dir = f"{golden}/models/{meta.get('model', 'untied')}"
         inputs = dict(np.load(f"{golden}/{case}/inputs.npz"))
         want = np.load(f"{golden}/{case}/logits.npz")["logits"]
@@ -312,7 +314,9 @@ def section_step(args) -> None:
             cost = compiled.cost_analysis()
             cost = cost[0] if isinstance(cost, list) else cost
             flops = float(cost.get("flops", 0.0))
-            ts = timed(lambda: compiled(params, inputs, targets), args.repeats + 1)[1:]
+            ts = timed(lambda c=compiled, p=params, t=targets: c(p, inputs, t), args.repeats + 1)[
+                1:
+            ]
             tok_s = b * length / statistics.median(ts)
             say(f"- {backend}: fwd+bwd {layers} layers of 3B, B={b} L={length}: {med(ts)}; "
                 f"{tok_s:,.0f} tokens/s; XLA FLOPs {flops / 1e12:.2f} T -> "
