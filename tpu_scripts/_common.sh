@@ -112,8 +112,8 @@ runtime_for_type() {
 
 # check_run_name NAME: run names become folder names on the workers.
 check_run_name() {
-  [[ "$1" =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] ||
-    die "run name '$1' must be letters, digits, '.', '_' or '-' (it names a folder)"
+  [[ "$1" =~ ^[A-Za-z0-9][A-Za-z0-9._=,+-]*$ ]] ||
+    die "run name '$1' must be letters, digits and . _ - = , + (it names a folder)"
 }
 
 # Runs live in ~/o3video_runs/RUN on every worker: run.sh (the command), and per worker
