@@ -165,9 +165,11 @@ def run_local(
     fixed_argv: Sequence[str],
     *,
     dry_run: bool = False,
+    env: Mapping[str, str] | None = None,
     out=sys.stdout,
 ) -> list[str]:
-    """Runs every unfinished run in turn as a subprocess. Returns the names of failed runs."""
+    """Runs every unfinished run in turn as a subprocess (with `env`, default this process's
+    environment). Returns the names of the runs that failed."""
     failed = []
     n = len(runs)
     for run in runs:
@@ -195,7 +197,7 @@ def run_local(
         with open(log, "a") as f:
             f.write(f"# {time.strftime('%Y-%m-%dT%H:%M:%S')} {shlex.join(cmd)}\n")
             f.flush()
-            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
+            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
         step = latest_step(run.workdir)
         minutes = (time.time() - t0) / 60
         if rc == 0 and step is not None and step >= run.total_steps:
