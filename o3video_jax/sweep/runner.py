@@ -229,9 +229,16 @@ def print_launch(
     if tpu_names and len(tpu_names) != len(runs):
         raise ValueError(f"--tpu_names lists {len(tpu_names)} TPUs for {len(runs)} runs")
     for run in runs:
-        if not dry_run:
-            _record(run, fixed, config_name)
-        state, step = status(run)
+        try:
+            if dry_run and "://" in run.workdir:  # a dry run does not touch remote storage
+                state, step = "unknown", None
+            else:
+                if not dry_run:
+                    _record(run, fixed, config_name)
+                state, step = status(run)
+        except (ImportError, OSError) as e:  # e.g. gs:// without gcsfs: the commands still hold
+            print(f"# warning: cannot reach {run.workdir}: {e}", file=out)
+            state, step = "unknown", None
         note = {"done": " (done)", "partial": f" (resumes from step {step})"}.get(state, "")
         tpu = ["--name", tpu_names[run.index]] if tpu_names else []
         cmd = ["tpu_scripts/launch.sh", *tpu, "--run", run.name, "--", "python3"]
