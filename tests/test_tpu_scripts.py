@@ -107,7 +107,8 @@ def fake(tmp_path):
 
 def _dry_and_real(fake, script, *args, **env):
     """The commands --dry_run prints, and the argv the same call passes to gcloud."""
-    dry = fake.run(script, *args, "--dry_run", **env)
+    cut = args.index("--") if "--" in args else len(args)  # options go before the command
+    dry = fake.run(script, *args[:cut], "--dry_run", *args[cut:], **env)
     assert fake.calls() == [], "--dry_run must not call gcloud"
     printed = [shlex.split(line) for line in dry.stdout.splitlines() if line.startswith("gcloud")]
     fake.run(script, *args, **env)
@@ -356,3 +357,14 @@ def test_scripts_have_help_and_pass_shellcheck():
         ["shellcheck", *scripts, "_common.sh"], cwd=SCRIPTS, capture_output=True, text=True
     )
     assert r.returncode == 0, r.stdout
+
+
+def test_older_positional_form_still_works(fake):
+    assert _dry_and_real(fake, "create_tpu_vm.sh", "o3v", "us-east5-a", "v5p-8") == [
+        "compute tpus tpu-vm create o3v --zone=us-east5-a --accelerator-type=v5p-8 "
+        "--version=v2-alpha-tpuv5".split()
+    ]
+    calls = _dry_and_real(fake, "launch.sh", "o3v", "us-east5-a", "--", "python3", "-V")
+    assert calls[0][:7] == "compute tpus tpu-vm ssh o3v --zone=us-east5-a --worker=all".split()
+    r = fake.run("stop.sh", "o3v", "z", "extra", check=False)
+    assert r.returncode == 2 and "unexpected argument 'extra'" in r.stderr

@@ -10,6 +10,8 @@
 #   --iap                              ssh/scp through Identity-Aware Proxy (no external IPs)
 #   --dry_run                          print the exact gcloud commands instead of running them
 #   -h, --help                         this script's usage
+# The older positional form `SCRIPT NAME ZONE [...]` still works: leading words that are not
+# options fill NAME, ZONE (and, for create_tpu_vm.sh, TYPE and RUNTIME) in that order.
 # Every gcloud call goes through `gcloud_run`, so --dry_run shows exactly what would run.
 
 set -euo pipefail
@@ -44,8 +46,14 @@ sq() {
 }
 
 # parse_common "$@": consumes the common options; whatever else is left lands in ARGS.
+# Leading positional words land in POSITIONAL (see take_positional).
 parse_common() {
   ARGS=()
+  POSITIONAL=()
+  while [ $# -gt 0 ] && [[ "$1" != -* ]]; do
+    POSITIONAL+=("$1")
+    shift
+  done
   while [ $# -gt 0 ]; do
     case "$1" in
       --name) TPU_NAME=${2:?--name needs a value}; shift 2 ;;
@@ -65,6 +73,18 @@ parse_common() {
       *) ARGS+=("$1"); shift ;;
     esac
   done
+}
+
+# take_positional VAR...: the leading positional words, in order, into these variables.
+take_positional() {
+  local i=0 var
+  for var in "$@"; do
+    if [ "$i" -lt "${#POSITIONAL[@]}" ]; then printf -v "$var" '%s' "${POSITIONAL[$i]}"; fi
+    i=$((i + 1))
+  done
+  if [ "${#POSITIONAL[@]}" -gt "$#" ]; then
+    die "unexpected argument '${POSITIONAL[$#]}' (see --help)"
+  fi
 }
 
 require_name_zone() {

@@ -17,6 +17,7 @@ source "$(dirname "$0")/_common.sh"
 
 SPOT=0; QUEUED=0; WAIT=0; VALID_FOR=""; RUNTIME=${TPU_RUNTIME:-}
 parse_common "$@"
+take_positional TPU_NAME TPU_ZONE TPU_TYPE RUNTIME
 set -- "${ARGS[@]+"${ARGS[@]}"}"
 while [ $# -gt 0 ]; do
   case "$1" in

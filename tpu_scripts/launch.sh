@@ -19,6 +19,7 @@ source "$(dirname "$0")/_common.sh"
 
 WORKER=all; CACHE_DIR='"$HOME"/jax_cache'; ENVS=()
 parse_common "$@"
+take_positional TPU_NAME TPU_ZONE
 set -- "${ARGS[@]+"${ARGS[@]}"}"
 while [ $# -gt 0 ]; do
   case "$1" in

@@ -11,6 +11,7 @@ source "$(dirname "$0")/_common.sh"
 
 WORKER=0; LINES=100; FOLLOW=0
 parse_common "$@"
+take_positional TPU_NAME TPU_ZONE
 set -- "${ARGS[@]+"${ARGS[@]}"}"
 while [ $# -gt 0 ]; do
   case "$1" in

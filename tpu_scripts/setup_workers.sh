@@ -13,6 +13,7 @@ source "$(dirname "$0")/_common.sh"
 
 EXTRA=tpu; INSTALL=1; WORKER=all
 parse_common "$@"
+take_positional TPU_NAME TPU_ZONE
 set -- "${ARGS[@]+"${ARGS[@]}"}"
 while [ $# -gt 0 ]; do
   case "$1" in

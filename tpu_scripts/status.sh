@@ -12,6 +12,7 @@ source "$(dirname "$0")/_common.sh"
 
 QUEUED=0
 parse_common "$@"
+take_positional TPU_NAME TPU_ZONE
 set -- "${ARGS[@]+"${ARGS[@]}"}"
 while [ $# -gt 0 ]; do
   case "$1" in

@@ -10,6 +10,7 @@ source "$(dirname "$0")/_common.sh"
 
 WORKER=all; GRACE=120; FORCE=0
 parse_common "$@"
+take_positional TPU_NAME TPU_ZONE
 set -- "${ARGS[@]+"${ARGS[@]}"}"
 while [ $# -gt 0 ]; do
   case "$1" in
