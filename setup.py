@@ -9,7 +9,8 @@ INSTALL_REQUIRES = [
     # with_logical_constraint sees a jax.set_mesh mesh from 0.11.2 (before: silently no-op)
     "flax>=0.11.2",
     "optax>=0.2.5",  # optax.tree.norm
-    "orbax-checkpoint>=0.11",
+    # 0.11.17 imports with jax >= 0.7 (jax.experimental.layout.Layout; older: ImportError)
+    "orbax-checkpoint>=0.11.17",
     "grain>=0.2.12",  # top-level grain.MultiprocessingOptions
     "numpy>=1.26",
     "opencv-python-headless>=4.8",

@@ -28,8 +28,16 @@ API_FLOORS = [
         "0.11.2",
         "flax.linen.with_logical_constraint under jax.set_mesh",
         r"nn\.with_logical_constraint\(",
-        "flax commit 3aa32309 (first in v0.11.2): linen reads jax's abstract mesh; before it "
-        "the constraint checked only the legacy `with mesh:` and was skipped",
+        "flax commit 3aa32309 (first in v0.11.2): linen reads jax's abstract mesh; with jax "
+        "0.7.1, flax 0.11.1 traces no sharding_constraint under jax.set_mesh, 0.11.2 does",
+    ),
+    (
+        "orbax-checkpoint",
+        "0.11.17",
+        "orbax.checkpoint.CheckpointManager under jax >= 0.7",
+        r"ocp\.CheckpointManager\(",
+        "orbax commit 08c7b6e6 (first in v0.11.17) uses jax.experimental.layout.Layout; "
+        "0.11.0 fails to import with jax 0.7.1 (no DeviceLocalLayout), tried in a venv",
     ),
     ("optax", "0.2.5", "optax.tree.norm", r"optax\.tree\.norm\(", "optax/tree at v0.2.5"),
     ("grain", "0.2.12", "grain.MultiprocessingOptions", r"grain\.MultiprocessingOptions\(",
@@ -44,6 +52,7 @@ _ATTRS = {
     "jax.tree": "jax.tree.map",
     "flax.linen.with_logical_constraint under jax.set_mesh": "flax.linen.with_logical_constraint",
     "optax.tree.norm": "optax.tree.norm",
+    "orbax.checkpoint.CheckpointManager under jax >= 0.7": "orbax.checkpoint.CheckpointManager",
     "grain.MultiprocessingOptions": "grain.MultiprocessingOptions",
     "grain.ReadOptions": "grain.ReadOptions",
 }
