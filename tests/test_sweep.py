@@ -308,3 +308,29 @@ def test_local_sweep_2x2_skips_finished_and_resumes_partial(tmp_path, loop_env, 
         assert [r["run"] for r in csv.DictReader(f)] == names
     assert "loss of 4 runs" in text.getvalue()
     assert (root / "results_loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_example_sweeps_fit_their_configs(tmp_path):
+    import gspo_qwen2_5_vl
+
+    sweeps = os.path.join(REPO, "experiments", "sweeps")
+    runs = runner.plan(_config(), spec.load(os.path.join(sweeps, "synthetic_lr_seed.py")), "r")
+    assert [r.name for r in runs] == [
+        "lr=0.001,seed=0",
+        "lr=0.001,seed=1",
+        "lr=0.003,seed=0",
+        "lr=0.003,seed=1",
+    ]
+    gspo = gspo_qwen2_5_vl.get_config("size=7b")
+    runs = runner.plan(gspo, spec.load(os.path.join(sweeps, "gspo_clip.py")), "r")
+    assert len(runs) == 4 and runs[0].overrides == {
+        "rl.eps_low": 3e-4,
+        "rl.eps_high": 4e-4,
+        "rl.beta": 0.0,
+    }
+    bad = tmp_path / "bad.py"
+    bad.write_text("SWEEP = []\n")
+    with pytest.raises(ValueError, match="defines no get_sweep"):
+        spec.load(str(bad))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        spec.load(str(tmp_path / "missing.py"))
