@@ -2,12 +2,16 @@
 
 from setuptools import find_packages, setup
 
+# Floors: the oldest release that has what the code uses. tests/test_versions.py holds the
+# table "API -> first release" and checks these floors against it and the installed versions.
 INSTALL_REQUIRES = [
-    "jax>=0.6",
-    "flax>=0.10",
-    "optax>=0.2.4",
-    "orbax-checkpoint>=0.11",
-    "grain>=0.2.10",
+    "jax>=0.7.1",  # jax.set_mesh (0.7.1); jax >= 0.7 needs Python >= 3.11
+    # with_logical_constraint sees a jax.set_mesh mesh from 0.11.2 (before: silently no-op)
+    "flax>=0.11.2",
+    "optax>=0.2.5",  # optax.tree.norm
+    # 0.11.17 imports with jax >= 0.7 (jax.experimental.layout.Layout; older: ImportError)
+    "orbax-checkpoint>=0.11.17",
+    "grain>=0.2.12",  # top-level grain.MultiprocessingOptions
     "numpy>=1.26",
     "opencv-python-headless>=4.8",
     "ml_collections>=0.1.1",
@@ -22,6 +26,7 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
+    # Accelerator-neutral: `pip install -e ".[gpu,test]"` on a CUDA host adds no libtpu.
     "test": [
         "pytest>=8",
         "pytest-xdist>=3.5",
@@ -30,12 +35,16 @@ EXTRAS = {
         # an unpinned torch pulls a multi-GB CUDA build.
         "torch==2.13.0",
         "transformers==5.24.0",
-        # libtpu lets tests/test_aot.py compile the real steps for TPU topologies on a CPU
-        # host (it has wheels for linux x86_64 only; elsewhere that test is skipped).
-        'jax[tpu]; sys_platform == "linux" and platform_machine == "x86_64"',
     ],
+    # libtpu lets tests/test_aot.py compile the real steps for TPU topologies on a CPU host
+    # (wheels for linux x86_64 only; elsewhere, or without this extra, that test is skipped).
+    # CI and the README's test set-up install it: pip install -e ".[test,aot]".
+    "aot": ['jax[tpu]; sys_platform == "linux" and platform_machine == "x86_64"'],
     "tpu": ["jax[tpu]"],
+    # jax's CUDA 12 plugin with the CUDA/cuDNN wheels (driver >= 525); for CUDA 13 drivers
+    # (>= 580) use the cuda13 extra instead.
     "gpu": ["jax[cuda12]"],
+    "cuda13": ["jax[cuda13]"],
     "dev": ["ruff>=0.6"],
 }
 
@@ -44,7 +53,7 @@ setup(
     version="0.1.0",
     description="Open-o3 Video (grounded video reasoning) on Qwen2.5-VL in JAX/Flax.",
     packages=find_packages(include=["o3video_jax", "o3video_jax.*"]),
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
 )

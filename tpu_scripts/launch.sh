@@ -1,9 +1,73 @@
 #!/usr/bin/env bash
-# Run the same training command on all workers of a TPU VM (multi-host: every worker runs it;
-# the program calls jax.distributed.initialize() itself).
-# Usage: tpu_scripts/launch.sh NAME ZONE -- python -m o3video_jax.train --config ... --workdir gs://...
-set -euo pipefail
-NAME=${1:?name}; ZONE=${2:?zone}; shift 2
-[ "${1:-}" = "--" ] && shift
-CMD="cd ~/o3video_jax && $*"
-gcloud compute tpus tpu-vm ssh "$NAME" --zone "$ZONE" --worker=all --command "$CMD"
+# Start a command on every worker of a TPU VM, detached: it keeps running when the ssh session
+# ends (setsid + nohup, stdin from /dev/null), each worker logs to its own file, and the
+# arguments reach the workers exactly as given here (each one shell-quoted into a run script).
+# The persistent XLA compilation cache is on (JAX_COMPILATION_CACHE_DIR), so a relaunch after a
+# preemption skips compilation. A run is named (--run); the same name cannot start twice on a
+# worker while it still runs. Then: tpu_scripts/logs.sh, status.sh, stop.sh with the same --run.
+# Usage: tpu_scripts/launch.sh --name NAME --zone ZONE [options] -- COMMAND [ARG...]
+#   --run RUN           run name (env TPU_RUN, default o3video): files in ~/o3video_runs/RUN
+#   --worker W          all (default; multi-host runs need every worker) or one index
+#   --cache_dir DIR     compilation cache (default ~/jax_cache on each worker; gs://... works)
+#   --env KEY=VALUE     exported for the command (repeatable)
+#   plus the common options of tpu_scripts/_common.sh (--remote_dir, --project, --iap, --dry_run)
+# e.g. tpu_scripts/launch.sh --name o3v --zone us-east5-a --run sft7b -- python3 -m \
+#        o3video_jax.train --config experiments/configs/sft_qwen2_5_vl.py:size=7b \
+#        --workdir gs://BUCKET/runs/sft7b
+# shellcheck source=_common.sh
+source "$(dirname "$0")/_common.sh"
+
+WORKER=all; CACHE_DIR='"$HOME"/jax_cache'; ENVS=()
+parse_common "$@"
+take_positional TPU_NAME TPU_ZONE
+set -- "${ARGS[@]+"${ARGS[@]}"}"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --run) TPU_RUN=${2:?--run needs a name}; shift 2 ;;
+    --worker) WORKER=${2:?--worker needs all or an index}; shift 2 ;;
+    --cache_dir) CACHE_DIR=$(sq "${2:?--cache_dir needs a folder}"); shift 2 ;;
+    --env)
+      [[ "${2:-}" =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die "--env needs KEY=VALUE, got '${2:-}'"
+      ENVS+=("$2"); shift 2 ;;
+    --) shift; break ;;
+    *) die "unknown argument '$1': put the command after -- (see --help)" ;;
+  esac
+done
+[ $# -gt 0 ] || die "no command: tpu_scripts/launch.sh ... -- python3 -m o3video_jax.train ..."
+require_name_zone
+VARS=$(remote_run_vars)
+DIR=$(remote_dir_expr)
+
+# The run script, one line per element; every user-given word is quoted for the shell.
+lines=(
+  '#!/usr/bin/env bash'
+  '# written by tpu_scripts/launch.sh'
+  'trap : TERM  # stop.sh signals the whole group: the command exits, this shell records it'
+  'd=$(cd "$(dirname "$0")" && pwd); h=$(hostname)'
+  "cd $DIR || exit 1"
+  "export JAX_COMPILATION_CACHE_DIR=$CACHE_DIR"
+)
+for kv in "${ENVS[@]+"${ENVS[@]}"}"; do
+  lines+=("export ${kv%%=*}=$(sq "${kv#*=}")")
+done
+command_q=$(sq "$1")
+for word in "${@:2}"; do command_q+=" $(sq "$word")"; done
+lines+=(
+  "cmd=($command_q)"
+  'echo "[launch] $(date -u +%FT%TZ) $h:$(printf " %q" "${cmd[@]}")"'
+  '"${cmd[@]}"'
+  'rc=$?'
+  'echo "$rc" > "$d/$h.exit"'
+  'echo "[launch] $(date -u +%FT%TZ) $h: exit status $rc"'
+)
+write_script="printf '%s\\n'"
+for l in "${lines[@]}"; do write_script+=" $(sq "$l")"; done
+
+remote="set -e; $VARS"
+remote+='mkdir -p "$d"; '
+remote+='if [ -f "$d/$h.pid" ] && kill -0 "$(cat "$d/$h.pid")" 2>/dev/null; then '
+remote+="echo \"\$h: run $TPU_RUN is still running (tpu_scripts/stop.sh --run $TPU_RUN)\" >&2; exit 1; fi; "
+remote+="$write_script > \"\$d/run.sh\"; rm -f \"\$d/\$h.exit\"; "
+remote+='setsid nohup bash "$d/run.sh" >> "$d/$h.log" 2>&1 < /dev/null & '
+remote+='echo $! > "$d/$h.pid"; echo "$h: started '"$TPU_RUN"' (pid $!, log $d/$h.log)"'
+ssh_workers "$WORKER" "$remote"

@@ -14,7 +14,9 @@ Backends:
   "xla"    portable reference (fp32 softmax), runs everywhere.
   "pallas" TPU splash attention (jax.experimental.pallas.ops.tpu.splash_attention) with
            segment ids; `interpret=True` runs the same kernel on CPU for tests.
-  "cudnn"  `jax.nn.dot_product_attention(implementation="cudnn")` on GPU.
+  "cudnn"  `jax.nn.dot_product_attention(implementation="cudnn")` on GPU; it takes bf16/fp16
+           only, so float32 activations (or an odd head dim) fall back to "xla" with a
+           one-time warning.
 The pallas path supports causal only for self-attention (T == S, q_offset == 0); decoding
 steps use "xla", where T == 1 makes the matmuls memory-bound anyway.
 
@@ -194,12 +196,38 @@ def _splash(q, k, v, q_seg, kv_seg, causal, scale, q_offset, interpret):
     return _zero_empty_rows(out, q_seg, kv_seg, causal, q_offset)
 
 
+_CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
+
+
+def cudnn_unsupported(dtype, head_dim: int) -> str | None:
+    """Why cuDNN's fused attention cannot take these inputs (None when it can)."""
+    if jnp.dtype(dtype) not in [jnp.dtype(d) for d in _CUDNN_DTYPES]:
+        return (
+            f"it needs bfloat16 or float16 activations, got {jnp.dtype(dtype).name} "
+            "(config field model.dtype)"
+        )
+    if head_dim % 8 or head_dim > 256:
+        return f"it needs a head dim that is a multiple of 8 and <= 256, got {head_dim}"
+    return None
+
+
+@functools.cache
+def _warn_cudnn_fallback(reason: str) -> None:  # once per reason and process
+    import warnings
+
+    warnings.warn(f"attention='cudnn' falls back to the XLA attention: {reason}", stacklevel=2)
+
+
 def _cudnn(q, k, v, q_seg, kv_seg, causal, scale, q_offset):
     if _platform() != "gpu":
         raise ValueError(
             f"attention backend 'cudnn' needs an NVIDIA GPU, but the platform is "
             f"{_platform()!r}; use attention='xla'"
         )
+    reason = cudnn_unsupported(q.dtype, q.shape[-1])
+    if reason is not None:
+        _warn_cudnn_fallback(reason)
+        return _xla(q, k, v, q_seg, kv_seg, causal, scale, q_offset)
     mask = allowed_mask(q_seg, kv_seg, causal, q_offset)
     # cuDNN cannot take an all-False row; let empty rows see every key and zero them after.
     has_key = jnp.any(mask, axis=-1, keepdims=True)

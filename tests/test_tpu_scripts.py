@@ -1,0 +1,370 @@
+"""tpu_scripts/*.sh against a fake `gcloud` on PATH.
+
+The fake records every call's argv as a JSON line. With FAKE_GCLOUD_WORKER set it also plays
+one TPU VM worker: `scp` copies into the worker's home and `ssh --command=C` runs C with bash
+in that home, with a fake `python3` first on PATH (it records its argv and, as a training run,
+waits for SIGTERM). So the tests run the real worker command lines the scripts build: the
+launch quoting must survive to the program's argv, and launch must return while the run
+goes on.
+"""
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = os.path.join(REPO, "tpu_scripts")
+
+FAKE_GCLOUD = """\
+#!{python}
+import json, os, shutil, subprocess, sys
+argv = sys.argv[1:]
+with open(os.environ["FAKE_GCLOUD_LOG"], "a") as f:
+    f.write(json.dumps(argv) + "\\n")
+home = os.environ.get("FAKE_GCLOUD_WORKER")
+if home and argv[:4] == ["compute", "tpus", "tpu-vm", "scp"]:
+    src, dest = argv[4], argv[5].split(":", 1)[1]
+    shutil.copy(src, os.path.join(home, dest))
+elif home and argv[:4] == ["compute", "tpus", "tpu-vm", "ssh"]:
+    command = next(a for a in argv if a.startswith("--command="))[len("--command="):]
+    env = dict(os.environ, HOME=home,
+               PATH=os.environ["FAKE_WORKER_BIN"] + os.pathsep + os.environ["PATH"])
+    sys.exit(subprocess.run(["bash", "-c", command], cwd=home, env=env).returncode)
+"""
+
+FAKE_PYTHON3 = """\
+#!{python}
+import json, os, signal, sys, time
+with open(os.path.join(os.environ["HOME"], "python3_calls.jsonl"), "a") as f:
+    f.write(json.dumps(sys.argv[1:]) + "\\n")
+if sys.argv[1:3] == ["-m", "o3video_jax.train"]:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(7))  # as the train loop: save, exit
+    print("training", flush=True)
+    time.sleep(60)
+    sys.exit(1)
+"""
+
+
+@pytest.fixture
+def fake(tmp_path):
+    bin_dir, worker_bin, home = tmp_path / "bin", tmp_path / "worker_bin", tmp_path / "home"
+    for d in (bin_dir, worker_bin, home):
+        d.mkdir()
+    for path, text in ((bin_dir / "gcloud", FAKE_GCLOUD), (worker_bin / "python3", FAKE_PYTHON3)):
+        path.write_text(text.format(python=sys.executable))
+        path.chmod(0o755)
+    log = tmp_path / "gcloud.jsonl"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TPU_", "FAKE_GCLOUD_"))}
+    env.update(
+        PATH=f"{bin_dir}{os.pathsep}{env['PATH']}",
+        FAKE_GCLOUD_LOG=str(log),
+        FAKE_WORKER_BIN=str(worker_bin),
+    )
+
+    class Fake:
+        def __init__(self):
+            self.env, self.home, self.log = env, home, log
+
+        def run(self, script, *args, worker=False, check=True, **env_overrides):
+            e = dict(self.env, **env_overrides)
+            if worker:
+                e["FAKE_GCLOUD_WORKER"] = str(self.home)
+            r = subprocess.run(
+                [os.path.join(SCRIPTS, script), *args],
+                env=e,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            if check and r.returncode != 0:
+                raise AssertionError(f"{script} failed ({r.returncode}):\n{r.stderr}")
+            return r
+
+        def calls(self):
+            if not self.log.exists():
+                return []
+            return [json.loads(line) for line in self.log.read_text().splitlines()]
+
+        def python3_calls(self):
+            p = self.home / "python3_calls.jsonl"
+            return [json.loads(line) for line in p.read_text().splitlines()] if p.exists() else []
+
+    f = Fake()
+    yield f
+    for pid_file in home.glob("o3video_runs/*/*.pid"):  # never leave a detached run behind
+        try:
+            os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+
+
+def _dry_and_real(fake, script, *args, **env):
+    """The commands --dry_run prints, and the argv the same call passes to gcloud."""
+    cut = args.index("--") if "--" in args else len(args)  # options go before the command
+    dry = fake.run(script, *args[:cut], "--dry_run", *args[cut:], **env)
+    assert fake.calls() == [], "--dry_run must not call gcloud"
+    printed = [shlex.split(line) for line in dry.stdout.splitlines() if line.startswith("gcloud")]
+    fake.run(script, *args, **env)
+    real = fake.calls()
+    fake.log.unlink()
+    assert printed == [["gcloud", *c] for c in real]
+    return real
+
+
+CREATE_CASES = [
+    (
+        ["--type", "v5p-64"],
+        [
+            "compute tpus tpu-vm create o3v --zone=us-east5-a --accelerator-type=v5p-64 "
+            "--version=v2-alpha-tpuv5"
+        ],
+    ),
+    (
+        ["--type", "v6e-8", "--spot", "--project", "my-proj"],
+        [
+            "compute tpus tpu-vm create o3v --zone=us-east5-a --project=my-proj "
+            "--accelerator-type=v6e-8 --version=v2-alpha-tpuv6e --spot"
+        ],
+    ),
+    (
+        ["--type", "v5litepod-16"],
+        [
+            "compute tpus tpu-vm create o3v --zone=us-east5-a --accelerator-type=v5litepod-16 "
+            "--version=v2-alpha-tpuv5-lite"
+        ],
+    ),
+    (
+        ["--type", "v4-32", "--runtime", "custom-rt"],
+        [
+            "compute tpus tpu-vm create o3v --zone=us-east5-a --accelerator-type=v4-32 "
+            "--version=custom-rt"
+        ],
+    ),
+    (
+        ["--type", "v6e-16", "--queued", "--spot", "--valid_for", "6h"],
+        [
+            "compute tpus queued-resources create o3v-qr --zone=us-east5-a --node-id=o3v "
+            "--accelerator-type=v6e-16 --runtime-version=v2-alpha-tpuv6e --spot "
+            "--valid-until-duration=6h"
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize("args,expected", CREATE_CASES)
+def test_create_commands(fake, args, expected):
+    calls = _dry_and_real(fake, "create_tpu_vm.sh", "--name", "o3v", "--zone", "us-east5-a", *args)
+    assert calls == [e.split() for e in expected]
+
+
+def test_create_from_environment_and_bad_inputs(fake):
+    calls = _dry_and_real(
+        fake, "create_tpu_vm.sh", TPU_NAME="envtpu", TPU_ZONE="europe-west4-a", TPU_TYPE="v4-8"
+    )
+    assert calls == [
+        "compute tpus tpu-vm create envtpu --zone=europe-west4-a --accelerator-type=v4-8 "
+        "--version=tpu-ubuntu2204-base".split()
+    ]
+    for args, message in [
+        (["--zone", "z", "--type", "v5p-8"], "no TPU name"),
+        (["--name", "n", "--type", "v5p-8"], "no zone"),
+        (["--name", "n", "--zone", "z"], "no accelerator type"),
+        (["--name", "n", "--zone", "z", "--type", "v9x-8"], "no default runtime"),
+        (["--name", "n", "--zone", "z", "--type", "v5p-8", "--wait"], "apply to --queued"),
+        (["--name", "n", "--zone", "z", "--type", "v5p-8", "--bogus"], "unknown argument"),
+    ]:
+        r = fake.run("create_tpu_vm.sh", *args, check=False)
+        assert r.returncode == 2 and message in r.stderr, (args, r.stderr)
+    assert fake.calls() == []
+
+
+def test_queued_wait_polls_until_active(fake, tmp_path):
+    # A gcloud whose `describe` answers WAITING_FOR_RESOURCES once, then ACTIVE.
+    states = tmp_path / "states"
+    states.write_text("WAITING_FOR_RESOURCES\nACTIVE\n")
+    (tmp_path / "bin" / "gcloud").write_text(
+        f"#!{sys.executable}\n"
+        + textwrap.dedent(f"""\
+        import json, os, sys
+        with open(os.environ["FAKE_GCLOUD_LOG"], "a") as f:
+            f.write(json.dumps(sys.argv[1:]) + "\\n")
+        if "describe" in sys.argv:
+            lines = open({str(states)!r}).read().splitlines()
+            print(lines[0])
+            open({str(states)!r}, "w").write("\\n".join(lines[1:]) + "\\n")
+        """)
+    )
+    r = fake.run(
+        "create_tpu_vm.sh",
+        *"--name o3v --zone z --type v5p-64 --queued --wait".split(),
+        TPU_POLL_S="0",
+    )
+    calls = fake.calls()
+    assert [c[:4] for c in calls] == [["compute", "tpus", "queued-resources", "create"]] + [
+        ["compute", "tpus", "queued-resources", "describe"]
+    ] * 2
+    assert "ACTIVE" in r.stdout
+
+
+def test_delete_and_status_commands(fake):
+    assert _dry_and_real(fake, "delete_tpu_vm.sh", "--name", "o3v", "--zone", "z") == [
+        "compute tpus tpu-vm delete o3v --zone=z --quiet".split()
+    ]
+    assert _dry_and_real(fake, "delete_tpu_vm.sh", "--name", "o3v", "--zone", "z", "--queued") == [
+        "compute tpus queued-resources delete o3v-qr --zone=z --force --quiet".split()
+    ]
+    calls = _dry_and_real(fake, "status.sh", "--name", "o3v", "--zone", "z", "--queued")
+    assert [c[:5] for c in calls] == [
+        ["compute", "tpus", "queued-resources", "describe", "o3v-qr"],
+        ["compute", "tpus", "tpu-vm", "describe", "o3v"],
+    ]
+
+
+def test_setup_replaces_the_workers_copy(fake):
+    args = ["--name", "o3v", "--zone", "z"]
+    fake.run("setup_workers.sh", *args, worker=True)
+    code = fake.home / "o3video_jax"
+    assert (code / "setup.py").read_text() == open(os.path.join(REPO, "setup.py")).read()
+    assert (code / "tpu_scripts" / "launch.sh").exists()
+    (code / "stale.py").write_text("old")  # a file deleted locally since the last sync
+    fake.run("setup_workers.sh", *args, worker=True)
+    assert not (code / "stale.py").exists()
+    assert not (code / "o3video_jax" / "setup.py").exists()  # no nested second copy
+    assert sorted(p.name for p in fake.home.iterdir() if "o3video_jax" in p.name) == [
+        "o3video_jax"
+    ]  # no leftover tarball or temporary folder
+    assert not any(p.name in (".git", ".venv") for p in code.iterdir())
+    installs = [c for c in fake.python3_calls() if c[:3] == ["-m", "pip", "install"]]
+    assert installs.count(["-m", "pip", "install", "-q", "-e", ".[tpu]"]) == 2
+    calls = fake.calls()
+    assert [c[:4] for c in calls] == [
+        ["compute", "tpus", "tpu-vm", "scp"],
+        ["compute", "tpus", "tpu-vm", "ssh"],
+    ] * 2
+    assert "--worker=all" in calls[0] and "--worker=all" in calls[1]
+    r = fake.run("setup_workers.sh", *args, "--remote_dir", "/", check=False)
+    assert r.returncode == 2 and "--remote_dir" in r.stderr
+
+
+def _pid(fake, run):
+    files = list((fake.home / "o3video_runs" / run).glob("*.pid"))
+    assert len(files) == 1
+    return int(files[0].read_text())
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped) counts as gone.
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(")")[-1].split()[0] != "Z"
+
+
+def _wait_for(predicate, timeout=20.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_launch_detaches_quotes_exactly_and_stops(fake):
+    (fake.home / "o3video_jax").mkdir()  # the code folder setup_workers.sh makes
+    workdir = """gs://bucket/it's a "run" $HOME `x` \\n"""
+    program = ["python3", "-m", "o3video_jax.train", "--workdir", workdir, "--config.x=a b"]
+    common = ["--name", "o3v", "--zone", "z", "--run", "sft1"]
+    t0 = time.monotonic()
+    r = fake.run("launch.sh", *common, "--env", "MY_FLAG=1 2", "--", *program, worker=True)
+    launch_s = time.monotonic() - t0
+    assert "started sft1" in r.stdout
+    ssh = fake.calls()[-1]
+    assert ssh[:5] == ["compute", "tpus", "tpu-vm", "ssh", "o3v"] and "--worker=all" in ssh
+    command = next(a for a in ssh if a.startswith("--command="))
+    assert "setsid nohup bash" in command and "< /dev/null &" in command
+    # The program got exactly our argv and is still running after launch returned.
+    assert _wait_for(
+        lambda: any(c[:2] == ["-m", "o3video_jax.train"] for c in fake.python3_calls())
+    )
+    assert [c for c in fake.python3_calls() if c[:2] == ["-m", "o3video_jax.train"]] == [
+        program[1:]
+    ]
+    pid = _pid(fake, "sft1")
+    assert _alive(pid), "the run must outlive the ssh command"
+    assert launch_s < 30  # the fake program sleeps 60 s: launch did not wait for it
+    run_sh = (fake.home / "o3video_runs" / "sft1" / "run.sh").read_text()
+    assert "export JAX_COMPILATION_CACHE_DIR=" in run_sh and "export MY_FLAG='1 2'" in run_sh
+
+    again = fake.run("launch.sh", *common, "--", *program, worker=True, check=False)
+    assert again.returncode != 0 and "still running" in again.stderr
+
+    status = fake.run("status.sh", *common, worker=True)
+    assert "sft1: running" in status.stdout
+    stop = fake.run("stop.sh", *common, "--grace", "20", worker=True)
+    assert "SIGTERM sent" in stop.stdout and "SIGKILL" not in stop.stdout
+    assert _wait_for(lambda: not _alive(pid))
+    exit_files = list((fake.home / "o3video_runs" / "sft1").glob("*.exit"))
+    assert [f.read_text().strip() for f in exit_files] == ["7"]  # the program's SIGTERM exit
+    assert "sft1: exited 7" in fake.run("status.sh", *common, worker=True).stdout
+    logs = fake.run("logs.sh", *common, "--lines", "50", worker=True).stdout
+    assert "training" in logs and "exit status 7" in logs and logs.startswith("[")
+    assert "is not running" in fake.run("stop.sh", *common, worker=True).stdout
+
+
+def test_launch_bad_inputs(fake):
+    common = ["--name", "o3v", "--zone", "z"]
+    for args, message in [
+        (common, "no command"),
+        ([*common, "--run", "a/b", "--", "true"], "run name"),
+        ([*common, "--env", "1X=2", "--", "true"], "--env needs KEY=VALUE"),
+        ([*common, "python3", "x.py"], "put the command after --"),
+    ]:
+        r = fake.run("launch.sh", *args, check=False)
+        assert r.returncode == 2 and message in r.stderr, (args, r.stderr)
+    assert fake.calls() == []
+
+
+def test_scripts_have_help_and_pass_shellcheck():
+    scripts = sorted(f for f in os.listdir(SCRIPTS) if f.endswith(".sh") and f != "_common.sh")
+    assert {
+        "create_tpu_vm.sh",
+        "setup_workers.sh",
+        "launch.sh",
+        "logs.sh",
+        "status.sh",
+        "stop.sh",
+        "delete_tpu_vm.sh",
+        "aot_check.sh",
+    } <= set(scripts)
+    for s in scripts:
+        if s == "aot_check.sh":
+            continue
+        r = subprocess.run([os.path.join(SCRIPTS, s), "--help"], capture_output=True, text=True)
+        assert r.returncode == 0 and "Usage: tpu_scripts/" + s in r.stdout, s
+    shellcheck = subprocess.run(["which", "shellcheck"], capture_output=True).returncode == 0
+    if not shellcheck:
+        pytest.skip("shellcheck is not installed")
+    r = subprocess.run(
+        ["shellcheck", *scripts, "_common.sh"], cwd=SCRIPTS, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stdout
+
+
+def test_older_positional_form_still_works(fake):
+    assert _dry_and_real(fake, "create_tpu_vm.sh", "o3v", "us-east5-a", "v5p-8") == [
+        "compute tpus tpu-vm create o3v --zone=us-east5-a --accelerator-type=v5p-8 "
+        "--version=v2-alpha-tpuv5".split()
+    ]
+    calls = _dry_and_real(fake, "launch.sh", "o3v", "us-east5-a", "--", "python3", "-V")
+    assert calls[0][:7] == "compute tpus tpu-vm ssh o3v --zone=us-east5-a --worker=all".split()
+    r = fake.run("stop.sh", "o3v", "z", "extra", check=False)
+    assert r.returncode == 2 and "unexpected argument 'extra'" in r.stderr
