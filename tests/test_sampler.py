@@ -412,3 +412,21 @@ def test_cached_attention_equals_attention(t):
         q, kc, vc, q_seg, kv_seg, scale=h**-0.5, q_offset=offset
     )
     np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+
+
+def test_causal_query_blocks_equal_dense_attention():
+    """Causal self-attention in query blocks (T >= 256) equals the dense masked path, with
+    left padding and two packed segments."""
+    from o3video_jax.models.qwen2_5_vl import attention as attn
+
+    b, t, n, kh, h = 2, 300, 4, 2, 8
+    rng = np.random.default_rng(1)
+    q = rng.normal(size=(b, t, n, h)).astype(np.float32)
+    k, v = (rng.normal(size=(b, t, kh, h)).astype(np.float32) for _ in range(2))
+    seg = np.ones((b, t), np.int32)
+    seg[0, :37] = 0  # left padding
+    seg[1, 140:] = 2  # a second packed sequence
+    got = attn.attention(q, k, v, seg, seg, causal=True, scale=0.3)
+    want = attn._xla(q, k, v, seg, seg, True, 0.3, 0)
+    np.testing.assert_allclose(got, want, atol=2e-6, rtol=0)
+    np.testing.assert_array_equal(np.asarray(got)[0, :37], 0.0)
