@@ -145,7 +145,9 @@ def setup_greedy(model, config, params, hf_inputs, new_tokens):
     sample = sampler_lib.make_sampler(Qwen25VL(config), cfg)
     ours_in = inputs_from_hf(config, **hf_inputs, rule="hf")
     keys = np.zeros((ours_in.batch_size, 2), np.uint32)
-    got = np.asarray(block(sample(params, ours_in, keys)).tokens)
+    out = block(sample(params, ours_in, keys))
+    got = np.asarray(out.tokens)
+    sample.n_tokens = int(np.asarray(out.lengths).sum())
     identical = np.array_equal(got[:, : want.shape[1]], want)
     if not identical:
         print("MISMATCH:\n", want, "\n", got)
@@ -159,7 +161,7 @@ def greedy_repeat(result, generate, sample, params, ours_in, keys, new_tokens, i
     hf_prefill = stats.timed(lambda: generate(1), inner)
     ours_total = stats.timed(lambda: block(sample(params, ours_in, keys)), inner)
     ours_prefill = stats.timed(lambda: block(sample.prefill(params, ours_in)), inner)
-    n_tokens = b * new_tokens  # no EOS in this model's greedy outputs (checked by identity)
+    n_tokens = sample.n_tokens  # tokens up to each row's first EOS
     steps = new_tokens - 1  # decode steps after the token sampled from the prefill logits
     hf_decode = b * steps / (hf_total - hf_prefill)
     ours_decode = b * steps / (ours_total - ours_prefill)
