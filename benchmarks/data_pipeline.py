@@ -1,7 +1,8 @@
 """Video clip loading: our read_video + preprocess beside OpenCV's decode floor and transformers.
 
 For every 8 s window of every video (16 frames at 2 fps, frames resized to Open-o3's
-~100k-pixel budget) it measures the CPU time per clip (best of --repeats; see `best_ms`):
+~100k-pixel budget) it measures the CPU time per clip (each of --repeats rounds measures every clip once; the
+table shows the median and min-max over the rounds of the mean over the clips):
 
   decode floor   plain OpenCV: seek to the window, grab() through it, retrieve() the 16 frames
   ours           video.read_video(max_pixels=...) + vision.preprocess_video, per --resample
@@ -14,7 +15,8 @@ and, with --workers, wall-clock clips/s of the whole read+preprocess path in a g
 with that many worker processes (grain `mp_prefetch`, the mechanism of
 o3video_jax.data.pipeline; its full SFT/RL batching adds prompts, tokens and packing).
 
-  python benchmarks/data_pipeline.py /work/shared/data/videos/*.mp4 --synthetic --workers 1 2
+  python benchmarks/data_pipeline.py [videos ...] --synthetic [--repeats 5] [--quick] [--workers 1 2]
+  (no videos: /work/shared/data/videos/*.mp4)
 """
 
 from __future__ import annotations
@@ -31,24 +33,25 @@ import numpy as np
 
 from o3video_jax.data import synthetic, video, vision
 
+try:
+    from benchmarks import stats
+except ImportError:  # run as a script: benchmarks/ is on sys.path
+    import stats
+
 FPS, FRAMES, WINDOW = 2.0, 16, 8.0
 MAX_PIXELS = vision.O3_FRAME_MAX_PIXELS  # 105,369 (Open-o3's per-frame budget)
 
 
-def best_ms(fn, repeats: int) -> float:
-    """Best-of-`repeats` CPU milliseconds of this process (all its threads).
+def cpu_ms(fn) -> float:
+    """CPU milliseconds of this process (all its threads) for one call.
 
     CPU time rather than wall time: the machine is shared, and other processes' load makes
     wall times swing by 2x; CPU time is what a clip costs a core (OpenCV's decoder threads
     included) and so what bounds throughput with one worker per core.
     """
-    fn()  # warm caches / imports
-    times = []
-    for _ in range(repeats):
-        t = time.process_time()
-        fn()
-        times.append(time.process_time() - t)
-    return min(times) * 1e3
+    t = time.process_time()
+    fn()
+    return (time.process_time() - t) * 1e3
 
 
 def windows(path: str, per_video: int) -> list[tuple[str, float]]:
@@ -72,18 +75,18 @@ def decode_floor(path: str, indices: np.ndarray) -> list[np.ndarray]:
     return frames
 
 
-def measure_clip(path: str, start: float, hf, resamples, repeats: int):
-    """{"floor", <resample>, "prep/<resample>", "hf"} -> ms for one clip, and the clip."""
-    clip = video.read_video(path, FPS, FRAMES, start=start, end=start + WINDOW)
+def measure_clip(path: str, start: float, clip, hf, resamples) -> dict[str, float]:
+    """{"floor", <resample>, "prep/<resample>", "hf"} -> CPU ms of one run each on one clip
+    (`clip`: the clip as read at full size, for the preprocessing-only figures)."""
     full = list(clip.frames)
-    row = {"floor": best_ms(lambda: decode_floor(path, clip.frame_indices), repeats)}
+    row = {"floor": cpu_ms(lambda: decode_floor(path, clip.frame_indices))}
     for r in resamples:
-        row[r] = best_ms(lambda r=r: ours(path, start, r), repeats)
-        row["prep/" + r] = best_ms(
-            lambda r=r: [vision.preprocess_image(f, 3136, MAX_PIXELS, r) for f in full], repeats
+        row[r] = cpu_ms(lambda r=r: ours(path, start, r))
+        row["prep/" + r] = cpu_ms(
+            lambda r=r: [vision.preprocess_image(f, 3136, MAX_PIXELS, r) for f in full]
         )
-    row["hf"] = best_ms(lambda: hf(images=full, return_tensors="np"), repeats)
-    return row, clip
+    row["hf"] = cpu_ms(lambda: hf(images=full, return_tensors="np"))
+    return row
 
 
 def ours(path: str, start: float, resample: str):
@@ -129,65 +132,98 @@ def make_synthetic(directory: str) -> str:
     return path
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("videos", nargs="*")
-    ap.add_argument("--synthetic", action="store_true", help="add one generated clip")
-    ap.add_argument("--per-video", type=int, default=2, help="8 s windows per video")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--workers", type=int, nargs="*", default=[])
-    ap.add_argument("--resample", nargs="+", default=["pil", "fast"])
-    args = ap.parse_args()
+DEFAULT_VIDEOS = "/work/shared/data/videos/*.mp4"
+
+
+def bench(
+    repeats: int = 5,
+    quick: bool = False,
+    videos: list[str] | None = None,
+    synthetic_clip: bool = True,
+    per_video: int = 2,
+    resamples: tuple[str, ...] = ("pil", "fast"),
+) -> stats.Result:
+    """Each repeat measures every clip once per path (floor, ours per resample, preprocessing
+    alone, transformers) back to back; a repeat's figure is the mean over the clips."""
+    import glob
+
+    videos = sorted(glob.glob(DEFAULT_VIDEOS)) if videos is None else list(videos)
+    if quick:
+        videos, per_video = videos[:1], 1
     tmp = tempfile.mkdtemp()
-    paths = list(args.videos) + ([make_synthetic(tmp)] if args.synthetic else [])
+    paths = videos + ([make_synthetic(tmp)] if synthetic_clip else [])
+    if not paths:
+        raise SystemExit("data_pipeline: no videos (pass paths or --synthetic)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from transformers import Qwen2VLImageProcessorPil
 
         hf = Qwen2VLImageProcessorPil(min_pixels=3136, max_pixels=MAX_PIXELS)
+    items = [w for p in paths for w in windows(p, per_video)]
+    clips = {}
+    for path, start in items:  # read once for the preprocessing-only figures; warm-up
+        clips[path, start] = video.read_video(path, FPS, FRAMES, start=start, end=start + WINDOW)
+        measure_clip(path, start, clips[path, start], hf, resamples)
+    result = stats.Result(
+        title="Data pipeline: video clip read + preprocess, CPU ms per 16-frame clip",
+        setup=(
+            f"{len(items)} clips (8 s windows of {len(paths)} videos"
+            f"{', one synthetic' if synthetic_clip else ''}), 16 frames at 2 fps resized to "
+            f"<= {MAX_PIXELS:,} pixels; CPU ms of this process per clip, mean over the clips "
+            "in each repeat; decode floor = plain OpenCV seek + grab + retrieve."
+        ),
+    )
+    for _ in range(repeats):
+        row: dict[str, list[float]] = {}
+        for path, start in items:
+            for k, v in measure_clip(path, start, clips[path, start], hf, resamples).items():
+                row.setdefault(k, []).append(v)
+        mean = {k: statistics.mean(v) for k, v in row.items()}
+        result.add("decode floor ms / clip", mean["floor"])
+        for r in resamples:
+            result.add(f"ours ({r}) ms / clip", mean[r])
+            result.add(f"ours ({r}) share beyond decoding %", 100 * (1 - mean["floor"] / mean[r]))
+        result.add("transformers processor, preprocessing only ms / clip", mean["hf"])
+        for r in resamples:
+            result.add(f"ours ({r}), preprocessing only ms / clip", mean["prep/" + r])
+            result.add(f"preprocessing speed-up ({r}) (x)", mean["hf"] / mean["prep/" + r])
+    return result
 
-    head = f"{'clip':<28}{'src':>10}{'floor':>8}"
-    head += "".join(f"{'ours/' + r:>11}{'beyond':>8}" for r in args.resample)
-    head += f"{'hf-prep':>9}" + "".join(f"{'prep/' + r:>10}{'x':>6}" for r in args.resample)
-    print(f"CPU ms per 16-frame clip (best of {args.repeats}); {os.cpu_count()}-core CPU")
-    print(head)
-    totals: dict[str, list[float]] = {}
-    items = [w for p in paths for w in windows(p, args.per_video)]
-    for path, start in items:
-        row, clip = measure_clip(path, start, hf, args.resample, args.repeats)
-        floor, full = row["floor"], clip.frames
-        for k, v in row.items():
-            totals.setdefault(k, []).append(v)
-        h, w = full.shape[1:3]
-        name = f"{os.path.basename(path)[:20]}@{start:g}s"
-        line = f"{name:<28}{f'{w}x{h}@{clip.source_fps:.4g}':>10}{floor:8.1f}"
-        line += "".join(f"{row[r]:11.1f}{(row[r] - floor) / row[r]:8.0%}" for r in args.resample)
-        line += f"{row['hf']:9.1f}"
-        line += "".join(
-            f"{row['prep/' + r]:10.1f}{row['hf'] / row['prep/' + r]:6.1f}" for r in args.resample
-        )
-        print(line)
 
-    mean = {k: statistics.mean(v) for k, v in totals.items()}
-    print(f"\nmean over {len(items)} clips:")
-    print(f"  decode floor          {mean['floor']:7.1f} ms  {1e3 / mean['floor']:6.1f} clips/s")
-    for r in args.resample:
-        clips = 1e3 / mean[r]
-        print(
-            f"  ours ({r:<4})           {mean[r]:7.1f} ms  {clips:6.1f} clips/s  "
-            f"{clips * FRAMES:7.1f} frames/s  beyond decode {(mean[r] - mean['floor']) / mean[r]:.0%}"
-        )
-    for r in args.resample:
-        print(
-            f"  preprocess 16 frames: transformers {mean['hf']:.1f} ms, ours/{r} "
-            f"{mean['prep/' + r]:.1f} ms -> {mean['hf'] / mean['prep/' + r]:.1f}x"
-        )
-    for workers in args.workers:
-        for r in args.resample:
-            cps = grain_clips_per_s(items * 2, workers, r)
-            print(
-                f"  grain mp_prefetch workers={workers} ({r}): {cps:.1f} clips/s, {cps * FRAMES:.0f} frames/s"
-            )
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("videos", nargs="*", help=f"default: {DEFAULT_VIDEOS}")
+    ap.add_argument("--synthetic", action="store_true", help="add one generated clip")
+    ap.add_argument("--per-video", type=int, default=2, help="8 s windows per video")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--workers", type=int, nargs="*", default=[])
+    ap.add_argument("--resample", nargs="+", default=["pil", "fast"])
+    args = ap.parse_args()
+    print(stats.machine())
+    load = stats.load_average()
+    result = bench(
+        args.repeats,
+        args.quick,
+        args.videos or None,
+        args.synthetic,
+        args.per_video,
+        tuple(args.resample),
+    )
+    print(stats.table(result))
+    print(f"load average before: {load}; after: {stats.load_average()}")
+    if args.workers:
+        import glob
+
+        paths = args.videos or sorted(glob.glob(DEFAULT_VIDEOS))
+        items = [w for p in paths for w in windows(p, args.per_video)]
+        for workers in args.workers:
+            for r in args.resample:
+                cps = grain_clips_per_s(items * 2, workers, r)
+                print(
+                    f"grain mp_prefetch workers={workers} ({r}): {cps:.1f} clips/s, "
+                    f"{cps * FRAMES:.0f} frames/s"
+                )
 
 
 if __name__ == "__main__":

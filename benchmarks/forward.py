@@ -1,14 +1,15 @@
 """Forward throughput on CPU, float32: our jitted Qwen25VL vs transformers' eager forward (sdpa).
 
-    python benchmarks/forward.py [--repeats 5] [--frames 16] [--size 224] [--text 64]
+    python benchmarks/forward.py [--repeats 5] [--quick] [--frames 16] [--size 224] [--text 64]
 
 Same weights (random, exported with `hf.save` and read back by `from_pretrained`) and the
 same inputs (one video of `frames` frames at size x size plus `text` text tokens) on both
 sides. Prints tokens/s for both and their ratio, our achieved GFLOP/s (useful FLOPs counted
 analytically: the work transformers does too, i.e. attention only inside windows / frames /
 the causal triangle; XLA's own count of what it executes is shown alongside), and the
-machine's float32 matmul rate measured with a large `jnp.dot`.
-Targets (issue): >= 1.5x transformers, >= 40% of the matmul rate.
+machine's float32 matmul rate measured with a large `jnp.dot`; every repeat times all of them
+back to back and the table shows the median and min-max over the repeats.
+Targets (issue 13): >= 1.0x transformers with the same threads, >= 70% of the matmul rate.
 
 Two columns for ours: the dense vision attention (every block one masked P x P attention:
 `attention_chunk=0`) and the blocked local segment attention (local_attention.py; windows
@@ -20,8 +21,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import tempfile
-import time
 
 import flax.linen as nn
 import jax
@@ -39,6 +40,11 @@ from o3video_jax.models.qwen2_5_vl import (
     VisionConfig,
     inputs_from_hf,
 )
+
+try:
+    from benchmarks import stats
+except ImportError:  # run as a script: benchmarks/ is on sys.path
+    import stats
 
 BASE = 8192 - 32  # special tokens at BASE + k (BRIEF convention)
 VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD = BASE + 9, BASE + 10, BASE + 12, BASE + 13
@@ -151,50 +157,44 @@ def compile_forward(config: Qwen25VLConfig, params, inputs):
     return compiled, float(cost.get("flops", float("nan"))), temp
 
 
-def timeit(fn, repeats: int) -> float:
-    """Best of `repeats` after a warm-up: the least disturbed run on a shared machine."""
-    fn()  # warm-up (and compile)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-def matmul_rate(n: int = 2048, repeats: int = 10) -> float:
-    """Measured float32 GFLOP/s of one large jnp.dot."""
+def matmul_rate(n: int = 2048, inner: int = 3) -> float:
+    """Measured float32 GFLOP/s of one large jnp.dot (mean of `inner` calls)."""
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
     b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
     dot = jax.jit(jnp.dot)
-    return 2 * n**3 / timeit(lambda: dot(a, b).block_until_ready(), repeats) / 1e9
+    dot(a, b).block_until_ready()
+    return 2 * n**3 / stats.timed(lambda: dot(a, b).block_until_ready(), inner) / 1e9
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--frames", type=int, default=16)
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--text", type=int, default=64)
-    args = parser.parse_args()
-
+def bench(
+    repeats: int = 5,
+    quick: bool = False,
+    frames: int = 16,
+    size: int = 224,
+    text: int = 64,
+    torch_threads: int | None = None,
+) -> stats.Result:
+    """Each repeat times, back to back: ours blocked (default), ours dense vision attention,
+    transformers eager, and the matmul rate; ratios are taken within the repeat."""
+    if quick:
+        frames, size = min(frames, 4), min(size, 112)
+    # Same threads on both sides: XLA's CPU client uses every core.
+    torch.set_num_threads(torch_threads or os.cpu_count())
     config = bench_config()
     params = random_params(config)
-    arrays = hf_inputs(config, args.frames, args.size, args.text)
+    arrays = hf_inputs(config, frames, size, text)
     inputs = inputs_from_hf(config, **arrays)
     seq_len = inputs.seq_len
     grid = tuple(int(x) for x in arrays["video_grid_thw"][0])
+    variables = {"params": params}
 
-    dense_cfg = with_vision_attention(config, 0, 0)
-    compiled, xla_flops, temp = compile_forward(dense_cfg, params, inputs)
-    ours = timeit(lambda: compiled({"params": params}, inputs).block_until_ready(), args.repeats)
-    ours_logits = np.asarray(compiled({"params": params}, inputs))
+    dense, xla_flops, temp = compile_forward(with_vision_attention(config, 0, 0), params, inputs)
     blocked_cfg = with_vision_attention(config, 128, grid[1] * grid[2])
-    compiled_b, xla_flops_b, temp_b = compile_forward(blocked_cfg, params, inputs)
-    blocked = timeit(
-        lambda: compiled_b({"params": params}, inputs).block_until_ready(), args.repeats
-    )
-    blocked_logits = np.asarray(compiled_b({"params": params}, inputs))
+    blocked, xla_flops_b, temp_b = compile_forward(blocked_cfg, params, inputs)
+    ours_dense = lambda: dense(variables, inputs).block_until_ready()
+    ours_blocked = lambda: blocked(variables, inputs).block_until_ready()
+    dense_logits = np.asarray(dense(variables, inputs))
+    blocked_logits = np.asarray(blocked(variables, inputs))
 
     with tempfile.TemporaryDirectory() as tmp:
         hf.save(tmp, config, params, progress=False)
@@ -208,66 +208,58 @@ def main() -> None:
         with torch.inference_mode():
             return model(**kwargs, use_cache=False).logits
 
-    theirs = timeit(hf_forward, args.repeats)
-    hf_logits = hf_forward().numpy()
-    max_diff = float(np.abs(hf_logits - ours_logits).max())
-    max_diff_b = float(np.abs(hf_logits - blocked_logits).max())
-    blocked_vs_dense = float(np.abs(blocked_logits - ours_logits).max())
-
+    hf_logits = hf_forward().numpy()  # also the warm-up
     flops = useful_flops(config, grid, seq_len)
-    peak = matmul_rate()
-    achieved = flops / ours / 1e9
-    print(
-        f"\nQwen2.5-VL forward, float32, CPU ({jax.devices()[0].device_kind}, "
-        f"torch threads {torch.get_num_threads()}): 1 row, {seq_len} tokens "
-        f"({args.text} text + video {args.frames}x{args.size}x{args.size} = grid {grid}, "
-        f"{int(np.prod(grid))} patches); best of {args.repeats}"
+    result = stats.Result(
+        title="Forward pass: o3video_jax (jit) vs transformers eager (sdpa), float32",
+        setup=(
+            f"Text 512 x 8 layers (vocab 8192), vision 256 x 4 blocks; one row of {seq_len} "
+            f"tokens ({text} text + a {frames}-frame {size}x{size} video = grid {grid}, "
+            f"{int(np.prod(grid))} patches); torch threads {torch.get_num_threads()}; each "
+            "repeat times ours (blocked, then dense vision attention), transformers and a "
+            f"2048^3 jnp.dot back to back. Useful GFLOP / forward: {flops / 1e9:.2f}."
+        ),
     )
-    print(
-        f"max |logits diff| ours vs transformers: dense {max_diff:.2e}, blocked "
-        f"{max_diff_b:.2e}; blocked vs dense {blocked_vs_dense:.2e}"
+    result.facts["max abs logits diff vs transformers (blocked / dense)"] = (
+        f"{np.abs(hf_logits - blocked_logits).max():.1e} / "
+        f"{np.abs(hf_logits - dense_logits).max():.1e}"
     )
-    achieved_b = flops / blocked / 1e9
-    rows = [
-        ("", "o3video_jax dense (jit)", "o3video_jax blocked (jit)", "transformers (eager, sdpa)"),
-        ("seconds / forward", f"{ours:.3f}", f"{blocked:.3f}", f"{theirs:.3f}"),
-        (
-            "tokens / s",
-            f"{seq_len / ours:.1f}",
-            f"{seq_len / blocked:.1f}",
-            f"{seq_len / theirs:.1f}",
-        ),
-        (
-            "speed-up vs transformers",
-            f"{theirs / ours:.2f}x  (target >= 1.5x)",
-            f"{theirs / blocked:.2f}x",
-            "1.00x",
-        ),
-        (
-            "useful GFLOP / forward",
-            f"{flops / 1e9:.2f}",
-            f"{flops / 1e9:.2f}",
-            f"{flops / 1e9:.2f}",
-        ),
-        ("XLA-counted GFLOP / forward", f"{xla_flops / 1e9:.2f}", f"{xla_flops_b / 1e9:.2f}", "-"),
-        ("XLA peak temp MiB", f"{temp / 2**20:.1f}", f"{temp_b / 2**20:.1f}", "-"),
-        (
-            "achieved GFLOP/s (useful)",
-            f"{achieved:.1f}",
-            f"{achieved_b:.1f}",
-            f"{flops / theirs / 1e9:.1f}",
-        ),
-        ("f32 matmul rate GFLOP/s", f"{peak:.1f}", f"{peak:.1f}", f"{peak:.1f}"),
-        (
-            "% of matmul rate",
-            f"{100 * achieved / peak:.1f}%  (target >= 40%)",
-            f"{100 * achieved_b / peak:.1f}%",
-            f"{100 * flops / theirs / 1e9 / peak:.1f}%",
-        ),
-    ]
-    width = [max(len(r[i]) for r in rows) for i in range(4)]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, width, strict=True)))
+    result.facts["XLA-counted GFLOP (blocked / dense)"] = (
+        f"{xla_flops_b / 1e9:.2f} / {xla_flops / 1e9:.2f}"
+    )
+    result.facts["XLA peak temporary MiB (blocked / dense)"] = (
+        f"{temp_b / 2**20:.1f} / {temp / 2**20:.1f}"
+    )
+    for _ in range(repeats):
+        t_blocked = stats.timed(ours_blocked)
+        t_dense = stats.timed(ours_dense)
+        t_hf = stats.timed(hf_forward)
+        peak = matmul_rate()
+        result.add("o3video_jax blocked (default): s / forward", t_blocked)
+        result.add("o3video_jax dense vision attention: s / forward", t_dense)
+        result.add("transformers eager: s / forward", t_hf)
+        result.add("speed-up vs transformers, blocked (x)", t_hf / t_blocked)
+        result.add("speed-up vs transformers, dense (x)", t_hf / t_dense)
+        result.add("f32 matmul rate GFLOP/s", peak)
+        result.add("% of matmul rate, ours blocked (%)", 100 * flops / t_blocked / 1e9 / peak)
+        result.add("% of matmul rate, transformers (%)", 100 * flops / t_hf / 1e9 / peak)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--text", type=int, default=64)
+    parser.add_argument("--torch_threads", type=int, default=0, help="0: every core, as XLA")
+    args = parser.parse_args()
+    print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}); {stats.machine()}")
+    load = stats.load_average()
+    result = bench(args.repeats, args.quick, args.frames, args.size, args.text, args.torch_threads)
+    print(stats.table(result))
+    print(f"load average before: {load}; after: {stats.load_average()}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ checks that both paths agree to 1e-6 on every term and on the total for both spa
 and prints throughput in completions per CPU-second of this process (all threads; the box may
 be shared), for fixed array budgets (one compile per run) and for bucketed ones.
 
-  python benchmarks/rewards.py [--n 4096] [--seed 0]
+  python benchmarks/rewards.py [--n 4096] [--seed 0] [--repeats 5] [--quick]
 """
 
 from __future__ import annotations
@@ -26,6 +26,11 @@ import time
 
 import numpy as np
 from rouge_score import rouge_scorer
+
+try:
+    from benchmarks import stats
+except ImportError:  # run as a script: benchmarks/ is on sys.path
+    import stats
 
 TS, VQA, TQA, TGMCQ = (
     "temporal-spatial free-form QA",
@@ -456,42 +461,71 @@ def _timed(fn):
     return out, time.process_time() - t0
 
 
-def main():
+def bench(
+    repeats: int = 5, quick: bool = False, n: int = 4096, seed: int = 0, step_fraction: float = 0.3
+) -> stats.Result:
+    """Each repeat, per spatial gate: the oracle, then ours with fixed and bucketed shapes;
+    every run's values are checked against the oracle (SystemExit on a mismatch)."""
     from o3video_jax.rewards import RewardConfig, compute_rewards
 
+    if quick:
+        n = min(n, 1024)
+    completions, examples = make_batch(n, seed)
+    n = len(completions)
+    chars = sum(map(len, completions)) / n
+    result = stats.Result(
+        title="Rewards: batched parser + jitted scoring vs a per-sample Python oracle",
+        setup=(
+            f"{n} completions in the STGR-RL task mix (mean {chars:.0f} chars, a quarter "
+            f"malformed), step_fraction {step_fraction}; completions per CPU-second of this "
+            "process; each repeat runs the oracle then ours (compiled beforehand)."
+        ),
+    )
+    cases = [(g, sh) for g in ("intended", "reference") for sh in ("fixed", "bucketed")]
+    runs = {}
+    for gate, shapes in cases:
+        cfg = RewardConfig(bucket_shapes=shapes == "bucketed")
+        runs[gate, shapes] = lambda g=gate, c=cfg: compute_rewards(  # noqa: E731
+            completions, examples, step_fraction, spatial_gate=g, config=c
+        )
+        _, first_s = _timed(runs[gate, shapes])  # includes the compile
+        result.facts[f"first call incl. compile s ({gate}, {shapes})"] = f"{first_s:.2f}"
+    worst_all = 0.0
+    for _ in range(repeats):
+        for gate in ("intended", "reference"):
+            oracle, ref_s = _timed(
+                lambda g=gate: oracle_rewards(completions, examples, step_fraction, g)
+            )
+            result.add(f"oracle completions/s ({gate} gate)", n / ref_s)
+            for shapes in ("fixed", "bucketed"):
+                ours, ours_s = _timed(runs[gate, shapes])
+                worst = max(float(np.max(np.abs(ours[k] - oracle[k]))) for k in oracle)
+                if not worst <= 1e-6:
+                    bad = {k: int(np.sum(np.abs(ours[k] - oracle[k]) > 1e-6)) for k in ours}
+                    raise SystemExit(f"{gate}/{shapes}: mismatch {worst:.3g}; rows: {bad}")
+                worst_all = max(worst_all, worst)
+                result.add(f"ours completions/s ({gate} gate, {shapes} shapes)", n / ours_s)
+                result.add(f"speed-up ({gate} gate, {shapes} shapes) (x)", ref_s / ours_s)
+    result.facts["max abs difference to the oracle, all terms"] = f"{worst_all:.1e}"
+    return result
+
+
+def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=4096)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--step_fraction", type=float, default=0.3)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    completions, examples = make_batch(args.n, args.seed)
-    n = len(completions)
-    chars = sum(map(len, completions)) / n
-    print(f"{n} completions (mean {chars:.0f} chars); step_fraction={args.step_fraction}")
-    print(
-        f"{'gate':<10} {'shapes':<9} {'oracle c/s':>11} {'ours c/s':>9} {'speed-up':>9} "
-        f"{'compile s':>10} {'max |diff|':>11}"
-    )
-    oracle = {}
-    for gate in ("intended", "reference"):
-        oracle[gate], ref_s = _timed(
-            lambda g=gate: oracle_rewards(completions, examples, args.step_fraction, g)
-        )
-        for shapes in ("fixed", "bucketed"):
-            cfg = RewardConfig(bucket_shapes=shapes == "bucketed")
-            run = lambda g=gate, c=cfg: compute_rewards(  # noqa: E731
-                completions, examples, args.step_fraction, spatial_gate=g, config=c
-            )
-            _, first_s = _timed(run)  # includes the compile
-            ours, ours_s = min((_timed(run) for _ in range(3)), key=lambda r: r[1])
-            worst = max(float(np.max(np.abs(ours[k] - oracle[gate][k]))) for k in oracle[gate])
-            if not worst <= 1e-6:
-                bad = {k: int(np.sum(np.abs(ours[k] - oracle[gate][k]) > 1e-6)) for k in ours}
-                raise SystemExit(f"{gate}/{shapes}: mismatch {worst:.3g}; rows per term: {bad}")
-            print(
-                f"{gate:<10} {shapes:<9} {n / ref_s:>11.0f} {n / ours_s:>9.0f} "
-                f"{ref_s / ours_s:>8.1f}x {first_s - ours_s:>10.2f} {worst:>11.1e}"
-            )
+    print(stats.machine())
+    load = stats.load_average()
+    result = bench(args.repeats, args.quick, args.n, args.seed, args.step_fraction)
+    print(stats.table(result))
+    print(f"load average before: {load}; after: {stats.load_average()}")
+    completions, examples = make_batch(min(args.n, 1024) if args.quick else args.n, args.seed)
+    oracle = {g: oracle_rewards(completions, examples, args.step_fraction, g) for g in
+              ("intended", "reference")}  # fmt: skip
     means = ", ".join(f"{k}={v.mean():.3f}" for k, v in oracle["intended"].items())
     print(f"mean rewards (intended gate): {means}")
     differ = int(np.sum(oracle["intended"]["thk_spatial"] != oracle["reference"]["thk_spatial"]))

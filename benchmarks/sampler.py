@@ -1,22 +1,24 @@
 """Rollout speed: our group sampler vs transformers' `generate`, and one GSPO step's split.
 
-    python benchmarks/sampler.py                 # defaults below (CPU: ~2 minutes)
+    python benchmarks/sampler.py [--repeats 5] [--quick]   # defaults below (CPU: ~2 minutes)
     python benchmarks/sampler.py --new_tokens 32 --prompts 2 --group 4
 
-Part 1 (greedy, same random fp32 model and prompts, outputs checked identical): tokens/s of
+Greedy (same random fp32 model and prompts, outputs checked identical): tokens/s of
 `Qwen2_5_VLForConditionalGeneration.generate(do_sample=False)` vs `rl.sampler` (jitted prefill
 + `lax.while_loop` decode), whole call and decode only (whole - prefill), after warm-up.
 
-Part 2 (temperature 1.0, top-p 0.95, G samples per prompt): the time split of one GSPO step:
+GSPO step (temperature 1.0, top-p 0.95, G samples per prompt): the time split of one step:
 rollout (sampler), log-probs (reference forward over the B*G prompt+completion rows; the
 rollout policy's log-probs come from the sampler), update (`gspo.make_gspo_update`).
+
+Each of --repeats rounds times transformers and ours back to back; the table shows the median
+and min-max over the rounds (`bench` returns them; `run_all.py` calls it).
 """
 
 from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +33,11 @@ from o3video_jax.models.qwen2_5_vl.hf_inputs import inputs_from_hf
 from o3video_jax.rl import gspo
 from o3video_jax.rl import sampler as sampler_lib
 from o3video_jax.train import losses, sharding, state
+
+try:
+    from benchmarks import stats
+except ImportError:  # run as a script: benchmarks/ is on sys.path
+    import stats
 
 VOCAB, PAD, EOS = 512, 480, 482
 VISION_START, VISION_END, IMAGE_PAD = 489, 490, 492
@@ -116,20 +123,12 @@ def prompts(b: int, seed: int = 0) -> dict[str, np.ndarray]:
     return out
 
 
-def best_of(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
 def block(tree):
     return jax.block_until_ready(tree)
 
 
-def part1(model, config, params, hf_inputs, new_tokens, repeats):
+def setup_greedy(model, config, params, hf_inputs, new_tokens):
+    """(HF generate(n), our sampler, our inputs, keys, whether the tokens are identical)."""
     kw = {k: torch.from_numpy(v) for k, v in hf_inputs.items()}
 
     def generate(n):
@@ -140,47 +139,44 @@ def part1(model, config, params, hf_inputs, new_tokens, repeats):
 
     length = hf_inputs["input_ids"].shape[1]
     want = generate(new_tokens)[:, length:].numpy()
-    hf_total = best_of(lambda: generate(new_tokens), repeats)
-    hf_prefill = best_of(lambda: generate(1), repeats)
-
     cfg = sampler_lib.SamplingConfig(
         max_new_tokens=new_tokens, temperature=0.0, eos_ids=(EOS,), pad_id=PAD
     )
     sample = sampler_lib.make_sampler(Qwen25VL(config), cfg)
     ours_in = inputs_from_hf(config, **hf_inputs, rule="hf")
     keys = np.zeros((ours_in.batch_size, 2), np.uint32)
-    t0 = time.perf_counter()
     out = block(sample(params, ours_in, keys))
-    compile_s = time.perf_counter() - t0
     got = np.asarray(out.tokens)
+    sample.n_tokens = int(np.asarray(out.lengths).sum())
     identical = np.array_equal(got[:, : want.shape[1]], want)
-    ours_total = best_of(lambda: block(sample(params, ours_in, keys)), repeats)
-    ours_prefill = best_of(lambda: block(sample.prefill(params, ours_in)), repeats)
-
-    b = ours_in.batch_size
-    n_tokens = int(np.asarray(out.lengths).sum())
-    steps = new_tokens - 1  # decode steps after the token sampled from the prefill logits
-    rows = [
-        ("whole call (s)", hf_total, ours_total),
-        ("prefill (s)", hf_prefill, ours_prefill),
-        ("tokens/s, whole call", n_tokens / hf_total, n_tokens / ours_total),
-        (
-            "tokens/s, decode only",
-            b * steps / (hf_total - hf_prefill),
-            b * steps / (ours_total - ours_prefill),
-        ),
-    ]
-    print(f"\n## Greedy decode: B={b} prompts (L={length}, one image each), T={new_tokens}")
-    print(f"identical tokens: {identical}; our compile + first call: {compile_s:.1f} s")
-    print(f"{'':26s} {'transformers':>14s} {'o3video_jax':>14s} {'ratio':>8s}")
-    for name, theirs, ours in rows:
-        ratio = ours / theirs if "tokens" in name else theirs / ours
-        print(f"{name:26s} {theirs:14.4g} {ours:14.4g} {ratio:7.1f}x")
     if not identical:
         print("MISMATCH:\n", want, "\n", got)
+    return generate, sample, ours_in, keys, identical
 
 
-def part2(config, params, hf_inputs, new_tokens, group, repeats):
+def greedy_repeat(result, generate, sample, params, ours_in, keys, new_tokens, inner):
+    """One repeat, transformers and ours back to back: whole call and prefill-only times."""
+    b = ours_in.batch_size
+    hf_total = stats.timed(lambda: generate(new_tokens), inner)
+    hf_prefill = stats.timed(lambda: generate(1), inner)
+    ours_total = stats.timed(lambda: block(sample(params, ours_in, keys)), inner)
+    ours_prefill = stats.timed(lambda: block(sample.prefill(params, ours_in)), inner)
+    n_tokens = sample.n_tokens  # tokens up to each row's first EOS
+    steps = new_tokens - 1  # decode steps after the token sampled from the prefill logits
+    hf_decode = b * steps / (hf_total - hf_prefill)
+    ours_decode = b * steps / (ours_total - ours_prefill)
+    result.add("transformers generate: tokens/s, whole call", n_tokens / hf_total)
+    result.add("o3video_jax sampler: tokens/s, whole call", n_tokens / ours_total)
+    result.add("speed-up, whole call (x)", hf_total / ours_total)
+    result.add("transformers: tokens/s, decode only", hf_decode)
+    result.add("o3video_jax: tokens/s, decode only", ours_decode)
+    result.add("speed-up, decode only (x)", ours_decode / hf_decode)
+    result.add("transformers: prefill s", hf_prefill)
+    result.add("o3video_jax: prefill s", ours_prefill)
+
+
+def setup_gspo(config, params, hf_inputs, new_tokens, group):
+    """(rollout(), ref_logprobs(), one_update()): the three phases of one GSPO step."""
     model = Qwen25VL(config)
     prompt = inputs_from_hf(config, **hf_inputs, rule="hf")
     b = prompt.batch_size
@@ -237,28 +233,69 @@ def part2(config, params, hf_inputs, new_tokens, group, repeats):
     )
     update = gspo.make_gspo_update(model, gcfg, mesh, shardings)
     placed = sharding.shard_batch(batch, mesh)
-    st, _ = block(update(st, placed))  # compile
+    holder = [block(update(st, placed))[0]]  # compile
 
     def one_update():
-        nonlocal st
-        st, m = block(update(st, placed))
+        holder[0], _ = block(update(holder[0], placed))
 
-    t_roll = best_of(rollout, repeats)
-    t_logp = best_of(lambda: block(ref_logprobs(params, inputs, targets)), repeats)
-    t_upd = best_of(one_update, repeats)
-    total = t_roll + t_logp + t_upd
-    n = b * group
-    print(f"\n## One GSPO step: {b} prompts x G={group}, T={new_tokens}, L+T={inputs.seq_len}")
-    print(f"(open_o3_video preset: temperature 1.0, top-p 0.95; tokens generated: "
-          f"{int(np.asarray(out.lengths).sum())})")  # fmt: skip
-    print(f"{'phase':34s} {'seconds':>10s} {'share':>7s}")
-    for name, t in (
-        (f"rollout (prefill {b} + decode {n})", t_roll),
-        (f"ref log-probs ({n} rows)", t_logp),
-        ("update (fwd+bwd+adam)", t_upd),
-        ("total", total),
-    ):
-        print(f"{name:34s} {t:10.4f} {100 * t / total:6.1f}%")
+    info = (b, int(inputs.seq_len), int(np.asarray(out.lengths).sum()))
+    return rollout, lambda: block(ref_logprobs(params, inputs, targets)), one_update, info
+
+
+def gspo_repeat(result, rollout, ref_logprobs, one_update):
+    times = {"rollout": stats.timed(rollout), "ref log-probs": stats.timed(ref_logprobs)}
+    times["update"] = stats.timed(one_update)
+    total = sum(times.values())
+    for name, t in times.items():
+        result.add(f"GSPO step: {name} s", t)
+    for name, t in times.items():
+        result.add(f"GSPO step: {name} share %", 100 * t / total)
+    result.add("GSPO step: total s", total)
+
+
+def bench(
+    repeats: int = 5,
+    quick: bool = False,
+    hidden: int = 256,
+    layers: int = 4,
+    prompts_n: int = 4,
+    new_tokens: int = 64,
+    group: int = 4,
+    torch_threads: int = 1,
+    inner: int = 2,
+) -> stats.Result:
+    """Greedy whole-call / decode-only tokens/s vs transformers `generate`, and the time split
+    of one GSPO step; `repeats` rounds, transformers and ours back to back in each."""
+    if quick:
+        new_tokens, inner = min(new_tokens, 24), 1
+    torch.set_num_threads(torch_threads)
+    model = hf_model(hidden, layers)
+    hf_inputs = prompts(prompts_n)
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        config, params = hf.load(tmp, jnp.float32, progress=False)
+    length = hf_inputs["input_ids"].shape[1]
+    generate, sample, ours_in, keys, identical = setup_greedy(
+        model, config, params, hf_inputs, new_tokens
+    )
+    rollout, ref_logprobs, one_update, (b, total_len, n_gen) = setup_gspo(
+        config, params, hf_inputs, new_tokens, group
+    )
+    result = stats.Result(
+        title="Sampler: o3video_jax rl.sampler vs transformers generate (greedy), GSPO step",
+        setup=(
+            f"Random fp32 Qwen2.5-VL, text {hidden} x {layers} layers, vocab {VOCAB}; "
+            f"{prompts_n} image prompts (L={length}) x {new_tokens} new tokens, greedy; torch "
+            f"threads {torch.get_num_threads()}, sdpa; each repeat times transformers then "
+            f"ours (mean of {inner} calls each). GSPO step: {b} prompts x G={group}, "
+            f"temperature 1.0, top-p 0.95, L+T={total_len}, open_o3_video preset."
+        ),
+    )
+    result.facts["identical greedy tokens"] = str(identical)
+    for _ in range(repeats):
+        greedy_repeat(result, generate, sample, params, ours_in, keys, new_tokens, inner)
+        gspo_repeat(result, rollout, ref_logprobs, one_update)
+    return result
 
 
 def main():
@@ -268,22 +305,20 @@ def main():
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--new_tokens", type=int, default=64)
     parser.add_argument("--group", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true")
     # One torch thread: on a small shared CPU, torch's spinning OpenMP threads made generate
     # up to 30x slower (2 threads, loaded 2-core box); one thread is its best case here.
     parser.add_argument("--torch_threads", type=int, default=1)
     args = parser.parse_args()
-    torch.set_num_threads(args.torch_threads)
-    print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}); torch threads: "
-          f"{torch.get_num_threads()}; model: text {args.hidden} x {args.layers} layers, "
-          f"vocab {VOCAB}, fp32")  # fmt: skip
-    model = hf_model(args.hidden, args.layers)
-    hf_inputs = prompts(args.prompts)
-    with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(tmp)
-        config, params = hf.load(tmp, jnp.float32, progress=False)
-    part1(model, config, params, hf_inputs, args.new_tokens, args.repeats)
-    part2(config, params, hf_inputs, args.new_tokens, args.group, args.repeats)
+    print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}); {stats.machine()}")
+    load = stats.load_average()
+    result = bench(
+        args.repeats, args.quick, args.hidden, args.layers, args.prompts, args.new_tokens,
+        args.group, args.torch_threads,
+    )  # fmt: skip
+    print(stats.table(result))
+    print(f"load average before: {load}; after: {stats.load_average()}")
 
 
 if __name__ == "__main__":

@@ -210,7 +210,7 @@ def test_prefill_and_decode_match_full_forward(ref):
     prefill = jax.jit(lambda p, x: model.apply({"params": p}, x, L + 4, method="prefill"))
     decode = jax.jit(lambda p, t, c: model.apply({"params": p}, t, c, method="decode_step"))
     cache, last = prefill(params, inputs)
-    assert cache.k[0].shape == (2, L + 4, CFG.num_key_value_heads, CFG.head_dim)
+    assert cache.k[0].shape == (2, CFG.num_key_value_heads, L + 4, CFG.head_dim)
     next_pos = np.asarray(cache.next_pos)
     np.testing.assert_array_equal(next_pos, inputs.positions[:, :, -1].max(0) + 1)
 

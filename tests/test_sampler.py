@@ -300,3 +300,133 @@ def test_select_tokens_filters_and_frequencies(top_k, top_p, kept):
     freq = np.bincount(tokens, minlength=4)[kept] / n
     np.testing.assert_allclose(freq, probs[kept] / probs[kept].sum(), atol=0.04)
     np.testing.assert_allclose(logp, np.log(probs)[tokens], atol=1e-5)
+
+
+# ---- 5. decode-loop speed work keeps the tokens -------------------------------------------------
+def _top_p_threshold_reference(scaled: np.ndarray, top_p: float) -> np.ndarray:
+    """HF's TopPLogitsWarper threshold by a full sort, in float64."""
+    out = []
+    for row in scaled.astype(np.float64):
+        desc = np.sort(row)[::-1]
+        probs = np.exp(desc - desc[0]) / np.exp(row - desc[0]).sum()
+        before = np.cumsum(probs) - probs
+        out.append(desc[np.sum(before < top_p) - 1])
+    return np.asarray(out)[:, None]
+
+
+@pytest.mark.parametrize("flat_row", [False, True])
+def test_top_p_threshold_from_candidates_equals_full_sort(flat_row):
+    """The nucleus read off the top-k candidates equals the full sort's; a flat row (the top
+    TOP_P_CANDIDATES tokens hold < top_p of the mass) takes the full-sort fallback."""
+    v, top_p = 1000, 0.9
+    rng = np.random.default_rng(0)
+    peaked = rng.normal(size=(3, v)) + 12.0 * (np.arange(v) < 5)[rng.permutation(v)]
+    rows = [peaked, 0.3 * rng.normal(size=(1, v))] if flat_row else [peaked]
+    scaled = np.concatenate(rows).astype(np.float32)
+    if flat_row:  # the fallback is needed: the candidates hold < top_p of the flat row's mass
+        top = np.sort(scaled[-1])[::-1]
+        mass = np.exp(top - top[0]).cumsum() / np.exp(top - top[0]).sum()
+        assert mass[sampler_lib.TOP_P_CANDIDATES - 1] < top_p
+    got = np.asarray(jax.jit(sampler_lib._top_p_threshold, static_argnums=1)(scaled, top_p))
+    want = _top_p_threshold_reference(scaled, top_p)
+    np.testing.assert_array_equal(got, want.astype(np.float32))
+    # Each kept set is the nucleus: the peaked rows keep few tokens, the flat one > k.
+    kept = (scaled >= got).sum(-1)
+    assert np.all(kept[:3] <= 5) and (not flat_row or kept[-1] > sampler_lib.TOP_P_CANDIDATES)
+
+
+@pytest.mark.parametrize("kw", [dict(temperature=0.0), dict(temperature=1.0, top_p=0.9)])
+def test_decode_unroll_keeps_tokens(kw):
+    """Several decode steps per loop iteration (T - 1 = 5 not a multiple of 3: the last
+    iteration runs past T) give the same tokens, log-probs and lengths, EOS stops included."""
+    prompts = _prompts(seed=4)
+    keys = _keys(2, seed=9)
+    free = _sampler(eos_ids=(EOS,), **kw)(_params(), prompts, keys)
+    stop = int(np.asarray(free.tokens)[0, 2])  # row 0 stops at its third token
+    for eos in ((EOS,), (EOS, stop)):
+        cfg = SamplingConfig(max_new_tokens=T, pad_id=PAD, eos_ids=eos, **kw)
+        one = make_sampler(Qwen25VL(CFG), cfg, decode_unroll=1)(_params(), prompts, keys)
+        three = make_sampler(Qwen25VL(CFG), cfg, decode_unroll=3)(_params(), prompts, keys)
+        np.testing.assert_array_equal(three.tokens, one.tokens)
+        np.testing.assert_array_equal(three.lengths, one.lengths)
+        np.testing.assert_array_equal(three.logps, one.logps)
+        assert three.tokens.shape == (2, T)
+    assert int(one.lengths[0]) == 3
+    with pytest.raises(ValueError, match="decode_unroll"):
+        make_sampler(Qwen25VL(CFG), cfg, decode_unroll=0)
+
+
+def test_decode_loop_does_not_copy_the_cache():
+    """The compiled decode loop writes the KV cache in place and its attention reads it as
+    stored: no copy or transpose of a cache-sized array in the optimized HLO."""
+    import dataclasses
+    import re
+
+    sample = _sampler(temperature=0.0, eos_ids=(EOS,))
+    prompts = _prompts(seed=4)
+    cache, logits = sample.prefill(_params(), prompts)
+    b, k, s, h = cache.k[0].shape
+    assert (k, s) == (CFG.text.num_key_value_heads, prompts.seq_len + T)
+    cfg = dataclasses.replace(
+        SamplingConfig(max_new_tokens=T, temperature=0.0, pad_id=PAD), group_size=1
+    )
+    hlo = (
+        sampler_lib._decode.lower(
+            _params(),
+            cache,
+            logits,
+            _keys(2),
+            np.full((4,), EOS, np.int32),
+            model=Qwen25VL(CFG),
+            cfg=cfg,
+            rules=tuple(tuple(r) for r in sampler_lib.DEFAULT_RULES),
+            unroll=1,
+        )  # fmt: skip
+        .compile()
+        .as_text()
+    )
+    size = b * k * s * h
+    copies = []
+    for line in hlo.splitlines():
+        m = re.search(r"= f32\[([\d,]+)\]\{[^}]*\} (copy|transpose)\(", line)
+        if m and np.prod([int(d) for d in m.group(1).split(",")]) == size:
+            copies.append(line.strip()[:120])
+    assert not copies, copies
+
+
+@pytest.mark.parametrize("t", [1, 3])
+def test_cached_attention_equals_attention(t):
+    """The heads-major cache attention (T == 1: multiply-reduce) equals the primitive on the
+    [B, S, K, H] layout, padding, unwritten slots and the causal offset included."""
+    from o3video_jax.models.qwen2_5_vl.attention import attention, cached_attention
+
+    b, s, n, kh, h, offset = 2, 9, 4, 2, 8, 5
+    rng = np.random.default_rng(0)
+    q = rng.normal(size=(b, t, n, h)).astype(np.float32)
+    k, v = (rng.normal(size=(b, s, kh, h)).astype(np.float32) for _ in range(2))
+    kv_seg = np.array([[0, 0, 1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1, 1, 1, 0]], np.int32)
+    q_seg = np.ones((b, t), np.int32)
+    want = attention(q, k, v, q_seg, kv_seg, causal=True, scale=h**-0.5, q_offset=offset)
+    kc, vc = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    got = jax.jit(cached_attention, static_argnames="scale")(
+        q, kc, vc, q_seg, kv_seg, scale=h**-0.5, q_offset=offset
+    )
+    np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+
+
+def test_causal_query_blocks_equal_dense_attention():
+    """Causal self-attention in query blocks (T >= 256) equals the dense masked path, with
+    left padding and two packed segments."""
+    from o3video_jax.models.qwen2_5_vl import attention as attn
+
+    b, t, n, kh, h = 2, 300, 4, 2, 8
+    rng = np.random.default_rng(1)
+    q = rng.normal(size=(b, t, n, h)).astype(np.float32)
+    k, v = (rng.normal(size=(b, t, kh, h)).astype(np.float32) for _ in range(2))
+    seg = np.ones((b, t), np.int32)
+    seg[0, :37] = 0  # left padding
+    seg[1, 140:] = 2  # a second packed sequence
+    got = attn.attention(q, k, v, seg, seg, causal=True, scale=0.3)
+    want = attn._xla(q, k, v, seg, seg, True, 0.3, 0)
+    np.testing.assert_allclose(got, want, atol=2e-6, rtol=0)
+    np.testing.assert_array_equal(np.asarray(got)[0, :37], 0.0)

@@ -17,7 +17,8 @@ import jax.numpy as jnp
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class KVCache:
-    """k, v:        tuple over layers of [B, S, K, H] (S = cache_len slots).
+    """k, v:        tuple over layers of [B, K, S, H] (S = cache_len slots; heads-major so that
+                  a decode step's attention dots read the cache as stored, without a copy).
     segment_ids:  int32[B, S]   segment per slot, 0 = padding / empty.
     index:        int32[]       next slot to write (same for every row: prompts are left-padded).
     next_pos:     int32[B]      M-RoPE position of the next token ("last + 1" rule of generate).

@@ -104,7 +104,10 @@ class Qwen25VL(nn.Module):
         if cache_len < length:
             raise ValueError(f"prefill: cache_len {cache_len} < prompt length {length}")
         hidden, kvs, _ = self._forward(inputs)
-        pad = lambda a: jnp.pad(a, ((0, 0), (0, cache_len - length), (0, 0), (0, 0)))
+        # [B, L, K, H] -> the cache's heads-major [B, K, S, H] (cache.py), once per prompt.
+        pad = lambda a: jnp.pad(
+            a.transpose(0, 2, 1, 3), ((0, 0), (0, 0), (0, cache_len - length), (0, 0))
+        )
         cache = KVCache(
             k=tuple(pad(k) for k, _ in kvs),
             v=tuple(pad(v) for _, v in kvs),

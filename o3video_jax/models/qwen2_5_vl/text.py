@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from .attention import attention
+from .attention import attention, cached_attention
 from .cache import KVCache
 from .config import TextConfig
 from .layers import Dense, Embed, RMSNorm, remat_module
@@ -30,9 +30,10 @@ class TextAttention(nn.Module):
     def __call__(self, x, cos, sin, segment_ids, kv, kv_segment_ids, cache_index):
         """x: [B, T, D]; cos/sin: [B, T, H]; segment_ids: int32[B, T].
 
-        Without a cache (kv None) attends to its own keys. With one, kv = (k, v) [B, S, K, H]
-        cache arrays: the new keys are written at slot cache_index and the queries attend to
-        the whole cache under kv_segment_ids int32[B, S]. Returns (out [B, T, D], (k, v)).
+        Without a cache (kv None) attends to its own keys and returns them as (k, v)
+        [B, T, K, H]. With one, kv = (k, v) [B, K, S, H] cache arrays: the new keys are written
+        at slot cache_index and the queries attend to the whole cache under kv_segment_ids
+        int32[B, S]; returns the updated cache arrays. Returns (out [B, T, D], (k, v)).
         """
         cfg = self.config
         b, t, _ = x.shape
@@ -55,20 +56,21 @@ class TextAttention(nn.Module):
                 chunk=cfg.attention_chunk,
             )
         else:
-            slot = (0, cache_index, 0, 0)
-            k = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), slot)
-            v = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), slot)
+            # The cache is heads-major [B, K, S, H]: write the new keys in place at the slot.
+            slot = (0, 0, cache_index, 0)
+            k_new = k.transpose(0, 2, 1, 3).astype(kv[0].dtype)  # [B, K, T, H]
+            v_new = v.transpose(0, 2, 1, 3).astype(kv[1].dtype)
+            k = jax.lax.dynamic_update_slice(kv[0], k_new, slot)
+            v = jax.lax.dynamic_update_slice(kv[1], v_new, slot)
             # Decoding is memory-bound with T == 1: the portable kernel serves every platform.
-            out = attention(
+            out = cached_attention(
                 q,
                 k.astype(q.dtype),
                 v.astype(q.dtype),
                 segment_ids,
                 kv_segment_ids,
-                causal=True,
                 scale=h**-0.5,
                 q_offset=cache_index,
-                backend="xla",
             )
         out = Dense(cfg.hidden_size, ("heads", "embed"), use_bias=False, name="o_proj", **dense)(
             out.reshape(b, t, n * h)
