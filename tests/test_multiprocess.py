@@ -413,7 +413,7 @@ def preempted(collectives, loop_data, cache, tmp_path_factory):
     """2-process SFT (the mesh of `runs`, fsdp=4 over both processes) with a far horizon and
     no periodic saves; once step 2 is logged, process 1 alone gets a real SIGTERM. Then,
     concurrently: the run resumed to k + 2 (k: the step it stopped at) and an uninterrupted
-    2-process run to k + 2."""
+    single-process run to k + 2 (4 devices, the same mesh)."""
     root = tmp_path_factory.mktemp("preempt")
     flags = {
         **common_flags(loop_data, "sft"),
@@ -437,14 +437,22 @@ def preempted(collectives, loop_data, cache, tmp_path_factory):
         procs[1].send_signal(signal.SIGTERM)
     (first,) = wait([(run, procs)], timeout=PREEMPT_TIMEOUT)
     first["sent_after"] = sent_after
+    # Before the resumed run adds to them:
+    first["ckpt_steps"] = checkpoint_steps(first["workdir"])
+    first["logged"] = logged_steps(first["workdir"])
+    if first["ckpt_steps"]:
+        step_dir = os.path.join(first["workdir"], "ckpt", str(first["ckpt_steps"][-1]))
+        first["state_files"] = sorted(os.listdir(os.path.join(step_dir, "state")))
     out = {"first": first}
     steps = preempted_step(first)
     if ok(first) and steps[0] is not None and steps == [steps[0]] * 2:
         total = steps[0] + 2
+        # The reference is one process with the same 4-device mesh (as `sft_ref`): no second
+        # pair of gloo peers competing for the CPU, and its step program is already cached.
         out["resumed"], out["ref"] = wait(
             [
                 launch("sft", root / "run", {**flags, "total_steps": total}, 2, cache, root / "b"),
-                launch("sft", root / "ref", {**flags, "total_steps": total}, 2, cache),
+                launch("sft", root / "ref", {**flags, "total_steps": total}, 1, cache),
             ]
         )
     print(f"preemption runs: {time.time() - t0:.0f} s")
@@ -459,13 +467,11 @@ def test_sigterm_on_one_process_stops_both_at_the_same_step(preempted):
     assert preempted_step(first) == [k, k], failure(first)
     assert k >= 2
     # The only checkpoint (no periodic saves) is step k, complete, with both processes' shards.
-    assert checkpoint_steps(first["workdir"]) == [k]
-    state = os.path.join(first["workdir"], "ckpt", str(k), "state")
-    assert {"ocdbt.process_0", "ocdbt.process_1"} <= set(os.listdir(state))
-    assert logged_steps(first["workdir"]) == list(range(1, k + 1))
-    assert [r["last"]["loss"] for r in first["records"]] == [
-        first["records"][0]["last"]["loss"]
-    ] * 2
+    assert first["ckpt_steps"] == [k]
+    assert {"ocdbt.process_0", "ocdbt.process_1"} <= set(first["state_files"])
+    assert first["logged"] == list(range(1, k + 1))
+    losses = [r["last"]["loss"] for r in first["records"]]  # both ran the same steps
+    assert losses[0] == losses[1]
 
 
 def test_sigterm_resumed_run_matches_uninterrupted(preempted):
@@ -479,9 +485,13 @@ def test_sigterm_resumed_run_matches_uninterrupted(preempted):
     assert preempted_step(resumed) == [None, None]
     want, got = metrics(ref), metrics(resumed)
     assert [m["step"] for m in got] == [m["step"] for m in want] == list(range(1, k + 3))
-    strip = lambda rows: [{n: v for n, v in m.items() if n not in TIMING} for m in rows]
-    assert strip(got) == strip(want)
+    # As in test_sft_two_processes_resumed_match_one_process: the same records per global
+    # batch in another row order, so equal up to float rounding.
+    for w, g in zip(want, got, strict=True):
+        for name in SFT_KEYS:
+            assert g[name] == pytest.approx(w[name], rel=1e-5), (w["step"], name)
+        assert g["skipped"] == w["skipped"] == 0
     want_w, got_w = hf_weights(ref), hf_weights(resumed)
     assert sorted(got_w) == sorted(want_w)
     for name in want_w:
-        np.testing.assert_array_equal(got_w[name], want_w[name], err_msg=name)
+        np.testing.assert_allclose(got_w[name], want_w[name], rtol=0, atol=5e-5, err_msg=name)
