@@ -85,3 +85,25 @@ def test_checkpointer_saves_the_preempted_step_once(tmp_path, restore_sigterm):
     reopened = orbax.Checkpointer(str(tmp_path))
     assert reopened.all_steps() == [2]
     reopened.close()
+
+
+def test_orbax_does_not_report_steps_to_the_sync_manager(monkeypatch, tmp_path, restore_sigterm):
+    """Orbax queries the sync point on every save and again from its finalize thread; only our
+    once-per-step calls may reach JAX's sync manager (a late call would move this process's
+    reported step back). Here the sync point is step 3."""
+    import jax.numpy as jnp
+
+    calls = []
+    monkeypatch.setattr(preemption, "_mode", lambda: "jax")
+    monkeypatch.setattr(
+        preemption.multihost_utils,
+        "reached_preemption_sync_point",
+        lambda step: calls.append(step) or step == 3,
+    )
+    ckpt = orbax.Checkpointer(str(tmp_path), save_every=1, async_save=True)
+    state = {"w": jnp.arange(3.0)}
+    for step in (1, 2, 3):
+        assert ckpt.save(step, state)
+        assert ckpt.preempted == (step == 3)
+    ckpt.close()
+    assert calls == [0, 1, 2, 3]

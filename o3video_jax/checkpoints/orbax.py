@@ -67,6 +67,19 @@ def _own_data_state(payload: Any) -> Any:
     return _decode_data_state(payload)
 
 
+class _Manager(ocp.CheckpointManager):
+    """Orbax's manager, answering its own preemption queries from our decision. Orbax asks
+    `reached_preemption(step)` when a save starts and again from the background finalize
+    thread, long after: passed on to JAX's sync manager, that late call would set this
+    process's last reported step back to an old one, and a notice arriving then could be
+    given a sync step the run has already passed (and be lost)."""
+
+    preemption: PreemptionWatch | None = None
+
+    def reached_preemption(self, step: int) -> bool:
+        return self.preemption is not None and self.preemption.step == step
+
+
 class Checkpointer:
     """Saves and restores (train_state, data_state) under `directory`.
 
@@ -94,10 +107,11 @@ class Checkpointer:
             create=True,
             enable_async_checkpointing=async_save,
         )
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._manager = _Manager(self.directory, options=options)
         self._preemption = PreemptionWatch(
             self._manager.latest_step() or 0, handle_sigterm=handle_sigterm
         )
+        self._manager.preemption = self._preemption
 
     @property
     def preempted(self) -> bool:
