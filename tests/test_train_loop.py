@@ -349,6 +349,50 @@ def test_gspo_step_metrics_and_resume(tmp_path, loop_env, loop_data):
     assert strip(metrics(part)) == strip(rows)
 
 
+GSPO_SIGTERM_DRIVER = PRELUDE + textwrap.dedent(
+    """
+    import os, signal
+    from o3video_jax.rl import loop as rl_loop
+
+    real, calls, kill_at = rl_loop.compute_rewards, [0], [None]
+
+    def rewards(completions, examples, **kw):
+        calls[0] += 1
+        if calls[0] == kill_at[0]:  # a real SIGTERM, in the middle of a GSPO step
+            os.kill(os.getpid(), signal.SIGTERM)
+        r = real(completions, examples, **kw)  # + a bonus, as in GSPO_DRIVER
+        r["total"] = r["total"] + np.asarray([len(c) % 5 / 4 for c in completions], np.float32)
+        return r
+
+    rl_loop.compute_rewards = rewards
+    rl_loop.train(config("gspo", total_steps=3), OUT + "/full")
+    calls[0], kill_at[0] = 0, 2
+    rl_loop.train(config("gspo", total_steps=10_000), OUT + "/part")
+    with open(OUT + "/stopped.json", "w") as f:
+        json.dump({"rollouts": calls[0], "ckpt": sorted(os.listdir(OUT + "/part/ckpt"))}, f)
+    rl_loop.train(config("gspo", total_steps=3), OUT + "/part")
+    """
+)
+
+
+def test_gspo_sigterm_saves_the_step_in_flight_and_resumes(tmp_path, loop_env, loop_data):
+    env, data = loop_env, loop_data
+    flags = {**base_flags(data, "gspo"), "rl.beta": 0.04, "optim.lr": 0.01, "ckpt.save_every": 0}
+    p = run([sys.executable, "-c", GSPO_SIGTERM_DRIVER, json.dumps(flags), str(tmp_path)], env)
+    full, part = tmp_path / "full", tmp_path / "part"
+    # SIGTERM during step 2's rollout: step 2 finishes, is saved (the only checkpoint: no
+    # periodic saves) and the loop returns; the process lived on to resume it.
+    assert json.loads((tmp_path / "stopped.json").read_text()) == {"rollouts": 2, "ckpt": ["2"]}
+    assert p.stdout.count("preempted at step 2: checkpoint saved") == 1
+    rows = metrics(full)
+    assert [m["step"] for m in rows] == [1, 2, 3]
+    assert strip(metrics(part)) == strip(rows)
+    want, got = hf_weights(full), hf_weights(part)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    assert all(m["update_norm"] > 0 for m in rows)  # the weights moved: their equality counts
+
+
 def test_aot_needs_libtpu_and_a_valid_topology(monkeypatch):
     import importlib.util
 
