@@ -22,6 +22,11 @@ its slice of `split(fold_in(key, step), n_local * process_count)`), the update m
 rollout summaries over the global batch and the exported weights must equal the
 single-process run's.
 
+Preemption (fixture `preempted`, after `runs` so that its programs are cached): the SFT run on
+2 processes with a far horizon; once step 2 is logged, process 1 alone gets a real SIGTERM.
+JAX's preemption sync point makes both processes save the same step k and exit 0; the run
+resumed to k + 2 must match an uninterrupted single-process run.
+
 The runs share a persistent compilation cache (the resumed launch compiles nothing) and use
 cheaper XLA CPU compile options (same options in every run, so the comparisons are fair).
 Everything runs in one module fixture (two phases of concurrent subprocesses; ~95 s on a

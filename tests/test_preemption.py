@@ -73,6 +73,18 @@ def test_jax_mode_leaves_sigterm_to_jax_and_registers_the_start_step(monkeypatch
     assert calls == [6, 7, 8, 9] and watch.step == 9
 
 
+def test_jax_mode_sync_point_at_the_start_step_stops_after_the_first_step(
+    monkeypatch, restore_sigterm
+):
+    monkeypatch.setattr(preemption, "_mode", lambda: "jax")
+    monkeypatch.setattr(
+        preemption.multihost_utils, "reached_preemption_sync_point", lambda step: step == 6
+    )
+    watch = preemption.PreemptionWatch(start_step=6)
+    assert not watch.triggered
+    assert watch.check(7) and watch.step == 7
+
+
 def test_checkpointer_saves_the_preempted_step_once(tmp_path, restore_sigterm):
     import jax.numpy as jnp
 

@@ -61,8 +61,11 @@ class PreemptionWatch:
         self.step: int | None = None  # the agreed step, once reached
         self._notice = threading.Event()
         self._previous_handler = None
+        # True when the processes agreed on `start_step` itself (a notice during start-up):
+        # every process then stops after its first step.
+        self._synced_at_start = False
         if self.mode == "jax":
-            multihost_utils.reached_preemption_sync_point(int(start_step))
+            self._synced_at_start = multihost_utils.reached_preemption_sync_point(int(start_step))
         elif handle_sigterm and threading.current_thread() is threading.main_thread():
             self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
 
@@ -82,7 +85,9 @@ class PreemptionWatch:
         if self.step is not None:
             return True
         if self.mode == "jax":
-            reached = multihost_utils.reached_preemption_sync_point(int(step))
+            reached = self._synced_at_start or multihost_utils.reached_preemption_sync_point(
+                int(step)
+            )
         elif self.mode == "allgather":
             flags = multihost_utils.process_allgather(np.int32(self._notice.is_set()))
             reached = bool(np.asarray(flags).any())
