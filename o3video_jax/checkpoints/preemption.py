@@ -9,7 +9,7 @@ So the decision comes from one of three sources, picked once per run:
 - "jax" (multi-process, JAX's preemption service on: the default of
   `jax.distributed.initialize()`, config `jax_enable_preemption_service`). JAX installs its own
   SIGTERM handler in C++. When any process gets the notice, the processes swap their last
-  reported steps in the background and agree on the next one;
+  reported steps in the background and agree on the one after the largest;
   `multihost_utils.reached_preemption_sync_point(step)` is True at that step on every process.
   It has to be called at every step. No Python SIGTERM handler may be installed on top, because
   it would replace JAX's handler and swallow the notice.
@@ -28,8 +28,6 @@ import jax
 import numpy as np
 from jax._src import distributed
 from jax.experimental import multihost_utils
-
-MODES = ("jax", "allgather", "local")
 
 
 def _mode() -> str:
