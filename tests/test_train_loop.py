@@ -64,6 +64,14 @@ def strip(rows, drop=TIMING):
     ]
 
 
+def metrics_if_any(workdir):
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f.read().splitlines() if line.endswith("}")]
+
+
 def checkpoint_steps(workdir):
     d = os.path.join(workdir, "ckpt")
     return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
@@ -105,6 +113,65 @@ def test_sigkill_resume_matches_uninterrupted(tmp_path, loop_env, loop_data):
     assert strip(got) == strip(ref)
     for name in ("config.json", "model.safetensors", "tokenizer.json"):
         assert os.path.exists(run_dir / "hf" / name)
+
+
+def hf_weights(workdir):
+    from safetensors.numpy import load_file
+
+    return load_file(os.path.join(workdir, "hf", "model.safetensors"))
+
+
+def test_sigterm_saves_exits_cleanly_and_resume_matches_uninterrupted(
+    tmp_path, loop_env, loop_data
+):
+    """A real SIGTERM to the CLI process mid-run: it finishes the step in flight, saves it and
+    exits with code 0; rerunning the command resumes there and ends where an uninterrupted run
+    ends."""
+    env, data = loop_env, loop_data
+    run_dir, ref_dir = tmp_path / "preempted", tmp_path / "ref"
+    # No periodic saves: the only checkpoint can come from the SIGTERM.
+    flags = {"ckpt.save_every": 0, "log.every": 1}
+    log = tmp_path / "preempted.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            cli(data, run_dir, total_steps=10_000, **flags),
+            env=env,
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.time() + 180
+            while len(logged := metrics_if_any(run_dir)) < 2:
+                assert proc.poll() is None, log.read_text()[-3000:]
+                assert time.time() < deadline, "no step logged within 180 s"
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    text = log.read_text()
+    assert code == 0, text[-3000:]
+    found = re.findall(r"preempted at step (\d+): checkpoint saved", text)
+    assert len(found) == 1, text[-3000:]
+    k = int(found[0])
+    assert k >= len(logged) >= 2  # the step in flight when the signal came, or the next
+    assert checkpoint_steps(run_dir) == [k]
+    assert [m["step"] for m in metrics(run_dir)] == list(range(1, k + 1))
+    assert not (run_dir / "hf").exists()  # stopped, not finished
+
+    total = k + 2
+    resumed = run(cli(data, run_dir, total_steps=total, **flags), env)
+    assert "preempted" not in resumed.stdout
+    run(cli(data, ref_dir, total_steps=total, **flags), env)
+    assert [m["step"] for m in metrics(run_dir)] == list(range(1, total + 1))
+    assert strip(metrics(run_dir)) == strip(metrics(ref_dir))
+    want, got = hf_weights(ref_dir), hf_weights(run_dir)
+    assert sorted(got) == sorted(want)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
 
 
 PRELUDE = textwrap.dedent(
@@ -280,6 +347,50 @@ def test_gspo_step_metrics_and_resume(tmp_path, loop_env, loop_data):
     assert max(m["kl_mean"] for m in rows) > 0
     # Resumed from the step-1 checkpoint == uninterrupted.
     assert strip(metrics(part)) == strip(rows)
+
+
+GSPO_SIGTERM_DRIVER = PRELUDE + textwrap.dedent(
+    """
+    import os, signal
+    from o3video_jax.rl import loop as rl_loop
+
+    real, calls, kill_at = rl_loop.compute_rewards, [0], [None]
+
+    def rewards(completions, examples, **kw):
+        calls[0] += 1
+        if calls[0] == kill_at[0]:  # a real SIGTERM, in the middle of a GSPO step
+            os.kill(os.getpid(), signal.SIGTERM)
+        r = real(completions, examples, **kw)  # + a bonus, as in GSPO_DRIVER
+        r["total"] = r["total"] + np.asarray([len(c) % 5 / 4 for c in completions], np.float32)
+        return r
+
+    rl_loop.compute_rewards = rewards
+    rl_loop.train(config("gspo", total_steps=3), OUT + "/full")
+    calls[0], kill_at[0] = 0, 2
+    rl_loop.train(config("gspo", total_steps=10_000), OUT + "/part")
+    with open(OUT + "/stopped.json", "w") as f:
+        json.dump({"rollouts": calls[0], "ckpt": sorted(os.listdir(OUT + "/part/ckpt"))}, f)
+    rl_loop.train(config("gspo", total_steps=3), OUT + "/part")
+    """
+)
+
+
+def test_gspo_sigterm_saves_the_step_in_flight_and_resumes(tmp_path, loop_env, loop_data):
+    env, data = loop_env, loop_data
+    flags = {**base_flags(data, "gspo"), "rl.beta": 0.04, "optim.lr": 0.01, "ckpt.save_every": 0}
+    p = run([sys.executable, "-c", GSPO_SIGTERM_DRIVER, json.dumps(flags), str(tmp_path)], env)
+    full, part = tmp_path / "full", tmp_path / "part"
+    # SIGTERM during step 2's rollout: step 2 finishes, is saved (the only checkpoint: no
+    # periodic saves) and the loop returns; the process lived on to resume it.
+    assert json.loads((tmp_path / "stopped.json").read_text()) == {"rollouts": 2, "ckpt": ["2"]}
+    assert p.stdout.count("preempted at step 2: checkpoint saved") == 1
+    rows = metrics(full)
+    assert [m["step"] for m in rows] == [1, 2, 3]
+    assert strip(metrics(part)) == strip(rows)
+    want, got = hf_weights(full), hf_weights(part)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    assert all(m["update_norm"] > 0 for m in rows)  # the weights moved: their equality counts
 
 
 def test_aot_needs_libtpu_and_a_valid_topology(monkeypatch):

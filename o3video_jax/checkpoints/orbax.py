@@ -1,10 +1,10 @@
 """Train-state checkpoints with Orbax (DESIGN decision 9).
 
 One `Checkpointer` per run directory: asynchronous saves, the last N kept, a save every k steps
-and one on preemption (SIGTERM, or JAX's multi-host preemption sync point), automatic resume
-from the latest step. A checkpoint holds the train state pytree (params, optimiser state, step,
-rng) and the data iterator state, so a resumed run continues with exactly the batches an
-uninterrupted run would have seen.
+and one on preemption (a SIGTERM on any process; every process saves the same step, see
+preemption.py), automatic resume from the latest step. A checkpoint holds the train state pytree
+(params, optimiser state, step, rng) and the data iterator state, so a resumed run continues
+with exactly the batches an uninterrupted run would have seen.
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
-import threading
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
+
+from o3video_jax.checkpoints.preemption import PreemptionWatch
 
 
 def _encode_data_state(state: Any) -> Any:
@@ -67,6 +67,19 @@ def _own_data_state(payload: Any) -> Any:
     return _decode_data_state(payload)
 
 
+class _Manager(ocp.CheckpointManager):
+    """Orbax's manager, answering its own preemption queries from our decision. Orbax asks
+    `reached_preemption(step)` when a save starts and again from the background finalize
+    thread, long after: passed on to JAX's sync manager, that late call would set this
+    process's last reported step back to an old one, and a notice arriving then could be
+    given a sync step the run has already passed (and be lost)."""
+
+    preemption: PreemptionWatch | None = None
+
+    def reached_preemption(self, step: int) -> bool:
+        return self.preemption is not None and self.preemption.step == step
+
+
 class Checkpointer:
     """Saves and restores (train_state, data_state) under `directory`.
 
@@ -75,6 +88,7 @@ class Checkpointer:
       save_every: save when `step % save_every == 0` (and always on preemption or `force`).
       keep: how many recent checkpoints to keep.
       async_save: write in a background thread; `wait()` blocks until it lands.
+      handle_sigterm: treat SIGTERM as a preemption notice (`preemption.PreemptionWatch`).
     """
 
     def __init__(
@@ -93,20 +107,17 @@ class Checkpointer:
             create=True,
             enable_async_checkpointing=async_save,
         )
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
-        self._preempted = threading.Event()
-        self._previous_handler = None
-        if handle_sigterm and threading.current_thread() is threading.main_thread():
-            self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
-
-    def _on_sigterm(self, signum, frame):
-        del signum, frame
-        self._preempted.set()
+        self._manager = _Manager(self.directory, options=options)
+        self._preemption = PreemptionWatch(
+            self._manager.latest_step() or 0, handle_sigterm=handle_sigterm
+        )
+        self._manager.preemption = self._preemption
 
     @property
     def preempted(self) -> bool:
-        """True once a preemption notice arrived (SIGTERM here or JAX's sync point)."""
-        return self._preempted.is_set()
+        """True once every process agreed to stop after a preemption notice (preemption.py):
+        the checkpoint of that step was saved (asynchronously: `close()` waits for it)."""
+        return self._preemption.triggered
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -115,14 +126,10 @@ class Checkpointer:
         return list(self._manager.all_steps())
 
     def should_save(self, step: int) -> bool:
-        if self._preempted.is_set():
+        """Whether `step` is saved. Call it once per step on every process (`save` does): it
+        takes part in the cross-process preemption decision."""
+        if self._preemption.check(step):
             return True
-        try:
-            if self._manager.reached_preemption(step):
-                self._preempted.set()
-                return True
-        except Exception:  # noqa: BLE001 - single-process runs have no sync manager
-            pass
         return self.save_every > 0 and step % self.save_every == 0
 
     def save(self, step: int, state: Any, data_state: Any = None, *, force: bool = False) -> bool:
@@ -161,6 +168,4 @@ class Checkpointer:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
-        if self._previous_handler is not None:
-            signal.signal(signal.SIGTERM, self._previous_handler)
-            self._previous_handler = None
+        self._preemption.close()
