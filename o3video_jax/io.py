@@ -32,9 +32,17 @@ import threading
 import time
 from collections.abc import Iterator
 
+import fsspec.config
 from etils import epath
 
 _DEFAULT_MEDIA_CACHE_BYTES = 8 << 30
+
+# gcsfs caches directory listings per process by default, so a process would not see files
+# that another one (or an earlier run) wrote after its first listing: process 0 writes,
+# the others check. Listings here are few and small; always ask the server. (Applied when
+# the filesystem is first created, which the imports of this module precede.)
+for _protocol in ("gcs", "gs"):
+    fsspec.config.conf.setdefault(_protocol, {}).setdefault("use_listings_cache", False)
 
 
 def is_remote(path: str | os.PathLike) -> bool:

@@ -1,7 +1,8 @@
 """gs:// workdirs, checkpoints, data and media against a real GCS API server on localhost.
 
 The `gcp-storage-emulator` package (a test dependency) serves the GCS JSON/XML API from a
-subprocess; gcsfs (etils.epath's gs:// backend: our files, Orbax's metadata) reads
+subprocess (tests/gcs_emulator.py: plus the generation header of downloads that TensorStore
+needs and the emulator omits); gcsfs (etils.epath's gs:// backend: our files, Orbax's metadata) reads
 `STORAGE_EMULATOR_HOST`, TensorStore (Orbax's arrays) reads `TENSORSTORE_GCS_HTTP_URL` and
 `GOOGLE_AUTH_TOKEN_FOR_TESTING`. Nothing here mocks our own code.
 """
@@ -35,8 +36,7 @@ def gcs(tmp_path_factory):
     port = _free_port()
     log = open(tmp_path_factory.mktemp("gcs") / "emulator.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1"]
-        + ["--port", str(port), "--in-memory", "--default-bucket", BUCKET],
+        [sys.executable, os.path.join(REPO, "tests", "gcs_emulator.py"), str(port), BUCKET],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -67,6 +67,16 @@ def gcs(tmp_path_factory):
     log.close()
 
 
+def _put_behind_our_back(gcs, name: str, data: bytes) -> None:
+    """Uploads an object with plain HTTP, as another process would."""
+    import urllib.request
+
+    url = f"{gcs['STORAGE_EMULATOR_HOST']}/upload/storage/v1/b/{BUCKET}/o?uploadType=media"
+    req = urllib.request.Request(f"{url}&name={name}", data=data, method="POST")
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert r.status == 200
+
+
 def _gs_ls(uri: str) -> list[str]:
     from o3video_jax import io
 
@@ -80,7 +90,9 @@ def _metrics(workdir: str) -> list[dict]:
 
 
 def _strip(rows):
-    return [{k: v for k, v in r.items() if k not in TIMING and not k.startswith("time/")} for r in rows]
+    return [
+        {k: v for k, v in r.items() if k not in TIMING and not k.startswith("time/")} for r in rows
+    ]
 
 
 def _no_gs_folder(*roots) -> list[str]:
@@ -106,6 +118,10 @@ def test_io_roundtrip_and_no_append(gcs):
     io.copy(uri, f"gs://{BUCKET}/io/c.json")
     assert io.listdir(f"gs://{BUCKET}/io") == ["a", "c.json"]
     assert not io.exists(f"gs://{BUCKET}/io/missing")
+    # Another process's writes are seen (no stale per-process listing cache).
+    _put_behind_our_back(gcs, "io/d.json", b"{}")
+    assert io.listdir(f"gs://{BUCKET}/io") == ["a", "c.json", "d.json"]
+    assert io.exists(f"gs://{BUCKET}/io/d.json")
 
 
 def test_mirror_uploads_growing_files(gcs, tmp_path):

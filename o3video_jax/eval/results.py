@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from o3video_jax import io
+
 __all__ = [
     "read_jsonl",
     "summary_rows",

@@ -18,7 +18,6 @@ training media_root), log.eval_batches (default 8): the cap on batches per evalu
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
