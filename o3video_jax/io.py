@@ -307,6 +307,11 @@ class Mirror:
         if self.remote:
             self._wake.set()
 
+    def flush(self) -> None:
+        """Uploads every changed file now and waits (e.g. the metrics up to a checkpoint)."""
+        if self.remote and not self._stop:
+            self._upload_changed()
+
     def close(self) -> None:
         """Uploads every changed file and waits; raises an upload error seen on the way."""
         if not self.remote or self._stop:

@@ -231,31 +231,57 @@ def _run(args, env, cwd):
     return p
 
 
-def test_sft_resume_and_gspo_on_gs_workdirs(gcs, loop_env, tmp_path):
-    """SFT on gs://bucket/run (synthetic data generated there) stops after 4 steps and resumes
-    to 6; its metrics equal an uninterrupted local run's. GSPO then starts from the gs:// HF
-    export with gs:// data and media. Nothing lands in a local `gs:` folder."""
+def _committed_steps(run: str) -> list[int]:
+    from o3video_jax import io
+
+    steps = [int(n) for n in _gs_ls(f"{run}/ckpt") if n.isdigit()]
+    return sorted(s for s in steps if io.exists(f"{run}/ckpt/{s}/commit_success.txt"))
+
+
+def test_sft_kill_resume_and_gspo_on_gs_workdirs(gcs, loop_env, tmp_path):
+    """SFT on gs://bucket/run (synthetic data generated there) is SIGKILLed once a checkpoint
+    is committed there, and resumes from it; its metrics equal an uninterrupted local run's.
+    GSPO then starts from the gs:// HF export with gs:// data and media. Nothing lands in a
+    local `gs:` folder (cwd, TMPDIR, the repo)."""
     from o3video_jax import io
 
     cwd, tmp = tmp_path / "cwd", tmp_path / "tmp"
     cwd.mkdir(), tmp.mkdir()
     env = {**loop_env, **gcs, "TMPDIR": str(tmp)}
-    run = f"gs://{BUCKET}/run"
+    run, total = f"gs://{BUCKET}/run", 8
 
-    _run(_cli(tmp_path / "ref", total_steps=6), env, cwd)
+    _run(_cli(tmp_path / "ref", total_steps=total), env, cwd)
     ref = _metrics(str(tmp_path / "ref"))
-    _run(_cli(run, total_steps=4), env, cwd)
-    assert [m["step"] for m in _metrics(run)] == [1, 2, 3, 4]
-    assert _gs_ls(f"{run}/ckpt")[:2] == ["2", "4"]
-    _run(_cli(run, total_steps=6), env, cwd)  # resumes from the step-4 checkpoint
+    assert [m["step"] for m in ref] == list(range(1, total + 1))
 
+    # A far horizon (constant schedule: the same steps), killed once a checkpoint landed.
+    proc = subprocess.Popen(
+        _cli(run, total_steps=10_000),
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.time() + 240
+    while not _committed_steps(run):
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.time() < deadline, "no checkpoint on gs:// within 240 s"
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    proc.stderr.close()
+    saved = _committed_steps(run)[-1]
+    assert 2 <= saved < total, f"checkpoint {saved} leaves nothing to compare"
+    assert [m["step"] for m in _metrics(run)][:saved] == list(range(1, saved + 1))
+
+    _run(_cli(run, total_steps=total), env, cwd)  # resumes from gs://
     got = _metrics(run)
-    assert [m["step"] for m in got] == list(range(1, 7))
-    assert _strip(got) == _strip(ref)  # gs:// resumed == local uninterrupted
-    assert {"2", "4", "6"} <= set(_gs_ls(f"{run}/ckpt"))
+    assert [m["step"] for m in got] == list(range(1, total + 1))
+    assert _strip(got) == _strip(ref)  # gs://, killed and resumed == local, uninterrupted
+    assert total in _committed_steps(run)
     listing = set(_gs_ls(run))
     assert {"metrics.jsonl", "tb", "ckpt", "hf", "synthetic"} <= listing, listing
-    events = _gs_ls(f"{run}/tb")
+    events = _gs_ls(f"{run}/tb")  # one file per run (the killed one flushed at its checkpoint)
     assert len(events) == 2 and all(e.startswith("events.out.tfevents") for e in events)
     assert all(len(io.read_bytes(f"{run}/tb/{e}")) > 0 for e in events)
     hf_files = set(_gs_ls(f"{run}/hf"))

@@ -157,7 +157,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 writer.write(step, metrics)
             writer.advance()
             steps.check_finite(metrics, config.nan_policy)
-            exp.checkpointer.save(step, state, data_state)
+            if exp.checkpointer.save(step, state, data_state):
+                writer.flush()  # the rows up to a checkpoint are durable (gs://: uploaded)
             if exp.checkpointer.preempted:
                 print(f"preempted at step {step}: checkpoint saved, exiting", flush=True)
                 return last

@@ -88,6 +88,14 @@ class MetricsWriter:
                 refresh=False,
             )
 
+    def flush(self) -> None:
+        """Makes the rows written so far durable in the workdir (uploads them on gs://); the
+        loops call it when a checkpoint is saved, so a resumed run finds every row up to it."""
+        if self._tb is not None:
+            self._tb.flush()
+        if self._mirror is not None:
+            self._mirror.flush()
+
     def advance(self, n: int = 1) -> None:
         if self._bar is not None:
             self._bar.update(n)
