@@ -50,6 +50,15 @@ def is_remote(path: str | os.PathLike) -> bool:
     return "://" in os.fspath(path)
 
 
+def require_local(p: str | os.PathLike, what: str) -> str:
+    """`p` as a string; ValueError for a URI (for writers that only work on local files,
+    which would otherwise create a folder literally named `gs:`)."""
+    p = os.fspath(p)
+    if is_remote(p):
+        raise ValueError(f"{what} writes local files only, got {p!r}")
+    return p
+
+
 def path(p: str | os.PathLike) -> epath.Path:
     return epath.Path(os.fspath(p))
 

@@ -124,6 +124,17 @@ def test_io_roundtrip_and_no_append(gcs):
     assert io.exists(f"gs://{BUCKET}/io/d.json")
 
 
+def test_local_only_writers_refuse_uris(tmp_path):
+    from o3video_jax.data.synthetic import generate_dataset
+    from o3video_jax.data.tokenizer import make_tiny_tokenizer
+
+    with pytest.raises(ValueError, match="writes local files only"):
+        generate_dataset("gs://bucket/x", 1, 0)
+    with pytest.raises(ValueError, match="writes local files only"):
+        make_tiny_tokenizer("gs://bucket/tok", ["a b"])
+    assert _no_gs_folder(os.getcwd()) == []
+
+
 def test_mirror_uploads_growing_files(gcs, tmp_path):
     from o3video_jax import io
 

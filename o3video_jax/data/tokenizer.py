@@ -283,6 +283,7 @@ def make_tiny_tokenizer(
     if got != list(range(base, base + len(SPECIAL_TOKENS))):
         raise RuntimeError(f"special tokens landed at {got}, expected {base}..")
 
+    out_dir = io.require_local(out_dir, "make_tiny_tokenizer")
     os.makedirs(out_dir, exist_ok=True)
     backend.save(os.path.join(out_dir, "tokenizer.json"))
     config = {
