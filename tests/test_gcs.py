@@ -124,6 +124,27 @@ def test_io_roundtrip_and_no_append(gcs):
     assert io.exists(f"gs://{BUCKET}/io/d.json")
 
 
+def test_eval_outputs_on_gs(gcs):
+    from o3video_jax.eval import results
+
+    out = f"gs://{BUCKET}/eval"
+    rows = [{"id": "a", "score": np.float32(0.5)}, {"id": "b", "text": "é"}]
+    assert results.write_jsonl(f"{out}/items.jsonl", rows) == 2
+    assert results.read_jsonl(f"{out}/items.jsonl") == [
+        {"id": "a", "score": 0.5},
+        {"id": "b", "text": "é"},
+    ]
+    md, js = results.write_summary(out, "summary", {"acc": 0.25}, echo=False)
+    assert md == f"{out}/summary.md" and json.loads(_read(js)) == {"acc": 0.25}
+    assert "acc" in _read(md)
+
+
+def _read(uri):
+    from o3video_jax import io
+
+    return io.read_text(uri)
+
+
 def test_local_only_writers_refuse_uris(tmp_path):
     from o3video_jax.data.synthetic import generate_dataset
     from o3video_jax.data.tokenizer import make_tiny_tokenizer
@@ -312,7 +333,7 @@ def test_sft_kill_resume_and_gspo_on_gs_workdirs(gcs, loop_env, tmp_path):
     _run(_cli(gspo, "gspo", **flags), env, cwd)
     rows = _metrics(gspo)
     assert [m["step"] for m in rows] == [1, 2] and all(np.isfinite(m["loss"]) for m in rows)
-    assert {"config.json", "model.safetensors"} <= set(_gs_ls(f"{gspo}/hf"))
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(_gs_ls(f"{gspo}/hf"))
     assert "2" in _gs_ls(f"{gspo}/ckpt")
 
     assert _no_gs_folder(cwd, tmp, REPO) == []
