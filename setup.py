@@ -23,6 +23,10 @@ INSTALL_REQUIRES = [
     "tqdm>=4.66",
     "tensorboardX>=2.6",
     "matplotlib>=3.8",
+    # One path layer for local and gs:// (o3video_jax/io.py): etils.epath, with gcsfs as
+    # its gs:// backend (Orbax's metadata goes through the same).
+    "etils[epath]>=1.7",
+    "gcsfs>=2024.2",
 ]
 
 EXTRAS = {
@@ -31,6 +35,8 @@ EXTRAS = {
         "pytest>=8",
         "pytest-xdist>=3.5",
         "hypothesis>=6.100",
+        # A real GCS API server on localhost for the gs:// tests (tests/test_gcs.py).
+        "gcp-storage-emulator>=2026.7.19",
         # Live Hugging Face parity (golden fixtures do not need these). torch is pinned:
         # an unpinned torch pulls a multi-GB CUDA build.
         "torch==2.13.0",

@@ -19,7 +19,6 @@ import dataclasses
 import importlib.util
 import json
 import os
-import shutil
 import time
 
 import flax.linen as nn
@@ -27,6 +26,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from o3video_jax import io
 from o3video_jax.checkpoints import hf
 from o3video_jax.data import video, vision
 from o3video_jax.eval import results as eval_results
@@ -118,7 +118,7 @@ def init_model(plan: Plan, data, out_dir: str) -> None:
     params = jax.tree.map(np.asarray, nn.unbox(params))
     hf.save(out_dir, mc, params, progress=False)
     for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(os.path.join(data.tokenizer_dir, name), os.path.join(out_dir, name))
+        io.copy(os.path.join(data.tokenizer_dir, name), os.path.join(out_dir, name))
     n = sum(x.size for x in jax.tree.leaves(params))
     _say(
         f"model: {n / 1e6:.2f}M parameters (hidden {mc.hidden_size}, {mc.num_hidden_layers} layers)"
@@ -169,7 +169,8 @@ def plot_curves(workdir: str, out_png: str) -> None:
     axes[2].set(title="GSPO rewards (train rollouts; held-out greedy)", xlabel="step")
     axes[2].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out_png, dpi=90)
+    with io.open(out_png, "wb") as f:  # local or gs://
+        fig.savefig(f, format="png", dpi=90)
     plt.close(fig)
 
 
@@ -258,15 +259,14 @@ def write_report(workdir: str, evals: dict, example: str, timings: dict) -> str:
             "",
         ]
     )
-    with open(os.path.join(workdir, "report.md"), "w") as f:
-        f.write(text)
+    io.write_text(os.path.join(workdir, "report.md"), text)
     return text
 
 
 def run(workdir: str, plan: Plan = FULL) -> dict:
     """The whole demo; returns {"init"|"sft"|"gspo": {"summary", "items"}}."""
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
+    workdir = io.abspath(workdir)
+    io.makedirs(workdir)
     t0 = time.perf_counter()
     timings = {}
     _say(f"generating {plan.videos} synthetic videos (+{plan.eval_videos} held out)")
@@ -277,7 +277,7 @@ def run(workdir: str, plan: Plan = FULL) -> dict:
         **_data_kw(plan),
     )
     init_dir = os.path.join(workdir, "model_init")
-    if not os.path.exists(os.path.join(init_dir, "config.json")):
+    if not io.exists(os.path.join(init_dir, "config.json")):
         init_model(plan, data, init_dir)
     timings["setup"] = time.perf_counter() - t0
     evals = {}
@@ -302,8 +302,8 @@ def run(workdir: str, plan: Plan = FULL) -> dict:
     example = render(plan, data, evals["gspo"]["items"], os.path.join(workdir, "example.png"))
     timings["total"] = time.perf_counter() - t0
     write_report(workdir, evals, example, timings)
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-        json.dump({k: v["summary"] for k, v in evals.items()}, f, indent=1)
+    summary = {k: v["summary"] for k, v in evals.items()}
+    io.write_text(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=1))
     _say(f"done in {timings['total']:.0f}s: {os.path.join(workdir, 'report.md')}")
     return evals
 

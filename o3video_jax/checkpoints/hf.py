@@ -29,10 +29,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from flax import traverse_util
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
+from o3video_jax import io
 from o3video_jax.checkpoints import safetensors_io
 from o3video_jax.models.qwen2_5_vl import Qwen25VL, Qwen25VLConfig
 from o3video_jax.models.qwen2_5_vl.inputs import init_inputs
@@ -159,7 +161,7 @@ def load(
     config.json of another architecture. A tied checkpoint may omit `lm_head.weight`; when
     present it is ignored (the tied model unembeds with `embed_tokens`).
     """
-    path = Path(path)
+    path = Path(io.local_dir(path))  # gs://: a per-process cached copy (memory-mapped below)
     dtype_name = jnp.dtype(dtype).name
     config = Qwen25VLConfig.from_hf_json(path, dtype=dtype_name, param_dtype=dtype_name)
     checkpoint = _open_checkpoint(path)
@@ -241,7 +243,7 @@ def save(
     casts on the way out (default: keep each param's dtype). Every process must call this in
     a multi-host run (the gathers are collective); only process 0 writes.
     """
-    path = Path(path)
+    path = epath.Path(os.fspath(path))  # local or gs://
     flat = _flat(params)
     expected = _flat(abstract_params(config))
     if set(flat) != set(expected):
@@ -264,7 +266,7 @@ def save(
 
     writer = jax.process_index() == 0
     if writer:
-        path.mkdir(parents=True, exist_ok=True)
+        io.makedirs(path)
         hf_config = config.to_hf_dict()
         if dtype is not None:
             hf_config["dtype"] = hf_config["text_config"]["dtype"] = np.dtype(dtype).name

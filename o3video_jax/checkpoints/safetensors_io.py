@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 import ml_dtypes
 import numpy as np
 
+from o3video_jax import io
+
 _DTYPES: dict[str, np.dtype] = {
     "F64": np.dtype(np.float64),
     "F32": np.dtype(np.float32),
@@ -92,7 +94,7 @@ def write(
         offset += nbytes
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # the reference writer aligns the data to 8 bytes
-    with open(path, "wb") as f:
+    with io.open(path, "wb") as f:  # local or gs:// (a streamed upload)
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
         for name, shape, dtype in specs:

@@ -26,6 +26,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from o3video_jax import io
 from o3video_jax.data import prompts, records, vision
 from o3video_jax.data.model_inputs import Segment, VisionItem
 from o3video_jax.data.tokenizer import Tokenizer
@@ -145,7 +146,11 @@ def upstream_dirs(record: records.STGRRecord) -> tuple[str, str | None]:
 
 
 def _read_rgb(path: str, rid: str, what: str) -> np.ndarray:
-    bgr = cv2.imread(path, cv2.IMREAD_COLOR) if os.path.isfile(path) else None
+    try:
+        local = io.local_file(path)  # OpenCV reads local files only: gs:// via a cached copy
+    except OSError:
+        local = None
+    bgr = cv2.imread(local, cv2.IMREAD_COLOR) if local and os.path.isfile(local) else None
     if bgr is None:
         raise ExampleError(rid, "image", f"{what} {path!r} is missing or unreadable")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)

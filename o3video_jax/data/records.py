@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from o3video_jax import io
+
 VISUAL_QA = "visual QA"
 TEMPORAL_SPATIAL = "temporal-spatial free-form QA"
 TEMPORAL_QA = "temporal QA"
@@ -117,8 +119,7 @@ class STGRRecord:
 
 def read_json_records(path: str | os.PathLike) -> list[dict]:
     """Raw dicts from a JSON array file or a JSON-lines file (blank lines ignored)."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    text = io.read_text(path)
     if text.lstrip().startswith("["):
         try:
             rows = json.loads(text)

@@ -23,6 +23,8 @@ import os
 import cv2
 import numpy as np
 
+from o3video_jax import io
+
 COLORS = {  # RGB, far apart in hue so that they survive mp4v's chroma subsampling
     "red": (230, 40, 40),
     "green": (40, 200, 60),
@@ -180,7 +182,7 @@ def random_spec(
 
 def write_corrupt_files(directory: str | os.PathLike) -> dict[str, str]:
     """Bad videos for tests: {"truncated", "random", "empty"} -> path (all named .mp4)."""
-    directory = os.fspath(directory)
+    directory = io.require_local(directory, "write_corrupt_files")
     os.makedirs(directory, exist_ok=True)
     obj = ObjectSpec("red", "square", 20, 0, 9, (20.0, 30.0), (60.0, 30.0))
     good = os.path.join(directory, "good_source.mp4")
@@ -207,7 +209,7 @@ def generate_dataset(out_dir: str | os.PathLike, n_videos: int, seed: int, **spe
     """
     from o3video_jax.data import synthetic_questions as sq  # it imports this module
 
-    out_dir = os.fspath(out_dir)
+    out_dir = io.require_local(out_dir, "generate_dataset (train.synthetic_data.prepare uploads)")
     for sub in ("videos", "kfs", "json_data"):
         os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
     sft, rl, vstar, gts = [], [], [], {}

@@ -28,6 +28,8 @@ import numpy as np
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from o3video_jax import io
+
 SPECIAL_TOKENS = (
     "<|endoftext|>",
     "<|im_start|>",
@@ -109,9 +111,9 @@ class Tokenizer:
     def from_dir(cls, path: str | os.PathLike) -> Tokenizer:
         path = os.fspath(path)
         tok_file = os.path.join(path, "tokenizer.json")
-        if not os.path.exists(tok_file):
+        if not io.exists(tok_file):
             raise FileNotFoundError(f"no tokenizer.json in {path}")
-        return cls(tokenizers.Tokenizer.from_file(tok_file), _read_chat_template(path))
+        return cls(tokenizers.Tokenizer.from_str(io.read_text(tok_file)), _read_chat_template(path))
 
     def __reduce__(self):
         # The compiled jinja template does not pickle; grain workers rebuild it.
@@ -220,14 +222,12 @@ def _assistant_spans(text: str) -> list[tuple[int, int]]:
 
 def _read_chat_template(path: str) -> str | None:
     jinja_file = os.path.join(path, "chat_template.jinja")
-    if os.path.exists(jinja_file):
-        with open(jinja_file, encoding="utf-8") as f:
-            return f.read()
+    if io.exists(jinja_file):
+        return io.read_text(jinja_file)
     for name in ("tokenizer_config.json", "chat_template.json"):
         file = os.path.join(path, name)
-        if os.path.exists(file):
-            with open(file, encoding="utf-8") as f:
-                template = json.load(f).get("chat_template")
+        if io.exists(file):
+            template = json.loads(io.read_text(file)).get("chat_template")
             if isinstance(template, str):
                 return template
     return None
@@ -283,6 +283,7 @@ def make_tiny_tokenizer(
     if got != list(range(base, base + len(SPECIAL_TOKENS))):
         raise RuntimeError(f"special tokens landed at {got}, expected {base}..")
 
+    out_dir = io.require_local(out_dir, "make_tiny_tokenizer")
     os.makedirs(out_dir, exist_ok=True)
     backend.save(os.path.join(out_dir, "tokenizer.json"))
     config = {

@@ -34,6 +34,7 @@ import struct
 import cv2
 import numpy as np
 
+from o3video_jax import io
 from o3video_jax.data import vision
 
 SEEK_MIN_GAP = 40  # frames; grab through shorter gaps (see module docstring)
@@ -164,7 +165,15 @@ def _scan(cap: cv2.VideoCapture) -> tuple[int, float | None]:
 
 
 def _open(path: str) -> tuple[cv2.VideoCapture, int, float, bool]:
-    """Open `path`; returns (capture, frame count, fps, metadata_ok)."""
+    """Open `path`; returns (capture, frame count, fps, metadata_ok). A remote path (gs://)
+    is decoded from a cached local copy (`io.local_file`), as OpenCV reads local files only."""
+    if io.is_remote(path):
+        try:
+            path = io.local_file(path)
+        except FileNotFoundError:
+            raise VideoDecodeError(path, "file not found") from None
+        except OSError as e:
+            raise VideoDecodeError(path, f"cannot fetch ({e})") from e
     if not os.path.isfile(path):
         raise VideoDecodeError(path, "file not found")
     if os.path.getsize(path) == 0:

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from o3video_jax import io
+
 __all__ = [
     "read_jsonl",
     "summary_rows",
@@ -44,9 +46,9 @@ def to_jsonable(value):
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[Mapping]) -> int:
     """Writes one JSON object per line (parent directories created); returns the count."""
-    os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
+    io.makedirs(os.path.dirname(os.fspath(path)) or ".")
     count = 0
-    with open(path, "w", encoding="utf-8") as f:
+    with io.open(path, "w") as f:
         for record in records:
             f.write(json.dumps(to_jsonable(record), ensure_ascii=False, allow_nan=False) + "\n")
             count += 1
@@ -56,7 +58,7 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[Mapping]) -> int:
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """The records of a JSONL file (blank lines skipped); a bad line raises naming its number."""
     records = []
-    with open(path, encoding="utf-8") as f:
+    with io.open(path) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -120,13 +122,12 @@ def write_summary(
     Returns:
       (markdown path, json path).
     """
-    os.makedirs(out_dir, exist_ok=True)
+    io.makedirs(out_dir)
     table = summary_table(summary, columns, title=name)
     md_path = os.path.join(out_dir, f"{name}.md")
     json_path = os.path.join(out_dir, f"{name}.json")
-    with open(md_path, "w", encoding="utf-8") as f:
-        f.write(table)
-    with open(json_path, "w", encoding="utf-8") as f:
+    io.write_text(md_path, table)
+    with io.open(json_path, "w") as f:
         json.dump(to_jsonable(summary), f, indent=2, ensure_ascii=False, allow_nan=False)
         f.write("\n")
     if echo:

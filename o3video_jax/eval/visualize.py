@@ -13,6 +13,7 @@ import re
 import cv2
 import numpy as np
 
+from o3video_jax import io
 from o3video_jax.eval.tts import Claim, parse_claims
 
 __all__ = ["draw_claims", "render_example"]
@@ -112,6 +113,8 @@ def render_example(
     panel = np.full((32, strip.shape[1], 3), 255, np.uint8)
     cv2.putText(panel, text[: strip.shape[1] // 9], (6, 22), _FONT, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
     image = np.concatenate([strip, panel], axis=0)
-    if not cv2.imwrite(str(out_png), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"could not write {out_png}")
+    ok, png = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError(f"could not encode {out_png}")
+    io.write_bytes(out_png, png.tobytes())  # local or gs://
     return image

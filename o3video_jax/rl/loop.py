@@ -321,7 +321,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             if step % config.log.every == 0 or step == total or metrics["skipped"] or evaluated:
                 writer.write(step, metrics)
             writer.advance()
-            exp.checkpointer.save(step, state, data_state)
+            if exp.checkpointer.save(step, state, data_state):
+                writer.flush()  # the rows up to a checkpoint are durable (gs://: uploaded)
             if exp.checkpointer.preempted:
                 print(f"preempted at step {step}: checkpoint saved, exiting", flush=True)
                 return last

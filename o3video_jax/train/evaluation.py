@@ -18,7 +18,6 @@ training media_root), log.eval_batches (default 8): the cap on batches per evalu
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,6 +29,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from o3video_jax import io
 from o3video_jax.train import experiment, losses, sharding
 from o3video_jax.train.sharding import MeshAxes
 from o3video_jax.train.steps import split_microbatches
@@ -69,8 +69,8 @@ def eval_media_root(
         return explicit
     json_path = json_path or config.data.eval_json
     if synthetic is not None:
-        held = os.path.abspath(synthetic.heldout_media_root)
-        if os.path.abspath(json_path).startswith(held + os.sep):
+        held = io.abspath(synthetic.heldout_media_root)
+        if io.abspath(json_path).startswith(held + "/"):
             return held
     return config.data.media_root
 

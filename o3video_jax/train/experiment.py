@@ -19,6 +19,7 @@ import ml_collections
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from o3video_jax import io
 from o3video_jax.checkpoints import hf
 from o3video_jax.checkpoints.orbax import Checkpointer
 from o3video_jax.data import pipeline, records
@@ -199,7 +200,7 @@ def local_batch_size(global_batch: int) -> int:
 # ---- state --------------------------------------------------------------------------------------
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
     """Builds mesh, model, tokenizer and the sharded train state (restored when possible)."""
-    os.makedirs(workdir, exist_ok=True)
+    io.makedirs(workdir)
     synthetic = prepare_synthetic(config, workdir)
     rules = [tuple(r) for r in config.sharding.rules]
     mesh = sharding.make_mesh(dict(config.mesh))

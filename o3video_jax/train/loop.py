@@ -15,7 +15,6 @@ the batches and random streams of an uninterrupted run (tests/test_train_loop.py
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -25,6 +24,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
+from o3video_jax import io
 from o3video_jax.checkpoints import hf
 from o3video_jax.train import evaluation, experiment, sharding, steps
 from o3video_jax.train.metrics_log import MetricsWriter
@@ -41,15 +41,18 @@ class Profiler:
         self.steps = sorted(int(s) for s in profile_steps)
         self.dir = os.path.join(workdir, "profile")
         self.active = False
+        self._mirror = None
 
     def before(self, step: int) -> None:
         if self.steps and step == self.steps[0] and not self.active:
-            jax.profiler.start_trace(self.dir)
+            self._mirror = io.Mirror(self.dir)  # traced locally, uploaded at the end
+            jax.profiler.start_trace(self._mirror.local)
             self.active = True
 
     def after(self, step: int) -> None:
         if self.active and step >= self.steps[-1]:
             jax.profiler.stop_trace()
+            self._mirror.close()
             self.active = False
 
 
@@ -72,10 +75,8 @@ def export_hf(exp: experiment.Experiment, params: Any) -> str:
     if jax.process_index() == 0:
         for name in _TOKENIZER_FILES:
             src = os.path.join(tok_dir, name)
-            if os.path.exists(src) and os.path.abspath(src) != os.path.abspath(
-                os.path.join(out, name)
-            ):
-                shutil.copy(src, os.path.join(out, name))
+            if io.exists(src) and io.abspath(src) != io.abspath(os.path.join(out, name)):
+                io.copy(src, os.path.join(out, name))
     return out
 
 
@@ -156,7 +157,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 writer.write(step, metrics)
             writer.advance()
             steps.check_finite(metrics, config.nan_policy)
-            exp.checkpointer.save(step, state, data_state)
+            if exp.checkpointer.save(step, state, data_state):
+                writer.flush()  # the rows up to a checkpoint are durable (gs://: uploaded)
             if exp.checkpointer.preempted:
                 print(f"preempted at step {step}: checkpoint saved, exiting", flush=True)
                 return last

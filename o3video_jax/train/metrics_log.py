@@ -2,7 +2,8 @@
 
 Only process 0 writes. `metrics.jsonl` holds one JSON object per logged step
 (`{"step": s, name: value, ...}`); on resume the lines past the restored step are dropped
-first, so the file always reads as one uninterrupted run.
+first, so the file always reads as one uninterrupted run. On a `gs://` workdir both files
+are written locally and uploaded as they grow (`io.Mirror`).
 """
 
 from __future__ import annotations
@@ -15,15 +16,16 @@ from collections.abc import Mapping, Sequence
 import jax
 import numpy as np
 
+from o3video_jax import io
+
 METRICS_FILE = "metrics.jsonl"
 
 
 def read_metrics(workdir: str) -> list[dict]:
     path = os.path.join(workdir, METRICS_FILE)
-    if not os.path.exists(path):
+    if not io.exists(path):
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for line in io.read_text(path).splitlines() if line.strip()]
 
 
 def _scalar(v) -> float | int:
@@ -50,10 +52,11 @@ class MetricsWriter:
     ):
         self.enabled = jax.process_index() == 0
         self.bar_keys = tuple(bar_keys)
-        self._tb = self._bar = self._file = None
+        self._tb = self._bar = self._file = self._mirror = None
         if not self.enabled:
             return
-        path = os.path.join(workdir, METRICS_FILE)
+        self._mirror = io.Mirror(workdir)
+        path = os.path.join(self._mirror.local, METRICS_FILE)
         kept = [m for m in read_metrics(workdir) if m["step"] <= start_step]
         with open(path, "w") as f:
             f.writelines(json.dumps(m) + "\n" for m in kept)
@@ -61,7 +64,7 @@ class MetricsWriter:
         if tensorboard:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+            self._tb = SummaryWriter(os.path.join(self._mirror.local, "tb"))
         if progress:
             from tqdm.auto import tqdm
 
@@ -77,12 +80,21 @@ class MetricsWriter:
             for k, v in row.items():
                 if k != "step" and isinstance(v, int | float):
                     self._tb.add_scalar(k, v, step)
+        self._mirror.sync()
         if self._bar is not None:
             shown = {k: row[k] for k in self.bar_keys if k in row}
             self._bar.set_postfix(
                 {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in shown.items()},
                 refresh=False,
             )
+
+    def flush(self) -> None:
+        """Makes the rows written so far durable in the workdir (uploads them on gs://); the
+        loops call it when a checkpoint is saved, so a resumed run finds every row up to it."""
+        if self._tb is not None:
+            self._tb.flush()
+        if self._mirror is not None:
+            self._mirror.flush()
 
     def advance(self, n: int = 1) -> None:
         if self._bar is not None:
@@ -95,3 +107,5 @@ class MetricsWriter:
             self._tb.close()
         if self._file is not None:
             self._file.close()
+        if self._mirror is not None:
+            self._mirror.close()

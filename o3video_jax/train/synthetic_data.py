@@ -16,8 +16,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Iterable
 
+from o3video_jax import io
 from o3video_jax.data import prompts
 from o3video_jax.data.synthetic import generate_dataset
 from o3video_jax.data.tokenizer import Tokenizer, make_tiny_tokenizer
@@ -27,7 +30,7 @@ _DONE = "DONE"
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticData:
-    """Paths of a prepared synthetic dataset (all absolute)."""
+    """Paths of a prepared synthetic dataset (all absolute, or URIs under a remote root)."""
 
     root: str
     sft_json: str
@@ -86,7 +89,7 @@ def prepare(
     seconds: tuple[int, int] = (4, 6),
 ) -> SyntheticData:
     """Generates (once) the training and held-out synthetic datasets and the tiny tokenizer."""
-    root = os.path.abspath(os.fspath(directory))
+    root = io.abspath(directory)
     paths = _paths(root)
     marker = os.path.join(root, _DONE)
     spec = dict(
@@ -98,9 +101,8 @@ def prepare(
         fps=fps,
         seconds=list(seconds),
     )
-    if os.path.exists(marker):
-        with open(marker) as f:
-            done = json.load(f)
+    if io.exists(marker):
+        done = json.loads(io.read_text(marker))
         if done != spec:
             raise ValueError(
                 f"{root} holds a synthetic dataset made with {done}, not {spec}; "
@@ -110,11 +112,16 @@ def prepare(
     if videos < 1:
         raise ValueError(f"synthetic videos must be >= 1, got {videos}")
     kw = dict(width=width, height=height, fps=fps, seconds=tuple(seconds))
-    train = generate_dataset(paths.media_root, videos, seed, **kw)
-    held = generate_dataset(paths.heldout_media_root, max(eval_videos, 1), seed + 1, **kw)
-    make_tiny_tokenizer(paths.tokenizer_dir, corpus(train["sft"] + train["rl"] + held["rl"]))
-    with open(marker, "w") as f:
-        json.dump(spec, f)
+    # OpenCV writes local files only: a remote root is generated locally, then uploaded.
+    local_root = tempfile.mkdtemp(prefix="o3video-synthetic-") if io.is_remote(root) else root
+    local = _paths(local_root)
+    train = generate_dataset(local.media_root, videos, seed, **kw)
+    held = generate_dataset(local.heldout_media_root, max(eval_videos, 1), seed + 1, **kw)
+    make_tiny_tokenizer(local.tokenizer_dir, corpus(train["sft"] + train["rl"] + held["rl"]))
+    if local_root != root:
+        io.upload_tree(local_root, root)
+        shutil.rmtree(local_root)
+    io.write_text(marker, json.dumps(spec))  # last: the dataset is complete
     return paths
 
 

@@ -22,6 +22,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from o3video_jax import io
+
 DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "full", "save_dots")
 ATTENTION_IMPLS = ("xla", "pallas", "cudnn")
@@ -298,10 +300,9 @@ class Qwen25VLConfig:
     def from_hf_json(cls, path: str | os.PathLike, **runtime) -> Qwen25VLConfig:
         """Reads a config.json file, or the config.json inside a checkpoint directory."""
         path = os.fspath(path)
-        if os.path.isdir(path):
+        if io.isdir(path):
             path = os.path.join(path, "config.json")
-        with open(path) as f:
-            return cls.from_hf_dict(json.load(f), **runtime)
+        return cls.from_hf_dict(json.loads(io.read_text(path)), **runtime)
 
     @classmethod
     def from_hf_dict(cls, d: Mapping[str, Any], **runtime) -> Qwen25VLConfig:
@@ -442,8 +443,7 @@ class Qwen25VLConfig:
         }
 
     def to_hf_json(self, path: str | os.PathLike) -> None:
-        with open(path, "w") as f:
-            json.dump(self.to_hf_dict(), f, indent=2)
+        io.write_text(path, json.dumps(self.to_hf_dict(), indent=2))
 
 
 def _int_if_integral(x: int | float) -> int | float:
