@@ -21,7 +21,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
 import common  # noqa: E402
-from sft_qwen2_5_vl import _MESH  # noqa: E402
+from sft_qwen2_5_vl import _MESH, FRAMES, MAX_PATCHES  # noqa: E402
 
 from o3video_jax.rl import gspo  # noqa: E402
 
@@ -43,6 +43,9 @@ def get_config(arg=None):
     c.optim.weight_decay = 0.01
     c.data.batch_size = 8
     c.data.max_seq_len = 16384 + 768
+    # Pixels of one prompt: 16 frames + 4 key frames at the worst frame size (sft config).
+    c.data.max_frames = FRAMES
+    c.data.max_patches = MAX_PATCHES
     presets = gspo.presets()
     if a.preset not in presets:
         raise ValueError(f"unknown rl preset {a.preset!r}; use one of {sorted(presets)}")

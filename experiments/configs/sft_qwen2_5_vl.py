@@ -19,6 +19,15 @@ import sys
 sys.path.insert(0, os.path.dirname(__file__))
 import common  # noqa: E402
 
+# Patch budget of one example (tests/test_plan.py derives it from `vision.smart_resize`): a
+# frame at the Open-o3 frame pixels (data.frame_min/max_pixels = 100352 / 105369) costs at most
+# 576 patches at 16:9, 4:3 and 9:16 of any size (480 for 640x360, 520 for 640x480, 560 for an
+# upscaled 320x240, 576 for 256x144), and a temporal-spatial example adds its key frames, each
+# resized to the frame size: 16 frames + 4 key frames. `python -m o3video_jax.data.plan`
+# measures the real distribution (how many key frames, which sizes) of a data set.
+FRAME_PATCHES, FRAMES, KEY_FRAMES = 576, 16, 4
+MAX_PATCHES = (FRAMES + KEY_FRAMES) * FRAME_PATCHES  # 11520 = 180 windows of 64 patches
+
 # Mesh per size: FSDP over the whole slice; tensor parallelism for the largest models.
 _MESH = {
     "3b": {"data": 1, "fsdp": -1, "tensor": 1},
@@ -43,7 +52,8 @@ def get_config(arg=None):
     c.data.batch_size = 8
     c.data.loss_mask = "original"
     c.data.max_seq_len = 8192
-    c.data.max_patches = 16 * 4 * 136  # 16 frames (+ key frames) of ~100k px, 4 patches/token
+    c.data.max_frames = FRAMES
+    c.data.max_patches = MAX_PATCHES  # one example with 4 key frames; see FRAME_PATCHES
     c.ckpt.save_every = 500
     if a.runlocal:
         c.model.preset = "tiny"
