@@ -248,7 +248,8 @@ def training_rows(
 def make_logprob_fn(model: nn.Module, mesh: Mesh, rules, *, chunk: int, temperature: float):
     """`logp(params, batch) -> float32[B, L]` log-probs of batch["targets"] (0 off the mask),
     at `temperature`, computed in chunks like the training loss. The pixels may be shared by
-    each group (`training_rows(..., share=True)`): the vision tower then runs once per prompt."""
+    each group (`training_rows(..., share=True)`): the vision tower then runs once per prompt.
+    `logp.lower(params, batch)` lowers it ahead of time (abstract arguments)."""
 
     def fn(params, batch):
         variables = {"params": params}
@@ -268,4 +269,9 @@ def make_logprob_fn(model: nn.Module, mesh: Mesh, rules, *, chunk: int, temperat
         with jax.set_mesh(mesh), nn.logical_axis_rules(list(rules)):
             return jitted(params, batch)
 
+    def lower(params, batch):  # ahead-of-time compilation (train.aot)
+        with jax.set_mesh(mesh), nn.logical_axis_rules(list(rules)):
+            return jitted.lower(params, batch)
+
+    run.lower = lower
     return run
