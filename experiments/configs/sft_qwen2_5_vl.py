@@ -28,7 +28,8 @@ import common  # noqa: E402
 FRAME_PATCHES, FRAMES, KEY_FRAMES = 576, 16, 4
 MAX_PATCHES = (FRAMES + KEY_FRAMES) * FRAME_PATCHES  # 11520 = 180 windows of 64 patches
 
-# Mesh per size: FSDP over the whole slice; tensor parallelism for the largest models.
+# Mesh per size: FSDP over the whole slice; tensor parallelism for the largest models (their
+# slices must hold a multiple of `tensor` chips; the training state needs that many anyway).
 _MESH = {
     "3b": {"data": 1, "fsdp": -1, "tensor": 1},
     "7b": {"data": 1, "fsdp": -1, "tensor": 1},
@@ -45,11 +46,16 @@ def get_config(arg=None):
     c.mesh.update(_MESH[a.size])
     # Open-o3 Video SFT: lr 1e-6, linear schedule without warm-up, 1 epoch (31,166 records at 8
     # per step), max_grad_norm 5, bf16, gradient checkpointing; loss over the whole conversation.
-    c.total_steps = 3896
+    # Upstream: 8 rows a step on 8 GPUs. Here one row per batch shard (mesh data x fsdp), so
+    # any slice gets a valid batch (8 on v6e-8, 64 on v5p:4x4x4); the run length stays one epoch.
+    c.total_steps = 0
+    c.epochs = 1.0
+    c.data.num_examples = 31166
     c.optim.lr = 1e-6
     c.optim.schedule = "linear"
     c.optim.weight_decay = 0.0
-    c.data.batch_size = 8
+    c.data.batch_size = 0
+    c.data.per_device_batch_size = 1
     c.data.loss_mask = "original"
     c.data.max_seq_len = 8192
     c.data.max_frames = FRAMES
@@ -61,6 +67,7 @@ def get_config(arg=None):
         c.mesh.update({"data": -1, "fsdp": 1, "tensor": 1})
         c.total_steps = 4
         c.data.batch_size = 2
+        c.data.per_device_batch_size = 0
         c.data.max_seq_len = 1024
         c.data.max_patches = 1024
         c.data.workers = 0
