@@ -189,3 +189,18 @@ def test_runlocal_and_synthetic_configs_are_unchanged():
     r = preflight.check(load("gspo_qwen2_5_vl", "runlocal"), 1)
     assert (r.batch_size, r.prompt_buckets) == (2, (512, 1024))
     assert preflight.check(load("sft_qwen2_5_vl", "runlocal"), 1).batch_size == 2
+
+
+def test_weights_that_do_not_split_over_the_mesh():
+    config = load("sft_qwen2_5_vl", "size=7b")
+    config.mesh.update({"data": 1, "fsdp": -1, "tensor": 8})
+    # 7B: vision MLP 3420 (/8 = 427.5), kv heads 4 x 128 = 512 (fine), on 16 chips.
+    with pytest.raises(preflight.PreflightError) as e:
+        preflight.check(config, 16)
+    assert "'vision_mlp' have dimension 3420" in str(e.value)
+    assert "mesh.tensor=8 = 8 chips" in str(e.value) and "kv_heads" not in str(e.value)
+    # FSDP over 512 chips: the vision width 1280 does not split (1280 / 512 = 2.5).
+    config.mesh.update({"data": 1, "fsdp": -1, "tensor": 1})
+    with pytest.raises(preflight.PreflightError, match=r"'vision_embed' have dimension 1280"):
+        preflight.check(config, 512)
+    assert preflight.check(config, 256).mesh["fsdp"] == 256  # 1280 / 256 = 5, 3584 / 256 = 14

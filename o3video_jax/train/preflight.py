@@ -280,6 +280,10 @@ def check(config: ml_collections.ConfigDict, num_devices: int, num_processes: in
                     )
                 budget = min(budget, buckets[-1])
 
+    # ---- weights vs the mesh: every sharded weight dimension must split evenly
+    if not problems:
+        errors += _weight_errors(config, mesh, warnings)
+
     if errors:
         raise PreflightError(
             f"config does not fit {num_devices} devices ({num_processes} processes):\n  - "
@@ -301,6 +305,51 @@ def check(config: ml_collections.ConfigDict, num_devices: int, num_processes: in
         prompt_budget=budget,
         warnings=tuple(warnings),
     )
+
+
+def weight_dims(model_config) -> dict[str, tuple[int, ...]]:
+    """Sizes of the weight dimensions that carry each logical axis name (models/qwen2_5_vl:
+    q/o_proj "heads" = N x H, k/v_proj "kv_heads" = K x H, the vision qkv "vision_qkv" = 3 x d
+    and its proj d, the merger's "merger_in" = 4 d)."""
+    t, v = model_config.text, model_config.vision
+    merge = v.spatial_merge_size**2
+    return {
+        "vocab": (model_config.vocab_size,),
+        "embed": (t.hidden_size, v.out_hidden_size),
+        "heads": (t.num_attention_heads * t.head_dim,),
+        "kv_heads": (t.num_key_value_heads * t.head_dim,),
+        "mlp": (t.intermediate_size,),
+        "vision_embed": (v.hidden_size,),
+        "vision_qkv": (3 * v.hidden_size, v.hidden_size),
+        "vision_mlp": (v.intermediate_size,),
+        "merger_in": (merge * v.hidden_size,),
+    }
+
+
+def _weight_errors(config, mesh: dict[str, int], warnings: list[str]) -> list[str]:
+    from o3video_jax.train import experiment  # jax/flax: only when a model is checked
+
+    try:
+        mc = experiment.model_config(config)
+    except (OSError, ValueError) as e:  # an unreadable HF config.json: checked at load time
+        warnings.append(f"model dimensions not checked against the mesh: {e}")
+        return []
+    dims = weight_dims(mc)
+    errors = []
+    for name, axes in (tuple(r) for r in config.sharding.rules):
+        if name not in dims or axes is None:
+            continue
+        axes = (axes,) if isinstance(axes, str) else tuple(axes)
+        split = math.prod(mesh.get(a, 1) for a in axes)
+        bad = [d for d in dims[name] if d % split]
+        if bad:
+            fields = "x".join(f"mesh.{a}={mesh.get(a, 1)}" for a in axes)
+            errors.append(
+                f"weights with logical axis {name!r} have dimension {bad[0]}, which does not "
+                f"split over {fields} = {split} chips (model.preset={config.model.preset!r}); "
+                f"change those mesh sizes or the {name!r} entry of sharding.rules"
+            )
+    return errors
 
 
 def apply(config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1) -> Resolved:
