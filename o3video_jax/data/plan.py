@@ -296,7 +296,7 @@ def report(s: Summary, plans: Sequence[ExamplePlan] = ()) -> str:
     tasks = np.array(s.tasks)
     for task in sorted(set(s.tasks)):
         sel = tasks == task
-        lines.append(f"  {task[:26]:26s}n={int(sel.sum())}")
+        lines.append(f"  {task} (n={int(sel.sum())})")
         lines.append(f"    {'tokens':24s}{_pct(s.tokens[sel])}")
         lines.append(f"    {'patches':24s}{_pct(s.patches[sel])}")
     f = s.fits
