@@ -204,3 +204,25 @@ def test_weights_that_do_not_split_over_the_mesh():
     with pytest.raises(preflight.PreflightError, match=r"'vision_embed' have dimension 1280"):
         preflight.check(config, 512)
     assert preflight.check(config, 256).mesh["fsdp"] == 256  # 1280 / 256 = 5, 3584 / 256 = 14
+
+
+def test_processes_must_each_get_rows():
+    # 72B on a 2-host slice of 8 chips: tensor=8 leaves 1 batch shard, 1 prompt a step.
+    config = load("gspo_qwen2_5_vl", "size=72b")
+    with pytest.raises(preflight.PreflightError, match=r"do not split over 2 processes"):
+        preflight.check(config, 8, num_processes=2)
+    config.data.per_device_batch_size = 2
+    assert preflight.check(config, 8, num_processes=2).batch_size == 2
+
+
+def test_setup_checks_before_building_anything(tmp_path):
+    """experiment.setup runs the check first: on conftest's 8 CPU devices a batch of 3 stops
+    before any tokenizer, model or compilation (the tokenizer dir does not even exist)."""
+    from o3video_jax.train import experiment
+
+    config = load("synthetic", "size=tiny")
+    config.data.batch_size = 3
+    config.data.tokenizer_dir = str(tmp_path / "missing")
+    with pytest.raises(preflight.PreflightError, match=r"batch_size=3 rows .* 8 batch shards"):
+        experiment.setup(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()

@@ -163,7 +163,9 @@ def check(config: ml_collections.ConfigDict, num_devices: int, num_processes: in
             )
         if batch % num_processes:
             errors.append(
-                f"data.batch_size={batch} {unit} do not split over {num_processes} processes"
+                f"data.batch_size={batch} {unit} do not split over {num_processes} processes "
+                f"(each feeds its own rows): set data.batch_size to a multiple of "
+                f"{math.lcm(shards, num_processes)}, or raise data.per_device_batch_size"
             )
     micro = int(config.optim.get("microbatches", 1))
     if micro < 1:
