@@ -485,6 +485,27 @@ def table(p: Plan) -> str:
     return "\n".join(lines)
 
 
+def report(compiled: Any, n_devices: int) -> str:
+    """XLA's memory analysis of one executable, per device, in GiB."""
+    m = compiled.memory_analysis()
+    gib = lambda x: f"{x / 2**30:8.2f} GiB"
+    fields = (
+        ("arguments", "argument_size_in_bytes"),
+        ("outputs", "output_size_in_bytes"),
+        ("aliased", "alias_size_in_bytes"),
+        ("temporaries", "temp_size_in_bytes"),
+        ("code", "generated_code_size_in_bytes"),
+    )
+    lines = [f"memory per device ({n_devices} devices):"]
+    total = 0
+    for label, attr in fields:
+        value = int(getattr(m, attr, 0) or 0)
+        lines.append(f"  {label:12s}{gib(value)}")
+        total += -value if attr == "alias_size_in_bytes" else value
+    lines.append(f"  {'total':12s}{gib(total)}")
+    return "\n".join(lines)
+
+
 def fits(p: Plan) -> bool:
     return all(prog.memory()["total"] <= p.chip.hbm_bytes for prog in p.programs)
 
@@ -499,6 +520,8 @@ def main(argv):
     only = tuple(s for s in flags.FLAGS.only.split(",") if s)
     result = plan(config, devices, topology, only, log=lambda s: print(s, flush=True))
     print(table(result), flush=True)
+    for prog in result.programs:
+        print(f"\n{prog.name}: {report(prog.compiled, result.num_devices)}")
     if not fits(result):
         print("some program does not fit the chip's HBM", file=sys.stderr)
         sys.exit(1)
