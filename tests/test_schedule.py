@@ -54,3 +54,29 @@ def test_gspo_lr_counts_updates_and_long_prompts_are_skipped(tmp_path, loop_env,
     assert rows[1]["lr_last"] == pytest.approx(lrs[3], rel=1e-5) and lrs[3] > 0
     assert rows[0]["data/skipped"] == rows[1]["data/skipped"] == 1
     assert all(m["skipped"] == 0 for m in rows)
+
+
+def test_update_count_is_the_schedule_step_and_skips_do_not_advance_it():
+    """The loops log lr = schedule(update_count(opt_state)): a skipped (non-finite) update
+    leaves the count, so the next update uses the same lr."""
+    import jax
+    import jax.numpy as jnp
+    import ml_collections
+
+    from o3video_jax.train.state import TrainState, make_optimizer, update_count
+    from o3video_jax.train.steps import apply_gradients
+
+    cfg = ml_collections.ConfigDict(
+        dict(lr=1.0, schedule="linear", warmup_steps=0, total_steps=4, weight_decay=0.0,
+             b1=0.9, b2=0.99, eps=1e-8, grad_clip=1.0, freeze_regex="^frozen", microbatches=1)
+    )  # fmt: skip
+    tx = make_optimizer(cfg)
+    params = {"w": jnp.ones((2, 2)), "frozen": jnp.ones(2)}
+    state = TrainState.create(params, tx, jax.random.PRNGKey(0))
+    trainable = {"w": True, "frozen": False}
+    grads = jax.tree.map(jnp.ones_like, params)
+    counts = [int(update_count(state.opt_state))]
+    for loss in (1.0, float("nan"), 1.0):
+        state, m = apply_gradients(state, tx, jnp.float32(loss), grads, trainable)
+        counts.append(int(update_count(state.opt_state)))
+    assert counts == [0, 1, 1, 2] and int(state.step) == 3
