@@ -22,8 +22,16 @@ def load(name: str, arg: str = ""):
     return module.get_config(arg or None)
 
 
-# Chips JAX sees: v5p-8 = 4 chips (megacore), v6e-8/16/32/64, v5p:4x4x4 = 64.
-SLICES = {"v5p-8": 4, "v6e-8": 8, "v6e-16": 16, "v6e-32": 32, "v6e-64": 64, "v5p:4x4x4": 64}
+# (chips JAX sees, hosts = processes): v5p-8 = 4 chips (megacore) on 1 host; v6e-8 is one
+# 8-chip host; larger v6e slices and v5p have 4 chips per host.
+SLICES = {
+    "v5p-8": (4, 1),
+    "v6e-8": (8, 1),
+    "v6e-16": (16, 4),
+    "v6e-32": (32, 8),
+    "v6e-64": (64, 16),
+    "v5p:4x4x4": (64, 16),
+}
 
 
 @pytest.mark.parametrize("slice_name", sorted(SLICES))
@@ -42,14 +50,10 @@ SLICES = {"v5p-8": 4, "v6e-8": 8, "v6e-16": 16, "v6e-32": 32, "v6e-64": 64, "v5p
     ],
 )
 def test_shipped_configs_fit_every_slice(name, arg, slice_name):
-    n = SLICES[slice_name]
+    n, hosts = SLICES[slice_name]
     config = load(name, arg)
     tensor = int(config.mesh.tensor)
-    if n % tensor:  # 72B's tensor=8 on 4 chips: an error that names mesh.tensor
-        with pytest.raises(preflight.PreflightError, match=r"mesh\.tensor=8.*4 devices"):
-            preflight.apply(config, n)
-        return
-    r = preflight.apply(config, n)
+    r = preflight.apply(config, n, hosts)
     assert math.prod(r.mesh.values()) == n
     # One row (SFT) / prompt (GSPO) per batch shard = fsdp = n / tensor chips.
     assert r.batch_shards == n // tensor and r.batch_size == n // tensor
@@ -69,7 +73,7 @@ def test_shipped_configs_fit_every_slice(name, arg, slice_name):
     else:
         assert r.schedule_steps == r.total_steps  # microbatches are not updates
         assert not r.warnings
-    assert preflight.apply(config, n) == r  # idempotent on the written-back config
+    assert preflight.apply(config, n, hosts) == r  # idempotent on the written-back config
 
 
 def test_fixed_batch_on_a_large_slice_names_the_fields():
@@ -206,13 +210,24 @@ def test_weights_that_do_not_split_over_the_mesh():
     assert preflight.check(config, 256).mesh["fsdp"] == 256  # 1280 / 256 = 5, 3584 / 256 = 14
 
 
+def test_batch_shards_must_not_span_hosts():
+    # tensor=8 on 4-chip hosts: each batch shard would need the same rows from 2 processes.
+    config = load("sft_qwen2_5_vl", "size=72b")
+    config.mesh.tensor = 8
+    with pytest.raises(preflight.PreflightError, match=r"8 batch shards .* 16 processes"):
+        preflight.check(config, 64, num_processes=16)
+    assert preflight.check(config, 64, num_processes=8).batch_size == 8  # 8-chip hosts
+
+
 def test_processes_must_each_get_rows():
-    # 72B on a 2-host slice of 8 chips: tensor=8 leaves 1 batch shard, 1 prompt a step.
-    config = load("gspo_qwen2_5_vl", "size=72b")
-    with pytest.raises(preflight.PreflightError, match=r"do not split over 2 processes"):
-        preflight.check(config, 8, num_processes=2)
-    config.data.per_device_batch_size = 2
-    assert preflight.check(config, 8, num_processes=2).batch_size == 2
+    # A fixed batch of 4 prompts over 8 single-device processes (a CPU/GPU cluster).
+    config = load("gspo_qwen2_5_vl", "size=7b")
+    config.data.batch_size, config.data.per_device_batch_size = 4, 0
+    config.mesh.update({"data": -1, "fsdp": 1, "tensor": 1})
+    with pytest.raises(preflight.PreflightError, match=r"do not split over 8 processes"):
+        preflight.check(config, 8, num_processes=8)
+    config.data.batch_size = 16
+    assert preflight.check(config, 8, num_processes=8).per_device_batch_size == 2
 
 
 def test_setup_checks_before_building_anything(tmp_path):

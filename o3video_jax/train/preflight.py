@@ -6,7 +6,9 @@ r"""Checks an experiment config against the mesh it will run on, before anything
 `check` resolves the values a config leaves to the slice and raises one `PreflightError` that
 lists every problem, each naming the config fields to change:
 
-  mesh        sizes (one may be -1) multiply to the device count
+  mesh        sizes (one may be -1) multiply to the device count; every sharded weight
+              dimension splits evenly over its mesh axes; with several processes each holds
+              whole batch shards (a shard spanning hosts would need the same rows twice)
   batch       `data.batch_size` (global: rows for SFT, prompts for GSPO), or, when it is 0,
               `data.per_device_batch_size` x the batch shards (mesh data x fsdp: the chips that
               hold different rows; tensor-parallel chips share theirs). The batch must split
@@ -134,6 +136,14 @@ def check(config: ml_collections.ConfigDict, num_devices: int, num_processes: in
     errors += problems
     shards = math.prod(max(mesh.get(a, 1), 1) for a in BATCH_AXES)
     shard_fields = "x".join(f"mesh.{a}={mesh.get(a, 1)}" for a in BATCH_AXES)
+
+    if not problems and num_processes > 1 and shards % num_processes:
+        errors.append(
+            f"the {shards} batch shards ({shard_fields}) do not split over {num_processes} "
+            f"processes: each process feeds its own rows, so a batch shard must not span hosts; "
+            f"keep mesh.tensor (x mesh.data) within the {num_devices // num_processes} devices "
+            "of a host and give mesh.fsdp the rest"
+        )
 
     # ---- batch
     d = config.data
