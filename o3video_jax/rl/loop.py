@@ -10,9 +10,10 @@ Per step (DESIGN decision 8):
   4. `num_updates` passes over `minibatches` shuffled minibatches of the rows     [update]
 Diagnostics: `lr` (mean over the step's updates; `lr_last`: its last update's; the schedule
 counts optimiser updates, `train.preflight`), `data/skipped` (examples the pipeline skipped so
-far: prompts longer than the largest prompt bucket among them), clip fractions, ratio min/mean/max, KL, advantage stats, zero-variance groups,
-each reward term, completion lengths, and the time of each phase. Checkpoints, resume, NaN
-policy, logging and the HF export are as in the SFT loop (`train.loop`). With
+far: prompts longer than the largest prompt bucket among them), clip fractions, ratio
+min/mean/max, KL, advantage stats, zero-variance groups, each reward term, completion lengths,
+and the time of each phase. Checkpoints, resume, NaN policy, logging and the HF export are as in
+the SFT loop (`train.loop`). With
 `log.eval_every` > 0, every that many steps and after the last one, greedy completions of the
 held-out prompts `data.eval_json` (`rl.heldout.evaluate`, at most `log.eval_prompts`) add
 `eval/<reward term>`, `eval/acc`, `eval/tiou`, `eval/viou`, `eval/mAM`, ... to that step's row.

@@ -8,6 +8,9 @@ HF export (`WORKDIR/hf`, with the tokenizer files) that transformers can load. W
 `log.eval_every` > 0, every that many steps and after the last one the held-out loss and token
 accuracy on `data.eval_json` (`train.evaluation`) join that step's metrics row as `eval/*`.
 
+Each metrics row has `lr` (the schedule at this step's optimiser update: skipped non-finite
+steps do not advance it) and `data/skipped` (examples the pipeline skipped so far).
+
 A run directory that holds a checkpoint is resumed automatically, and continues with exactly
 the batches and random streams of an uninterrupted run (tests/test_train_loop.py).
 """
