@@ -93,6 +93,11 @@ def share_vision(inputs: ModelInputs, group_size: int) -> ModelInputs:
 def trim_left(inputs: ModelInputs, pad_id: int, buckets: Sequence[int]) -> ModelInputs:
     """Drops left-padding columns shared by every row, then left-pads to the prompt bucket
     (`sampler.bucket_prompts`): the prefill sees the shortest bucket that fits the batch."""
+    if not len(buckets):
+        raise ValueError(
+            "no prompt buckets: rl.prompt_buckets=[] is derived from the length budget by "
+            "train.preflight.apply(config, num_devices), which must run first"
+        )
     seg = np.asarray(inputs.segment_ids)
     used = int((seg != 0).any(axis=0).sum()) if seg.size else 0
     cut = inputs.seq_len - max(used, 1)
