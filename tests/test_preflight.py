@@ -91,12 +91,11 @@ def test_fixed_batch_on_a_large_slice_names_the_fields():
     assert preflight.check(config, 64).per_device_batch_size == 2
 
 
-def test_contradicting_batch_fields():
-    config = load("sft_qwen2_5_vl", "size=7b")
-    config.data.batch_size = 16
-    config.data.per_device_batch_size = 1
-    with pytest.raises(preflight.PreflightError, match=r"contradicts data.per_device_batch_size"):
-        preflight.check(config, 8)
+def test_an_explicit_global_batch_wins():
+    config = load("sft_qwen2_5_vl", "size=7b")  # per_device_batch_size = 1
+    config.data.batch_size = 16  # --config.data.batch_size=16 on 8 chips
+    r = preflight.check(config, 8)
+    assert (r.batch_size, r.per_device_batch_size, r.total_steps) == (16, 2, 1948)
 
 
 def test_mesh_that_does_not_cover_the_devices():

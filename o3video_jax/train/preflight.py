@@ -9,8 +9,8 @@ lists every problem, each naming the config fields to change:
   mesh        sizes (one may be -1) multiply to the device count; every sharded weight
               dimension splits evenly over its mesh axes; with several processes each holds
               whole batch shards (a shard spanning hosts would need the same rows twice)
-  batch       `data.batch_size` (global: rows for SFT, prompts for GSPO), or, when it is 0,
-              `data.per_device_batch_size` x the batch shards (mesh data x fsdp: the chips that
+  batch       `data.batch_size` (global: rows for SFT, prompts for GSPO; it wins when > 0), or,
+              when it is 0, `data.per_device_batch_size` x the batch shards (mesh data x fsdp: the chips that
               hold different rows; tensor-parallel chips share theirs). The batch must split
               over the shards and processes, every microbatch (`optim.microbatches`) and, for
               GSPO, every update minibatch (`rl.minibatches`) of its `rl.group_size` x prompts
@@ -155,11 +155,6 @@ def check(config: ml_collections.ConfigDict, num_devices: int, num_processes: in
         errors.append("set data.batch_size (global) or data.per_device_batch_size (> 0)")
     elif batch == 0:
         batch = pdbs * shards
-    elif pdbs and batch != pdbs * shards:
-        errors.append(
-            f"data.batch_size={batch} contradicts data.per_device_batch_size={pdbs} x "
-            f"{shards} batch shards ({shard_fields}); set data.batch_size=0 to derive it"
-        )
     fix = (
         f"set data.batch_size to a multiple of {shards}, or data.batch_size=0 with "
         f"data.per_device_batch_size=N (N x {shards} {unit} a step), or change the mesh "
@@ -212,7 +207,7 @@ def check(config: ml_collections.ConfigDict, num_devices: int, num_processes: in
                         f"data.batch_size={batch} prompts do not split into rl.minibatches={mbs}"
                         ": minibatches then mix rows of different groups and repeat the pixels"
                     )
-    if rows_per_update > 0 and micro >= 1 and not problems:
+    if rows_per_update > 0 and micro > 1 and not problems:
         what = "an update minibatch" if gspo else "the batch"
         if rows_per_update % micro or (rows_per_update // micro) % shards:
             errors.append(
