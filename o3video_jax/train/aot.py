@@ -264,16 +264,31 @@ def plan(
     text_p, unembed_p, vision_p = _param_counts(state.params, mc.vision.spatial_merge_size)
     d = config.data
     programs: list[Program] = []
+    generation, _ = parse_topology(topology) if topology else ("v5p", ())
+    result = Plan(
+        topology=topology,
+        chip=roofline.chip(generation),
+        num_devices=n,
+        mesh=dict(mesh.shape),
+        summary=preflight.summary(resolved),
+        programs=programs,
+        text_params=text_p,
+        unembed_params=unembed_p,
+        vision_params=vision_p,
+    )
     wanted = lambda name: not only or name.startswith(tuple(only))
+
+    def append(program: Program) -> None:
+        programs.append(program)
+        if log:  # the row now: a long plan that is stopped still reports what it compiled
+            log(f"  compiled {program.name} in {program.seconds:.0f} s: {row(result, program)}")
 
     def add(name, lower, **kw):
         if not wanted(name):
             return None
         t0 = time.perf_counter()
         compiled = lower().compile()
-        programs.append(Program(name, compiled, seconds=time.perf_counter() - t0, **kw))
-        if log:
-            log(f"  compiled {name} in {programs[-1].seconds:.0f} s")
+        append(Program(name, compiled, seconds=time.perf_counter() - t0, **kw))
         return compiled
 
     def scoped_lower(fn, *args, donate=()):
@@ -389,7 +404,7 @@ def plan(
             # The same executable on the reference params (same shapes and shardings).
             t0 = time.perf_counter()
             lp = lp or logprob.lower(params, batch).compile()
-            programs.append(
+            append(
                 Program(
                     "logprob_ref",
                     lp,
@@ -431,18 +446,7 @@ def plan(
             passes=3,
         )
 
-    generation, _ = parse_topology(topology) if topology else ("v5p", ())
-    return Plan(
-        topology=topology,
-        chip=roofline.chip(generation),
-        num_devices=n,
-        mesh=dict(mesh.shape),
-        summary=preflight.summary(resolved),
-        programs=programs,
-        text_params=text_p,
-        unembed_params=unembed_p,
-        vision_params=vision_p,
-    )
+    return result
 
 
 def compile_step(config: ml_collections.ConfigDict, devices: list) -> Any:
@@ -471,18 +475,22 @@ def table(p: Plan) -> str:
         head,
         "|" + "---|" * (head.count("|") - 1),
     ]
-    for prog in p.programs:
-        m, r = prog.memory(), p.roofline(prog)
-        share = m["total"] / p.chip.hbm_bytes
-        name = prog.name + (f" (x{prog.loop})" if prog.loop > 1 else "")
-        lines.append(
-            f"| {name} | {_gib(m['arguments'])} | {_gib(m['outputs'])} | {_gib(m['aliased'])} | "
-            f"{_gib(m['temporaries'])} | {_gib(m['resident'])} | {_gib(m['total'])} | "
-            f"{share:.0%}{'' if share <= 1 else ' OOM'} | {r.flops / 1e12:.2f} | "
-            f"{r.bytes / 1e9:.1f} | {r.model_flops / 1e12:.2f} | {r.seconds * 1e3:.1f} | "
-            f"{r.bound} | {r.mfu:.0%} | {prog.seconds:.0f} |"
-        )
+    lines += [row(p, prog) for prog in p.programs]
     return "\n".join(lines)
+
+
+def row(p: Plan, prog: Program) -> str:
+    """One program's line of `table`."""
+    m, r = prog.memory(), p.roofline(prog)
+    share = m["total"] / p.chip.hbm_bytes
+    name = prog.name + (f" (x{prog.loop})" if prog.loop > 1 else "")
+    return (
+        f"| {name} | {_gib(m['arguments'])} | {_gib(m['outputs'])} | {_gib(m['aliased'])} | "
+        f"{_gib(m['temporaries'])} | {_gib(m['resident'])} | {_gib(m['total'])} | "
+        f"{share:.0%}{'' if share <= 1 else ' OOM'} | {r.flops / 1e12:.2f} | "
+        f"{r.bytes / 1e9:.1f} | {r.model_flops / 1e12:.2f} | {r.seconds * 1e3:.1f} | "
+        f"{r.bound} | {r.mfu:.0%} | {prog.seconds:.0f} |"
+    )
 
 
 def report(compiled: Any, n_devices: int) -> str:
