@@ -73,6 +73,10 @@ class _RecordedIterator:
     def set_state(self, state):
         self._it.set_state(state)
 
+    @property
+    def stats(self):  # the loops log the pipeline's skip count (data/skipped)
+        return self._it.stats
+
 
 class _RecordedDataset:
     def __init__(self, ds, states: list):

@@ -1,18 +1,21 @@
-"""AOT-compile the real train steps for TPU topologies on this CPU host (STYLE 13).
+"""AOT-compile every program of a run for TPU topologies on this CPU host (STYLE 13).
 
 Needs libtpu (installed with the test extra on linux x86_64); elsewhere these tests are
 skipped. Topology parsing and the missing-libtpu error are tested in test_train_loop.py.
 """
 
 import importlib.util
+import math
 import os
 import sys
 
+import jax
 import pytest
 
-from o3video_jax.train import aot
+from o3video_jax.train import aot, roofline
 
 HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
+needs_libtpu = pytest.mark.skipif(not HAS_LIBTPU, reason="needs libtpu (pip install jax[tpu])")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "experiments", "configs"))
 
 
@@ -31,7 +34,7 @@ def _config(stage: str, mesh: dict):
     return c
 
 
-@pytest.mark.skipif(not HAS_LIBTPU, reason="needs libtpu (pip install jax[tpu])")
+@needs_libtpu
 def test_sft_step_compiles_for_v5p_and_fsdp_shards_the_state():
     devices = aot.topology_devices("v5p:2x2x1")
     assert len(devices) == 4
@@ -43,11 +46,95 @@ def test_sft_step_compiles_for_v5p_and_fsdp_shards_the_state():
     assert m_fsdp.argument_size_in_bytes < 0.5 * m_data.argument_size_in_bytes
     # The state is donated: outputs alias the inputs instead of doubling the memory.
     assert m_fsdp.alias_size_in_bytes > 0
-    assert "memory per device (4 devices)" in aot.report(fsdp, 4)
 
 
-@pytest.mark.skipif(not HAS_LIBTPU, reason="needs libtpu (pip install jax[tpu])")
-def test_gspo_update_compiles_with_tensor_parallelism():
+def test_roofline_is_the_slower_of_compute_and_memory():
+    chip = roofline.chip("v5p")
+    r = roofline.Roofline(flops=459e12, bytes=2765e9 / 2, model_flops=459e12 / 2, chip=chip)
+    assert r.seconds == pytest.approx(1.0) and r.bound == "compute"
+    assert r.mfu == pytest.approx(0.5)
+    r = roofline.Roofline(flops=1e12, bytes=2 * 2765e9, model_flops=1e12, chip=chip)
+    assert r.seconds == pytest.approx(2.0) and r.bound == "memory"
+    assert roofline.chip("v5litepod") is roofline.CHIPS["v5e"]
+    with pytest.raises(ValueError, match="no chip numbers for TPU 'v9x'"):
+        roofline.chip("v9x")
+    # 2 FLOPs per parameter per token per pass: 3 passes of a training step.
+    assert roofline.model_flops(10, 4, 100, 50, 3) == 2 * 3 * (10 * 100 + 4 * 50)
+
+
+@needs_libtpu
+def test_gspo_plan_compiles_every_program_with_consistent_numbers():
     devices = aot.topology_devices("v5p:2x2x1")
-    compiled = aot.compile_step(_config("gspo", {"data": 1, "fsdp": 2, "tensor": 2}), devices)
-    assert compiled.memory_analysis().temp_size_in_bytes > 0
+    c = _config("gspo", {"data": 1, "fsdp": 2, "tensor": 2})
+    with c.unlocked():
+        c.data.max_seq_len = 128 + 16
+        c.rl.max_new_tokens = 16
+        c.rl.prompt_buckets = [64, 128]
+        c.rl.old_logp = "rollout"
+        c.rl.beta = 0.04
+    p = aot.plan(c, devices, "v5p:2x2x1")
+    names = [q.name for q in p.programs]
+    assert names == [
+        "prefill[64]",
+        "decode[64]",
+        "prefill[128]",
+        "decode[128]",
+        "logprob",
+        "logprob_ref",
+        "update",
+    ]
+    prog = {q.name: q for q in p.programs}
+    mem = {k: q.memory() for k, q in prog.items()}
+    params = mem["logprob_ref"]["resident"] - (
+        mem["logprob"]["resident"] - mem["update"]["resident"]
+    )
+    # The reference params are resident during the update, with the state's shardings.
+    assert mem["update"]["resident"] == params > 0
+    # The optimiser state (Adam mu and nu, float32 like the params) is resident while the
+    # sampler runs: state - params + reference = 2 params + scalars + reference.
+    assert mem["prefill[64]"]["resident"] == pytest.approx(3 * params, rel=0.01)
+    for name, m in mem.items():
+        assert m["total"] == (
+            m["resident"]
+            + m["arguments"]
+            + m["outputs"]
+            - m["aliased"]
+            + m["temporaries"]
+            + m["code"]
+        ), name
+        assert 0 < m["total"] < p.chip.hbm_bytes, name
+    # The decode loop carries the donated KV cache in place.
+    assert mem["decode[128]"]["aliased"] > 0
+    # Prefill's outputs hold the KV cache of P*G rows with L + T slots (hand-derived size,
+    # float32 model): at least a 1/4 share per chip, at most the whole cache.
+    mc = aot.experiment.model_config(c)
+    rows, t = 4 * c.rl.group_size, c.rl.max_new_tokens
+    for bucket in (64, 128):
+        kv = 2 * mc.text.num_hidden_layers * rows * (bucket + t) * mc.text.num_key_value_heads
+        kv *= mc.text.head_dim * 4
+        assert kv / 4 <= mem[f"prefill[{bucket}]"]["outputs"] <= kv + rows * mc.vocab_size * 4
+    for name, q in prog.items():
+        r = p.roofline(q)
+        assert r.seconds == max(r.flops / p.chip.peak_flops, r.bytes / p.chip.hbm_bw) > 0
+        assert 0 < r.mfu <= 1, name
+        assert r.flops >= r.model_flops > 0, name
+    assert prog["decode[64]"].loop == t
+    # Longer prompts cost more; the training update (3 passes) more than the forward.
+    flops = {k: roofline.cost(q.compiled)[0] for k, q in prog.items()}
+    assert flops["prefill[128]"] > flops["prefill[64]"]
+    assert flops["update"] > flops["logprob"]
+    text = aot.table(p)
+    for name in names:
+        assert f"| {name}" in text
+    assert aot.fits(p)
+
+
+@needs_libtpu
+def test_chip_bytes_counts_one_shard():
+    devices = aot.topology_devices("v5p:2x2x1")
+    mesh = jax.sharding.Mesh([[devices[0], devices[1]], [devices[2], devices[3]]], ("a", "b"))
+    spec = jax.sharding.PartitionSpec("a", None)
+    x = jax.ShapeDtypeStruct((8, 6), "float32", sharding=jax.NamedSharding(mesh, spec))
+    assert aot.chip_bytes(x) == 4 * 6 * 4
+    assert aot.chip_bytes({"y": jax.ShapeDtypeStruct((3,), "int32")}) == 12
+    assert math.prod((4, 6)) * 4 == aot.chip_bytes([x])

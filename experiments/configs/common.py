@@ -27,7 +27,9 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.stage = "sft"  # "sft" | "gspo" | "sft+gspo"
     c.seed = 0
+    # Run steps (SFT steps / GSPO rollout steps); 0: ceil(epochs x data.num_examples / batch).
     c.total_steps = 1000
+    c.epochs = 0.0
     c.nan_policy = "skip"  # "skip" the update or "stop" the run on a non-finite loss
 
     c.model = ml_collections.ConfigDict()
@@ -53,7 +55,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.eval_media_root = ""  # media of data.eval_json; "" = data.media_root
     c.data.layout = "upstream"  # upstream (DATA_ROOT/videos folder table) | flat
     c.data.tokenizer_dir = ""  # defaults to model.hf_checkpoint
-    c.data.batch_size = 8  # rows (SFT) or prompts (GSPO) per step, global
+    # Rows (SFT) or prompts (GSPO) per step, global; 0: data.per_device_batch_size x the batch
+    # shards (mesh data x fsdp). Checked against the mesh before compiling (train.preflight).
+    c.data.batch_size = 8
+    c.data.per_device_batch_size = 0
+    c.data.num_examples = 0  # records of data.train_json, for total_steps = 0 (epochs)
     c.data.max_seq_len = 4096
     c.data.max_patches = 16384
     c.data.packing = "first_fit"  # first_fit | best_fit | none
@@ -81,8 +87,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 1e-6
     c.optim.schedule = "cosine"  # cosine | linear | constant
-    c.optim.warmup_steps = 0
-    c.optim.total_steps = c.get_ref("total_steps")
+    c.optim.warmup_steps = 0  # run steps (x updates per step, train.preflight)
+    # lr horizon in optimiser updates; -1: total_steps x updates per step (GSPO: rl.num_updates
+    # x rl.minibatches; SFT: 1, microbatches accumulate into one update).
+    c.optim.total_steps = -1
     c.optim.weight_decay = 0.01
     c.optim.b1 = 0.9
     c.optim.b2 = 0.999
@@ -102,7 +110,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.rl.top_p = 0.95
     c.rl.top_k = 0
     c.rl.max_new_tokens = 768
-    c.rl.prompt_buckets = [1024, 2048, 4096]
+    # Prompt-length buckets of the sampler's prefill; []: derived from the prompt budget
+    # data.max_seq_len - rl.max_new_tokens (train.preflight). Longer prompts are skipped.
+    c.rl.prompt_buckets = []
     c.rl.eps_low = 0.2
     c.rl.eps_high = 0.2
     c.rl.beta = 0.04

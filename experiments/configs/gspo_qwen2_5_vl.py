@@ -21,7 +21,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
 import common  # noqa: E402
-from sft_qwen2_5_vl import _MESH  # noqa: E402
+from sft_qwen2_5_vl import _MESH, FRAMES, MAX_PATCHES  # noqa: E402
 
 from o3video_jax.rl import gspo  # noqa: E402
 
@@ -37,12 +37,23 @@ def get_config(arg=None):
     c.stage = "gspo"
     c.model.preset = a.size
     c.mesh.update(_MESH[a.size])
-    c.total_steps = 4654  # 37,228 prompts / 8 per step
+    # Upstream: 8 prompts a step (4654 steps). Here one prompt per batch shard (mesh data x
+    # fsdp), one epoch of STGR-RL's 37,228 prompts whatever the slice; the lr horizon counts
+    # optimiser updates (rl.num_updates x rl.minibatches per step, train.preflight).
+    c.total_steps = 0
+    c.epochs = 1.0
+    c.data.num_examples = 37228
     c.optim.lr = 1e-6
     c.optim.schedule = "cosine"
     c.optim.weight_decay = 0.01
-    c.data.batch_size = 8
-    c.data.max_seq_len = 16384 + 768
+    c.data.batch_size = 0
+    c.data.per_device_batch_size = 1
+    # Prompts of 16 frames + 4 key frames take ~3k tokens; buckets [] -> [1024, 2048, 4096].
+    c.data.max_seq_len = 4096 + 768
+    c.rl.prompt_buckets = []
+    # Pixels of one prompt: 16 frames + 4 key frames at the worst frame size (sft config).
+    c.data.max_frames = FRAMES
+    c.data.max_patches = MAX_PATCHES
     presets = gspo.presets()
     if a.preset not in presets:
         raise ValueError(f"unknown rl preset {a.preset!r}; use one of {sorted(presets)}")
@@ -56,7 +67,8 @@ def get_config(arg=None):
         c.mesh.update({"data": -1, "fsdp": 1, "tensor": 1})
         c.total_steps = 3
         c.data.batch_size = 2
-        c.data.max_seq_len = 1024
+        c.data.per_device_batch_size = 0
+        c.data.max_seq_len = 1024 + 32
         c.data.max_patches = 1024
         c.data.workers = 0
         c.rl.max_new_tokens = 32

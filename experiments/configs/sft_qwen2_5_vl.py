@@ -19,12 +19,23 @@ import sys
 sys.path.insert(0, os.path.dirname(__file__))
 import common  # noqa: E402
 
-# Mesh per size: FSDP over the whole slice; tensor parallelism for the largest models.
+# Patch budget of one example (tests/test_plan.py derives it from `vision.smart_resize`): a
+# frame at the Open-o3 frame pixels (data.frame_min/max_pixels = 100352 / 105369) costs at most
+# 576 patches at 16:9, 4:3 and 9:16 of any size (480 for 640x360, 520 for 640x480, 560 for an
+# upscaled 320x240, 576 for 256x144), and a temporal-spatial example adds its key frames, each
+# resized to the frame size: 16 frames + 4 key frames. `python -m o3video_jax.data.plan`
+# measures the real distribution (how many key frames, which sizes) of a data set.
+FRAME_PATCHES, FRAMES, KEY_FRAMES = 576, 16, 4
+MAX_PATCHES = (FRAMES + KEY_FRAMES) * FRAME_PATCHES  # 11520 = 180 windows of 64 patches
+
+# Mesh per size: FSDP over the whole slice; tensor parallelism for the largest models, within
+# one host (4 chips on v4/v5p hosts): a batch shard that spans hosts would need the same rows
+# from two processes.
 _MESH = {
     "3b": {"data": 1, "fsdp": -1, "tensor": 1},
     "7b": {"data": 1, "fsdp": -1, "tensor": 1},
     "32b": {"data": 1, "fsdp": -1, "tensor": 4},
-    "72b": {"data": 1, "fsdp": -1, "tensor": 8},
+    "72b": {"data": 1, "fsdp": -1, "tensor": 4},
 }
 
 
@@ -36,14 +47,20 @@ def get_config(arg=None):
     c.mesh.update(_MESH[a.size])
     # Open-o3 Video SFT: lr 1e-6, linear schedule without warm-up, 1 epoch (31,166 records at 8
     # per step), max_grad_norm 5, bf16, gradient checkpointing; loss over the whole conversation.
-    c.total_steps = 3896
+    # Upstream: 8 rows a step on 8 GPUs. Here one row per batch shard (mesh data x fsdp), so
+    # any slice gets a valid batch (8 on v6e-8, 64 on v5p:4x4x4); the run length stays one epoch.
+    c.total_steps = 0
+    c.epochs = 1.0
+    c.data.num_examples = 31166
     c.optim.lr = 1e-6
     c.optim.schedule = "linear"
     c.optim.weight_decay = 0.0
-    c.data.batch_size = 8
+    c.data.batch_size = 0
+    c.data.per_device_batch_size = 1
     c.data.loss_mask = "original"
     c.data.max_seq_len = 8192
-    c.data.max_patches = 16 * 4 * 136  # 16 frames (+ key frames) of ~100k px, 4 patches/token
+    c.data.max_frames = FRAMES
+    c.data.max_patches = MAX_PATCHES  # one example with 4 key frames; see FRAME_PATCHES
     c.ckpt.save_every = 500
     if a.runlocal:
         c.model.preset = "tiny"
@@ -51,6 +68,7 @@ def get_config(arg=None):
         c.mesh.update({"data": -1, "fsdp": 1, "tensor": 1})
         c.total_steps = 4
         c.data.batch_size = 2
+        c.data.per_device_batch_size = 0
         c.data.max_seq_len = 1024
         c.data.max_patches = 1024
         c.data.workers = 0

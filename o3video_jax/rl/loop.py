@@ -8,9 +8,12 @@ Per step (DESIGN decision 8):
   3. rollout-policy log-probs (the params before this step's updates) and, when beta > 0, the
      frozen reference's (the run's initial params, recomputed on resume)           [logprobs]
   4. `num_updates` passes over `minibatches` shuffled minibatches of the rows     [update]
-Diagnostics: clip fractions, ratio min/mean/max, KL, advantage stats, zero-variance groups,
-each reward term, completion lengths, and the time of each phase. Checkpoints, resume, NaN
-policy, logging and the HF export are as in the SFT loop (`train.loop`). With
+Diagnostics: `lr` (mean over the step's updates; `lr_last`: its last update's; the schedule
+counts optimiser updates, `train.preflight`), `data/skipped` (examples the pipeline skipped so
+far: prompts longer than the largest prompt bucket among them), clip fractions, ratio
+min/mean/max, KL, advantage stats, zero-variance groups, each reward term, completion lengths,
+and the time of each phase. Checkpoints, resume, NaN policy, logging and the HF export are as in
+the SFT loop (`train.loop`). With
 `log.eval_every` > 0, every that many steps and after the last one, greedy completions of the
 held-out prompts `data.eval_json` (`rl.heldout.evaluate`, at most `log.eval_prompts`) add
 `eval/<reward term>`, `eval/acc`, `eval/tiou`, `eval/viou`, `eval/mAM`, ... to that step's row.
@@ -30,9 +33,10 @@ from jax.experimental import multihost_utils
 from o3video_jax.rewards import REWARD_NAMES, compute_rewards
 from o3video_jax.rl import gspo, rollouts
 from o3video_jax.rl import sampler as sampler_lib
-from o3video_jax.train import evaluation, experiment, sharding, steps
-from o3video_jax.train.loop import Profiler, export_hf
+from o3video_jax.train import evaluation, experiment, preflight, sharding, steps
+from o3video_jax.train.loop import Profiler, data_skipped, export_hf
 from o3video_jax.train.metrics_log import MetricsWriter
+from o3video_jax.train.state import make_schedule, update_count
 
 REWARD_TERMS = (*REWARD_NAMES, "total")
 DEFAULT_EVAL_PROMPTS = 64
@@ -54,7 +58,7 @@ def gspo_step_config(config: ml_collections.ConfigDict) -> ml_collections.Config
                 "old_logp": rl.old_logp,
                 "temperature": rl.temperature if rl.temperature > 0 else 1.0,
             },
-            "optimizer": config.optim.to_dict(),
+            "optimizer": preflight.optimizer_config(config).to_dict(),
             "loss": {"chunk": config.sft.ce_chunk},
             "nan_policy": config.nan_policy,
         }
@@ -218,6 +222,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     profiler = Profiler(config.log.profile_steps, workdir)
     state, step, last = exp.state, exp.start_step, {}
     base_key = jax.random.PRNGKey(config.seed + 1)
+    # The lr schedule counts optimiser updates: num_updates x minibatches per rollout step.
+    schedule = make_schedule(ucfg.optimizer)
+    updates = int(jax.device_get(update_count(state.opt_state)))
     try:
         while step < total:
             t0 = time.perf_counter()
@@ -273,7 +280,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             rows["old_logp"], rows["ref_logp"] = old, ref
             t3 = time.perf_counter()
 
-            results = []
+            results, lrs = [], []
             for u in range(rl.num_updates):
                 rng = np.random.default_rng([config.seed, step, u])
                 for mb in _minibatches(rows, config, exp.mesh, rng):
@@ -281,6 +288,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                     with jax.transfer_guard("disallow"):
                         state, m = update(state, placed_mb)
                     m = {k: np.asarray(v).item() for k, v in jax.device_get(m).items()}
+                    lrs.append(float(schedule(updates)))
+                    updates += 0 if m["skipped"] else 1
                     results.append(m)
                     steps.check_finite(m, config.nan_policy)
             profiler.after(step + 1)
@@ -288,6 +297,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             t4 = time.perf_counter()
 
             metrics = _combine(results)
+            metrics["lr"] = float(np.mean(lrs))  # mean over this step's updates
+            metrics["lr_last"] = lrs[-1]
+            metrics["data/skipped"] = data_skipped(it)
             # Summaries over the global batch (every process's rows; a collective).
             r, adv, lengths, valid = _global_rows(
                 {k: np.asarray(r[k]) for k in REWARD_TERMS}, adv, out_host.lengths, valid

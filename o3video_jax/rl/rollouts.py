@@ -93,6 +93,11 @@ def share_vision(inputs: ModelInputs, group_size: int) -> ModelInputs:
 def trim_left(inputs: ModelInputs, pad_id: int, buckets: Sequence[int]) -> ModelInputs:
     """Drops left-padding columns shared by every row, then left-pads to the prompt bucket
     (`sampler.bucket_prompts`): the prefill sees the shortest bucket that fits the batch."""
+    if not len(buckets):
+        raise ValueError(
+            "no prompt buckets: rl.prompt_buckets=[] is derived from the length budget by "
+            "train.preflight.apply(config, num_devices), which must run first"
+        )
     seg = np.asarray(inputs.segment_ids)
     used = int((seg != 0).any(axis=0).sum()) if seg.size else 0
     cut = inputs.seq_len - max(used, 1)
@@ -248,7 +253,8 @@ def training_rows(
 def make_logprob_fn(model: nn.Module, mesh: Mesh, rules, *, chunk: int, temperature: float):
     """`logp(params, batch) -> float32[B, L]` log-probs of batch["targets"] (0 off the mask),
     at `temperature`, computed in chunks like the training loss. The pixels may be shared by
-    each group (`training_rows(..., share=True)`): the vision tower then runs once per prompt."""
+    each group (`training_rows(..., share=True)`): the vision tower then runs once per prompt.
+    `logp.lower(params, batch)` lowers it ahead of time (abstract arguments)."""
 
     def fn(params, batch):
         variables = {"params": params}
@@ -268,4 +274,9 @@ def make_logprob_fn(model: nn.Module, mesh: Mesh, rules, *, chunk: int, temperat
         with jax.set_mesh(mesh), nn.logical_axis_rules(list(rules)):
             return jitted(params, batch)
 
+    def lower(params, batch):  # ahead-of-time compilation (train.aot)
+        with jax.set_mesh(mesh), nn.logical_axis_rules(list(rules)):
+            return jitted.lower(params, batch)
+
+    run.lower = lower
     return run

@@ -1,31 +1,62 @@
-r"""Ahead-of-time compile the real train step for a TPU topology, on a CPU host (STYLE 13).
+r"""Ahead-of-time plan of a whole run for a TPU topology, on a CPU host (STYLE 13, DESIGN 11).
 
   python -m o3video_jax.train.aot --config experiments/configs/sft_qwen2_5_vl.py:size=7b \
       --topology v5p:4x4x4
+  python -m o3video_jax.train.aot --config experiments/configs/gspo_qwen2_5_vl.py:size=7b \
+      --topology v5p:4x4x4
 
-Builds the mesh of the config over the devices of `topology` (`jax.experimental.topologies`),
-the abstract train state and batch (shapes and shardings only: nothing is allocated), lowers
-and compiles the SFT step (or the GSPO update for stage "gspo") and prints XLA's memory
-analysis per device, so sharding mistakes and out-of-memory configs show up before a pod is
-booked. Needs libtpu (`pip install -e ".[tpu]"`); without it the command stops with a clear
-error.
+Builds the config's mesh over the devices of `topology` (`jax.experimental.topologies`; the
+config is first checked against that many chips by `train.preflight`, which also resolves the
+global batch and the GSPO prompt buckets), the abstract train state and inputs (shapes and
+shardings only: nothing is allocated), and lowers and compiles **every program the run
+executes**, at the shapes the loops feed:
+
+  SFT   sft_step                 the train step, [batch, max_seq_len] rows, max_patches each
+  GSPO  prefill[L]               the sampler's prefill of every prompt bucket L ([P, L] prompts,
+                                 their pixels; KV cache of P*G rows with L + T slots out)
+        decode[L]                the decode loop (T = rl.max_new_tokens steps at most) of that
+                                 bucket's cache, donated
+        logprob                  rollout-policy log-probs of the P*G training rows
+                                 (max bucket + T positions), when rl.old_logp == "rollout"
+        logprob_ref              the same program on the frozen reference params (rl.beta > 0)
+        update                   one GSPO optimiser update on a minibatch (rl.minibatches)
+
+For each it prints XLA's memory analysis per chip: arguments, outputs, temporaries, and
+`resident`, the bytes of the long-lived arrays that are not among its arguments but occupy the
+chip while it runs (the optimiser state during the sampler and the log-prob forwards, the
+reference params everywhere when rl.beta > 0); total = resident + arguments + outputs -
+aliased (donated) + temporaries, against the chip's HBM. Then XLA's FLOP and byte counts
+(`compiled.cost_analysis()`, per chip) and a roofline time = max(FLOPs / peak, bytes / HBM
+bandwidth) with an MFU estimate (`train.roofline`, per-chip table with sources).
+
+XLA's cost analysis counts the body of a loop once. The tool multiplies by the known trip
+counts of the loops that hold the whole program (the decode loop: T steps, which every row
+runs at most; the microbatch scan: optim.microbatches); the chunked unembedding (`lax.map`
+over sft.ce_chunk positions) stays counted once, so for the compute term the tool takes the
+larger of XLA's FLOPs and the analytic model FLOPs (`roofline.model_flops`).
+Needs libtpu (`pip install -e ".[tpu]"`); without it the command stops with a clear error.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import math
 import os
 import re
+import sys
+import time
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+from jax.sharding import NamedSharding, PartitionSpec
 
 from o3video_jax.models.qwen2_5_vl import ModelInputs, Qwen25VL
 from o3video_jax.models.qwen2_5_vl.inputs import PATCH_DIM
-from o3video_jax.train import experiment, sharding, steps
+from o3video_jax.train import experiment, preflight, roofline, sharding, steps
 from o3video_jax.train.state import TrainState, make_optimizer
 
 _TOPOLOGY_RE = re.compile(r"^(v\d+[a-z]*):(\d+(x\d+){1,2})$")
@@ -83,17 +114,142 @@ def abstract_inputs(
     )
 
 
-def compile_step(config: ml_collections.ConfigDict, devices: list) -> Any:
-    """Lowers and compiles the config's train step over `devices`; returns the executable."""
-    from o3video_jax.rl import gspo, rollouts
-    from o3video_jax.rl.loop import gspo_step_config
-    from o3video_jax.train.loop import sft_step_config
+# ---- per-chip bytes --------------------------------------------------------------------------
+def chip_bytes(tree: Any) -> int:
+    """Bytes one chip holds of an abstract tree (ShapeDtypeStructs with shardings; the
+    largest shard when they differ)."""
+    total = 0
+    for leaf in jax.tree.leaves(tree):
+        shape = leaf.shape
+        if getattr(leaf, "sharding", None) is not None:
+            shape = leaf.sharding.shard_shape(shape)
+        total += math.prod(shape) * jnp.dtype(leaf.dtype).itemsize
+    return total
 
+
+def _with_shardings(tree: Any, shardings: Any) -> Any:
+    return jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), tree, shardings
+    )
+
+
+# ---- programs --------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Program:
+    """One compiled program of the run and what the report needs to judge it.
+
+    resident: per-chip bytes of long-lived arrays that are not arguments (see module doc).
+    loop: trip count of the loop that holds the whole program (XLA counts its body once).
+    tokens / logits / patches: global text positions run through the decoder, positions
+    unembedded, vision patches run through the tower; passes: 3 training, 1 forward.
+    """
+
+    name: str
+    compiled: Any
+    resident: int
+    loop: int
+    tokens: int
+    logits: int
+    patches: int
+    passes: int
+    seconds: float = 0.0  # compile time on this host
+
+    def memory(self) -> dict[str, int]:
+        m = self.compiled.memory_analysis()
+        get = lambda attr: int(getattr(m, attr, 0) or 0)
+        out = {
+            "arguments": get("argument_size_in_bytes"),
+            "outputs": get("output_size_in_bytes"),
+            "aliased": get("alias_size_in_bytes"),
+            "temporaries": get("temp_size_in_bytes"),
+            "code": get("generated_code_size_in_bytes"),
+            "resident": self.resident,
+        }
+        out["total"] = (
+            out["resident"]
+            + out["arguments"]
+            + out["outputs"]
+            - out["aliased"]
+            + out["temporaries"]
+            + out["code"]
+        )
+        return out
+
+
+@dataclasses.dataclass
+class Plan:
+    """Every program of a run on `topology`, with the model's matmul parameter counts."""
+
+    topology: str
+    chip: roofline.Chip
+    num_devices: int
+    mesh: dict[str, int]
+    summary: str
+    programs: list[Program]
+    text_params: int  # decoder matmul params (no embedding, no unembedding)
+    unembed_params: int
+    vision_params: int  # vision tower matmul params per patch (merger per merged token / 4)
+
+    def roofline(self, p: Program) -> roofline.Roofline:
+        flops, nbytes = roofline.cost(p.compiled)
+        useful = roofline.model_flops(0, self.vision_params, 0, p.patches, p.passes)
+        useful += 2.0 * p.passes * (self.text_params * p.tokens + self.unembed_params * p.logits)
+        useful /= self.num_devices
+        flops = max(flops * p.loop, useful)
+        return roofline.Roofline(flops, nbytes * p.loop, useful, self.chip)
+
+
+def _param_counts(abstract_params: Any, merge: int) -> tuple[int, int, int]:
+    shapes = {
+        "/".join(str(getattr(k, "key", k)) for k in path): leaf.shape
+        for path, leaf in jax.tree_util.tree_leaves_with_path(abstract_params)
+    }
+    text = roofline.matmul_params(shapes, r"^model/layers_")
+    if "lm_head/kernel" in shapes:
+        unembed = math.prod(shapes["lm_head/kernel"])
+    else:  # tied: the embedding table unembeds
+        unembed = math.prod(shapes["model/embed_tokens/embedding"])
+    tower = roofline.matmul_params(shapes, r"^visual/(blocks_|patch_embed)")
+    merger = roofline.matmul_params(shapes, r"^visual/merger/")
+    return text, unembed, tower + merger // (merge * merge)
+
+
+def _sampling_config(config: ml_collections.ConfigDict, mc):
+    from o3video_jax.rl import sampler as sampler_lib
+
+    rl = config.rl
+    return sampler_lib.SamplingConfig(
+        max_new_tokens=int(rl.max_new_tokens),
+        temperature=float(rl.temperature),
+        top_p=float(rl.top_p),
+        top_k=int(rl.top_k),
+        eos_ids=(mc.eos_token_id, mc.pad_token_id),  # traced: the ids do not change the program
+        pad_id=mc.pad_token_id,
+        group_size=int(rl.group_size),
+    )
+
+
+def plan(
+    config: ml_collections.ConfigDict,
+    devices: list,
+    topology: str = "",
+    only: tuple[str, ...] = (),
+    log=None,
+) -> Plan:
+    """Compiles every program of the config's run over `devices` (see the module docstring).
+
+    `config` is checked and resolved by `preflight.apply` first (on a copy). `only`: compile
+    just the programs whose name starts with one of these prefixes (the rest are skipped).
+    `log(str)` reports each compile as it finishes.
+    """
+    config = ml_collections.ConfigDict(config.to_dict())  # preflight writes back: a copy
+    n = len(devices)
+    resolved = preflight.apply(config, n)
     rules = [tuple(r) for r in config.sharding.rules]
     mesh = sharding.make_mesh(dict(config.mesh), devices)
     mc = experiment.model_config(config)
     model = Qwen25VL(mc)
-    tx = make_optimizer(config.optim)
+    tx = make_optimizer(preflight.optimizer_config(config))
     rng = jax.random.PRNGKey(0)
     dummy = experiment.init_inputs(mc)
     init_params = lambda key: model.init(key, dummy)["params"]
@@ -103,43 +259,242 @@ def compile_step(config: ml_collections.ConfigDict, devices: list) -> Any:
         k1, k2 = jax.random.split(key)
         return TrainState.create(nn.unbox(init_params(k1)), tx, k2)
 
-    state = jax.tree.map(
-        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-        jax.eval_shape(create, rng),
-        shardings,
-    )
+    state = _with_shardings(jax.eval_shape(create, rng), shardings)
+    state_bytes, params_bytes = chip_bytes(state), chip_bytes(state.params)
+    text_p, unembed_p, vision_p = _param_counts(state.params, mc.vision.spatial_merge_size)
     d = config.data
-    f32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)
-    if config.stage == "gspo":
-        g = config.rl.group_size
-        prompts = d.batch_size // max(config.rl.minibatches, 1)
-        rows = prompts * g
-        # The layout the loop feeds: pixels once per prompt when `rollouts.can_share_vision`.
-        shared = config.rl.get("share_vision", True) and rollouts.can_share_vision(
-            prompts, rollouts.batch_shards(mesh), int(config.optim.get("microbatches", 1))
-        )
+    programs: list[Program] = []
+    generation, _ = parse_topology(topology) if topology else ("v5p", ())
+    result = Plan(
+        topology=topology,
+        chip=roofline.chip(generation),
+        num_devices=n,
+        mesh=dict(mesh.shape),
+        summary=preflight.summary(resolved),
+        programs=programs,
+        text_params=text_p,
+        unembed_params=unembed_p,
+        vision_params=vision_p,
+    )
+    wanted = lambda name: not only or name.startswith(tuple(only))
+
+    def append(program: Program) -> None:
+        programs.append(program)
+        if log:  # the row now: a long plan that is stopped still reports what it compiled
+            log(f"  compiled {program.name} in {program.seconds:.0f} s: {row(result, program)}")
+
+    def add(name, lower, **kw):
+        if not wanted(name):
+            return None
+        t0 = time.perf_counter()
+        compiled = lower().compile()
+        append(Program(name, compiled, seconds=time.perf_counter() - t0, **kw))
+        return compiled
+
+    def scoped_lower(fn, *args, donate=()):
+        with jax.set_mesh(mesh), nn.logical_axis_rules(list(rules)):
+            return jax.jit(fn, donate_argnums=donate).lower(*args)
+
+    if config.stage in ("sft", "sft+gspo"):
+        from o3video_jax.train.loop import sft_step_config
+
+        b, length, p = d.batch_size, d.max_seq_len, d.max_patches
         batch = {
-            "inputs": abstract_inputs(
-                rows, d.max_seq_len, d.max_patches, prompts if shared else rows
-            ),
-            "targets": jax.ShapeDtypeStruct((rows, d.max_seq_len), jnp.int32),
-            "mask": f32(rows, d.max_seq_len),
-            "advantages": f32(rows),
-            "old_logp": f32(rows, d.max_seq_len),
-            "ref_logp": f32(rows, d.max_seq_len),
-        }
-        step = gspo.make_gspo_update(model, gspo_step_config(config), mesh, shardings, rules=rules)
-    else:
-        batch = {
-            "inputs": abstract_inputs(d.batch_size, d.max_seq_len, d.max_patches),
-            "targets": jax.ShapeDtypeStruct((d.batch_size, d.max_seq_len), jnp.int32),
-            "loss_mask": f32(d.batch_size, d.max_seq_len),
+            "inputs": abstract_inputs(b, length, p),
+            "targets": jax.ShapeDtypeStruct((b, length), jnp.int32),
+            "loss_mask": jax.ShapeDtypeStruct((b, length), jnp.float32),
         }
         step = steps.make_sft_step(model, sft_step_config(config), mesh, shardings, rules=rules)
-    return step.lower(state, batch).compile()
+        micro = int(config.optim.get("microbatches", 1))
+        add(
+            "sft_step",
+            lambda: step.lower(state, batch),
+            resident=0,
+            loop=micro,
+            tokens=b * length,
+            logits=b * length,
+            patches=b * p,
+            passes=3,
+        )
+
+    if config.stage in ("gspo", "sft+gspo"):
+        from o3video_jax.rl import gspo, rollouts
+        from o3video_jax.rl import sampler as sampler_lib
+        from o3video_jax.rl.loop import gspo_step_config, train_length
+
+        rl = config.rl
+        g, t_new = int(rl.group_size), int(rl.max_new_tokens)
+        prompts = int(d.batch_size)
+        rows = prompts * g
+        beta = float(rl.beta)
+        ref_bytes = params_bytes if beta else 0
+        sample = sampler_lib.make_sampler(model, _sampling_config(config, mc), rules=rules)
+        params = state.params
+        axes = tuple(a for a in sharding.BATCH_AXES if a in mesh.axis_names) or None
+        for bucket in sorted(int(x) for x in rl.prompt_buckets):
+            prompt = abstract_inputs(prompts, bucket, d.max_patches)
+            prompt = _with_shardings(prompt, sharding.batch_sharding(prompt, mesh))
+            lowered = scoped_lower(lambda p, x: sample.prefill(p, x), params, prompt)
+            compiled = add(
+                f"prefill[{bucket}]",
+                lambda lowered=lowered: lowered,
+                resident=state_bytes - params_bytes + ref_bytes,
+                loop=1,
+                tokens=prompts * bucket,
+                logits=prompts,
+                patches=prompts * d.max_patches,
+                passes=1,
+            )
+            if not wanted(f"decode[{bucket}]"):
+                continue
+            if compiled is None:
+                compiled = lowered.compile()
+            cache, logits = _with_shardings(lowered.out_info, compiled.output_shardings)
+            keys = jax.ShapeDtypeStruct(
+                (rows, 2), jnp.uint32, sharding=NamedSharding(mesh, PartitionSpec(axes))
+            )
+            add(
+                f"decode[{bucket}]",
+                lambda cache=cache, logits=logits, keys=keys: scoped_lower(
+                    lambda p, c, lg, k: sample.decode(p, c, lg, k),
+                    params,
+                    cache,
+                    logits,
+                    keys,
+                    donate=(1,),
+                ),
+                resident=state_bytes - params_bytes + ref_bytes,
+                loop=t_new,
+                tokens=rows,
+                logits=rows,
+                patches=0,
+                passes=1,
+            )
+
+        length = train_length(config)
+        shared = bool(rl.get("share_vision", True)) and rollouts.can_share_vision(
+            prompts, rollouts.batch_shards(mesh)
+        )
+        batch = {
+            "inputs": abstract_inputs(rows, length, d.max_patches, prompts if shared else rows),
+            "targets": jax.ShapeDtypeStruct((rows, length), jnp.int32),
+            "mask": jax.ShapeDtypeStruct((rows, length), jnp.float32),
+        }
+        batch = _with_shardings(batch, sharding.batch_sharding(batch, mesh))
+        ucfg = gspo_step_config(config)
+        logprob = rollouts.make_logprob_fn(
+            model, mesh, rules, chunk=config.sft.ce_chunk, temperature=ucfg.gspo.temperature
+        )
+        lp_kw = dict(
+            loop=1,
+            tokens=rows * length,
+            logits=rows * length,
+            patches=(prompts if shared else rows) * d.max_patches,
+            passes=1,
+        )
+        lp = None
+        if rl.old_logp == "rollout":
+            lp = add(
+                "logprob",
+                lambda: logprob.lower(params, batch),
+                resident=state_bytes - params_bytes + ref_bytes,
+                **lp_kw,
+            )
+        if beta and wanted("logprob_ref"):
+            # The same executable on the reference params (same shapes and shardings).
+            t0 = time.perf_counter()
+            lp = lp or logprob.lower(params, batch).compile()
+            append(
+                Program(
+                    "logprob_ref",
+                    lp,
+                    resident=state_bytes,
+                    seconds=time.perf_counter() - t0,
+                    **lp_kw,
+                )
+            )
+
+        mbs = max(int(rl.minibatches), 1)
+        micro = int(config.optim.get("microbatches", 1))
+        mb_prompts = prompts // mbs
+        mb_rows = rows // mbs
+        keep = (
+            bool(rl.get("share_vision", True))
+            and prompts % mbs == 0
+            and rollouts.can_share_vision(mb_prompts, rollouts.batch_shards(mesh), micro)
+        )
+        f32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)
+        mb = {
+            "inputs": abstract_inputs(
+                mb_rows, length, d.max_patches, mb_prompts if keep else mb_rows
+            ),
+            "targets": jax.ShapeDtypeStruct((mb_rows, length), jnp.int32),
+            "mask": f32(mb_rows, length),
+            "advantages": f32(mb_rows),
+            "old_logp": f32(mb_rows, length),
+            "ref_logp": f32(mb_rows, length),
+        }
+        update = gspo.make_gspo_update(model, ucfg, mesh, shardings, rules=rules)
+        add(
+            "update",
+            lambda: update.lower(state, mb),
+            resident=ref_bytes,
+            loop=micro,
+            tokens=mb_rows * length,
+            logits=mb_rows * length,
+            patches=(mb_prompts if keep else mb_rows) * d.max_patches,
+            passes=3,
+        )
+
+    return result
+
+
+def compile_step(config: ml_collections.ConfigDict, devices: list) -> Any:
+    """The compiled train step of the config (SFT step, or the GSPO update)."""
+    name = "update" if config.stage == "gspo" else "sft_step"
+    return plan(config, devices, only=(name,)).programs[0].compiled
+
+
+# ---- report ----------------------------------------------------------------------------------
+def _gib(x: float) -> str:
+    return f"{x / 2**30:.2f}"
+
+
+def table(p: Plan) -> str:
+    """The per-program table (memory per chip in GiB, FLOPs and bytes per chip)."""
+    head = (
+        "| program | args | out | alias | temp | resident | total GiB/chip | HBM | "
+        "XLA TFLOP | XLA GB | model TFLOP | roofline ms | bound | MFU | compile s |"
+    )
+    lines = [
+        f"{p.topology}: {p.num_devices} chips ({p.chip.name}: {p.chip.peak_flops / 1e12:.0f} "
+        f"TFLOP/s bf16, {_gib(p.chip.hbm_bytes)} GiB HBM at {p.chip.hbm_bw / 1e9:.0f} GB/s), "
+        f"mesh {p.mesh}",
+        p.summary,
+        "",
+        head,
+        "|" + "---|" * (head.count("|") - 1),
+    ]
+    lines += [row(p, prog) for prog in p.programs]
+    return "\n".join(lines)
+
+
+def row(p: Plan, prog: Program) -> str:
+    """One program's line of `table`."""
+    m, r = prog.memory(), p.roofline(prog)
+    share = m["total"] / p.chip.hbm_bytes
+    name = prog.name + (f" (x{prog.loop})" if prog.loop > 1 else "")
+    return (
+        f"| {name} | {_gib(m['arguments'])} | {_gib(m['outputs'])} | {_gib(m['aliased'])} | "
+        f"{_gib(m['temporaries'])} | {_gib(m['resident'])} | {_gib(m['total'])} | "
+        f"{share:.0%}{'' if share <= 1 else ' OOM'} | {r.flops / 1e12:.2f} | "
+        f"{r.bytes / 1e9:.1f} | {r.model_flops / 1e12:.2f} | {r.seconds * 1e3:.1f} | "
+        f"{r.bound} | {r.mfu:.0%} | {prog.seconds:.0f} |"
+    )
 
 
 def report(compiled: Any, n_devices: int) -> str:
+    """XLA's memory analysis of one executable, per device, in GiB."""
     m = compiled.memory_analysis()
     gib = lambda x: f"{x / 2**30:8.2f} GiB"
     fields = (
@@ -154,11 +509,13 @@ def report(compiled: Any, n_devices: int) -> str:
     for label, attr in fields:
         value = int(getattr(m, attr, 0) or 0)
         lines.append(f"  {label:12s}{gib(value)}")
-        if attr != "alias_size_in_bytes":
-            total += value
-    total -= int(getattr(m, "alias_size_in_bytes", 0) or 0)
+        total += -value if attr == "alias_size_in_bytes" else value
     lines.append(f"  {'total':12s}{gib(total)}")
     return "\n".join(lines)
+
+
+def fits(p: Plan) -> bool:
+    return all(prog.memory()["total"] <= p.chip.hbm_bytes for prog in p.programs)
 
 
 def main(argv):
@@ -167,9 +524,15 @@ def main(argv):
 
     config, topology = flags.FLAGS.config, flags.FLAGS.topology
     devices = topology_devices(topology)
-    print(f"{topology}: {len(devices)} devices, mesh {dict(config.mesh)}", flush=True)
-    compiled = compile_step(config, devices)
-    print(report(compiled, len(devices)))
+    print(f"{topology}: {len(devices)} devices; compiling every program of the run", flush=True)
+    only = tuple(s for s in flags.FLAGS.only.split(",") if s)
+    result = plan(config, devices, topology, only, log=lambda s: print(s, flush=True))
+    print(table(result), flush=True)
+    for prog in result.programs:
+        print(f"\n{prog.name}: {report(prog.compiled, result.num_devices)}")
+    if not fits(result):
+        print("some program does not fit the chip's HBM", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
@@ -178,5 +541,6 @@ if __name__ == "__main__":
 
     config_flags.DEFINE_config_file("config", None, "experiment config", lock_config=True)
     flags.DEFINE_string("topology", None, "TPU topology, e.g. v5p:4x4x4", required=True)
+    flags.DEFINE_string("only", "", "comma-separated program-name prefixes (default: all)")
     flags.mark_flags_as_required(["config"])
     app.run(main)

@@ -28,7 +28,7 @@ from o3video_jax.data.tokenizer import Tokenizer
 from o3video_jax.models.qwen2_5_vl import Qwen25VL, Qwen25VLConfig
 from o3video_jax.models.qwen2_5_vl.config import TextConfig, VisionConfig
 from o3video_jax.models.qwen2_5_vl.inputs import init_inputs  # noqa: F401 - re-exported for demo/aot
-from o3video_jax.train import sharding, synthetic_data
+from o3video_jax.train import preflight, sharding, synthetic_data
 from o3video_jax.train.state import TrainState, make_optimizer
 
 
@@ -124,11 +124,24 @@ def prepare_synthetic(config: ml_collections.ConfigDict, workdir: str):
     return data
 
 
+def max_text_len(config: ml_collections.ConfigDict, kind: str) -> int:
+    """Text tokens an example may have: data.max_seq_len for SFT; for RL prompts the budget
+    data.max_seq_len - rl.max_new_tokens, capped by the largest rl.prompt_buckets entry, so a
+    prompt no bucket holds is skipped and counted by the pipeline (`data.max_error_fraction`)
+    instead of failing in the sampler."""
+    d = config.data
+    if kind != "rl":
+        return int(d.max_seq_len)
+    budget = int(d.max_seq_len) - int(config.rl.max_new_tokens)
+    buckets = [int(b) for b in config.rl.prompt_buckets]
+    return min(budget, max(buckets)) if buckets else budget
+
+
 def example_builder(
     config: ml_collections.ConfigDict, tokenizer: Tokenizer, kind: str, media_root: str
 ) -> ExampleBuilder:
     d = config.data
-    max_len = d.max_seq_len - (config.rl.max_new_tokens if kind == "rl" else 0)
+    max_len = max_text_len(config, kind)
     if d.sft_prompts not in ("sft", "rl"):
         raise ValueError(f"data.sft_prompts must be 'sft' or 'rl', got {d.sft_prompts!r}")
     system = d.get("system_prompt", "open_o3")
@@ -171,7 +184,7 @@ def dataset(
     d = config.data
     kind = "sft" if mode == "sft" else "rl"
     builder = example_builder(config, tokenizer, kind, media_root)
-    max_len = d.max_seq_len - (config.rl.max_new_tokens if kind == "rl" else 0)
+    max_len = max_text_len(config, kind)
     cfg = pipeline.PipelineConfig(
         batch_size=batch_size,
         max_seq_len=max_len,
@@ -199,7 +212,16 @@ def local_batch_size(global_batch: int) -> int:
 
 # ---- state --------------------------------------------------------------------------------------
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
-    """Builds mesh, model, tokenizer and the sharded train state (restored when possible)."""
+    """Builds mesh, model, tokenizer and the sharded train state (restored when possible).
+
+    First of all, `preflight.apply` checks the config against the devices (before anything
+    compiles) and writes the resolved batch, run length, lr horizon and prompt buckets into it.
+    """
+    resolved = preflight.apply(config, jax.device_count(), jax.process_count())
+    if jax.process_index() == 0:
+        print(preflight.summary(resolved), flush=True)
+        for w in resolved.warnings:
+            print(f"preflight warning: {w}", flush=True)
     io.makedirs(workdir)
     synthetic = prepare_synthetic(config, workdir)
     rules = [tuple(r) for r in config.sharding.rules]
@@ -215,7 +237,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
             f"tokenizer in {tok_dir} has {tokenizer.vocab_size} tokens > model vocab {mc.vocab_size}"
         )
 
-    tx = make_optimizer(config.optim)
+    tx = make_optimizer(preflight.optimizer_config(config))
     rng = jax.random.PRNGKey(config.seed)
     dummy = init_inputs(mc)
     init_params = lambda key: model.init(key, dummy)["params"]

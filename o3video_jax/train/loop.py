@@ -8,6 +8,9 @@ HF export (`WORKDIR/hf`, with the tokenizer files) that transformers can load. W
 `log.eval_every` > 0, every that many steps and after the last one the held-out loss and token
 accuracy on `data.eval_json` (`train.evaluation`) join that step's metrics row as `eval/*`.
 
+Each metrics row has `lr` (the schedule at this step's optimiser update: skipped non-finite
+steps do not advance it) and `data/skipped` (examples the pipeline skipped so far).
+
 A run directory that holds a checkpoint is resumed automatically, and continues with exactly
 the batches and random streams of an uninterrupted run (tests/test_train_loop.py).
 """
@@ -26,9 +29,9 @@ from jax.experimental import multihost_utils
 
 from o3video_jax import io
 from o3video_jax.checkpoints import hf
-from o3video_jax.train import evaluation, experiment, sharding, steps
+from o3video_jax.train import evaluation, experiment, preflight, sharding, steps
 from o3video_jax.train.metrics_log import MetricsWriter
-from o3video_jax.train.state import make_schedule
+from o3video_jax.train.state import make_schedule, update_count
 
 TIMING_KEYS = ("step_time", "data_time", "tokens_per_s")  # differ between identical runs
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
@@ -60,7 +63,7 @@ def sft_step_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     """The fields `steps.make_sft_step` reads, from the experiment config."""
     return ml_collections.ConfigDict(
         {
-            "optimizer": config.optim.to_dict(),
+            "optimizer": preflight.optimizer_config(config).to_dict(),
             "loss": {"chunk": config.sft.ce_chunk, "normalize": config.sft.loss_norm},
             "nan_policy": config.nan_policy,
         }
@@ -78,6 +81,14 @@ def export_hf(exp: experiment.Experiment, params: Any) -> str:
             if io.exists(src) and io.abspath(src) != io.abspath(os.path.join(out, name)):
                 io.copy(src, os.path.join(out, name))
     return out
+
+
+def data_skipped(it) -> int:
+    """Examples the pipeline skipped so far (bad records, over budget), over all processes."""
+    n = int(it.stats.num_skipped)
+    if jax.process_count() > 1:  # a collective, as the loops' other global summaries
+        n = int(np.sum(multihost_utils.process_allgather(np.int64(n))))
+    return n
 
 
 def sft_batch(host) -> dict[str, Any]:
@@ -113,7 +124,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         exp.model, sft_step_config(config), exp.mesh, exp.shardings, rules=exp.rules
     )
     evaluate = evaluation.make_sft_evaluator(exp) if eval_every else None
-    schedule = make_schedule(config.optim)
+    schedule = make_schedule(preflight.optimizer_config(config))
     writer = MetricsWriter(
         workdir,
         start_step=exp.start_step,
@@ -126,6 +137,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     profiler = Profiler(config.log.profile_steps, workdir)
     state, step, last = exp.state, exp.start_step, {}
     data_state = exp.data_state
+    # Optimiser updates applied so far (the schedule's step; skipped steps do not count).
+    updates = int(jax.device_get(update_count(state.opt_state)))
     try:
         while step < total:
             t0 = time.perf_counter()
@@ -141,7 +154,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             step += 1
             t2 = time.perf_counter()
             metrics = {k: np.asarray(v).item() for k, v in metrics.items()}
-            metrics["lr"] = float(schedule(step - 1))
+            metrics["lr"] = float(schedule(updates))  # the lr this step's update used
+            updates += 0 if metrics["skipped"] else 1
+            metrics["data/skipped"] = data_skipped(it)
             metrics["step_time"] = t2 - t1
             metrics["data_time"] = t1 - t0
             tokens = (host.inputs.segment_ids > 0).sum()

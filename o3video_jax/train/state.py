@@ -16,8 +16,10 @@ ConfigDict) has these fields:
   microbatches   gradient accumulation: the step splits its batch into this many microbatches
                  and scans over them, so one step is still exactly one optimiser update
 
-Schedules count optimiser updates (optax's internal count), so skipped non-finite steps do not
-advance them.
+Schedules count optimiser updates (optax's internal count, `update_count`), so skipped
+non-finite steps do not advance them. An experiment config's `optim` section is turned into
+these units (horizon and warm-up in updates: GSPO makes several per rollout step) by
+`train.preflight.optimizer_config`.
 """
 
 from __future__ import annotations
@@ -117,6 +119,19 @@ def make_schedule(cfg: Any) -> optax.Schedule:
     if warmup == 0:
         return decay
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
+
+
+def update_count(opt_state: Any) -> jax.Array:
+    """int32[] optimiser updates applied so far: the step the schedule is evaluated at (the
+    `count` of optax's schedule / Adam state; skipped non-finite updates leave it unchanged)."""
+    counts = [
+        leaf
+        for path, leaf in jax.tree_util.tree_flatten_with_path(opt_state)[0]
+        if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "count"
+    ]
+    if not counts:
+        raise ValueError("the optimiser state holds no update count")
+    return counts[0]
 
 
 def make_optimizer(cfg: Any) -> optax.GradientTransformation:
