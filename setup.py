@@ -21,8 +21,16 @@ INSTALL_REQUIRES = [
     "matplotlib>=3.8",
 ]
 
+EVAL = [
+    # Benchmark files: VideoMME / VideoMMMU parquet (o3video_jax.evaluate.benchmarks).
+    "pyarrow>=14",
+    "pillow>=10",  # evidence GIFs (o3video_jax.eval.animate)
+]
+
 EXTRAS = {
+    "eval": EVAL,
     "test": [
+        *EVAL,
         "pytest>=8",
         "pytest-xdist>=3.5",
         "hypothesis>=6.100",
