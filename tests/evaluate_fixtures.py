@@ -44,7 +44,8 @@ def tiny_checkpoint(directory: str, seed: int = 0) -> str:
     corpus += ["Answer the question about the video:", "<think>", "</think>", "<answer>"]
     make_tiny_tokenizer(directory, corpus)
     config = Qwen25VLConfig.preset("tiny")
-    params = Qwen25VL(config).init(jax.random.PRNGKey(seed), init_inputs(config))["params"]
+    init = jax.jit(Qwen25VL(config).init)
+    params = init(jax.random.PRNGKey(seed), init_inputs(config))["params"]
     import flax.linen as nn
 
     params = jax.tree.map(np.asarray, nn.unbox(params))
@@ -184,3 +185,29 @@ def write_tvg(root: str, n: int = 2) -> tuple[str, str]:
     with open(path, "w") as f:
         json.dump(rows, f)
     return path, os.path.join(root, "videos")
+
+
+def eval_config(benchmark: str, checkpoint: str, data: str, media: str, **eval_overrides):
+    """experiments/configs/eval.py:runlocal for `benchmark`, pointed at test files; batch 8
+    (the conftest's 8 fake devices are the data-parallel shards)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "eval_config", os.path.join(REPO, "experiments", "configs", "eval.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config(f"benchmark={benchmark},runlocal")
+    with c.unlocked():
+        c.model.hf_checkpoint = checkpoint
+        c.eval.data, c.eval.media_root = data, media
+        c.eval.batch_size = 8
+        c.log.progress = False
+        for k, v in eval_overrides.items():
+            c.eval[k] = v
+    return c
+
+
+def shared_checkpoint(tmp_path_factory) -> str:
+    """One tiny checkpoint for the whole session (built once, reused by every module)."""
+    return tiny_checkpoint(str(tmp_path_factory.getbasetemp() / "evaluate_tiny_ckpt"))

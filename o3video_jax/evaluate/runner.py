@@ -43,7 +43,7 @@ from o3video_jax.rl import sampler as sampler_lib
 from o3video_jax.train import experiment
 from o3video_jax.train.sharding import make_mesh
 
-__all__ = ["evaluate", "items_path", "read_log"]
+__all__ = ["evaluate", "items_path", "read_log", "tokenize_prompt", "write_summary"]
 
 # scorer(list of (crops, question)) -> one reply (text or 0/1/2) per entry, batched.
 BatchScorer = Callable[[list[tuple[list[np.ndarray], str]]], list[Any]]
@@ -139,7 +139,8 @@ def _prompts(name: str, item: dict, m: media.Media, think: bool) -> list[prompts
     return [build(item, think)]
 
 
-def _segment(tokenizer: Tokenizer, msgs, vision_items) -> tuple[Segment, str]:
+def tokenize_prompt(tokenizer: Tokenizer, msgs, vision_items) -> tuple[Segment, str]:
+    """(the model's prompt segment with expanded vision pads, the rendered chat text)."""
     images = [v.grid_thw for v in vision_items if v.kind == "image"]
     videos = [v.grid_thw for v in vision_items if v.kind == "video"]
     chat = tokenizer.tokenize_chat(msgs, images, videos, add_generation_prompt=True)
@@ -152,7 +153,7 @@ def _prepare(name, item, ev, think, tokenizer, gen: Generator, seed: int) -> _Pr
     texts, reqs = [], []
     for i, p in enumerate(ps):
         n_images = len(m.items) if p.mode == "frames" else 0
-        seg, text = _segment(tokenizer, prompts.render_messages(p, n_images), m.items)
+        seg, text = tokenize_prompt(tokenizer, prompts.render_messages(p, n_images), m.items)
         gen.check(seg)
         texts.append(text)
         reqs.append(Request(seg, request_key(seed, item["key"], i)))
@@ -173,7 +174,7 @@ def model_scorer(tokenizer: Tokenizer, gen: Generator) -> BatchScorer:
                 pv, grid = vision.preprocess_image(c, h * w, h * w)
                 items.append(VisionItem(pv, tuple(int(x) for x in grid), "image"))
             msgs = prompts.relevance_messages(question, len(crops))
-            seg, _ = _segment(tokenizer, msgs, items)
+            seg, _ = tokenize_prompt(tokenizer, msgs, items)
             try:
                 gen.check(seg)
             except OverBudget:
