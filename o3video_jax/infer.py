@@ -48,8 +48,11 @@ class InferResult:
     times: tuple[float, ...]
 
 
-def grounded_prompt(question: str, num_frames: int, sample_fps: float) -> prompts.Prompt:
-    """The RL prompt of a temporal-spatial free-form question over `num_frames` frames."""
+def grounded_prompt(
+    question: str, num_frames: int, sample_fps: float, system: str | None = None
+) -> prompts.Prompt:
+    """The RL prompt of a temporal-spatial free-form question over `num_frames` frames
+    (`system`: None = Open-o3's system prompt for the task, else this text)."""
     block = "".join(
         f"Frame {i + 1} at {round(i / sample_fps, 1)}s: {prompts.VISION_TAG}\n"
         for i in range(num_frames)
@@ -74,6 +77,7 @@ def infer(
     repetition_penalty: float = 1.05,
     dtype: str = "float32",
     seed: int = 0,
+    system: str | None = None,
 ) -> InferResult:
     """Answers `question` about `video` with the checkpoint and draws the evidence."""
     if not os.path.isfile(video):
@@ -87,7 +91,7 @@ def infer(
         min_pixels=frame_max_pixels,
         max_pixels=frame_max_pixels,
     )
-    prompt = grounded_prompt(question, len(m.frames), m.sample_fps)
+    prompt = grounded_prompt(question, len(m.frames), m.sample_fps, system)
     segment, _ = tokenize_prompt(tokenizer, prompts.render_messages(prompt, len(m.items)), m.items)
     n_tokens = len(segment.input_ids)
     patches = sum(v.num_patches for v in segment.vision)
@@ -132,11 +136,12 @@ def main(argv=None) -> None:
     p.add_argument("--max_frames", type=int, default=16)
     p.add_argument("--frame_max_pixels", type=int, default=105369, help="pixels per frame")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--system", default=None, help="system prompt (default: Open-o3's)")
     a = p.parse_args(argv)
     r = infer(
         a.checkpoint, a.video, a.question, a.out, max_new_tokens=a.max_new_tokens,
         temperature=a.temperature, repetition_penalty=a.repetition_penalty,
-        max_frames=a.max_frames, frame_max_pixels=a.frame_max_pixels, dtype=a.dtype,
+        max_frames=a.max_frames, frame_max_pixels=a.frame_max_pixels, dtype=a.dtype, system=a.system,
     )  # fmt: skip
     print(r.completion)
     print(f"\nAnswer: {r.answer or '(no <answer>)'}")
