@@ -3,8 +3,9 @@
 A request is one tokenized chat (a `Segment` with its vision items) and a PRNG key; each
 sampler call takes `batch_size` requests, left-padded to the smallest prompt bucket that
 fits, with G samples each (the prompt prefilled once, its cache broadcast to the G rows).
-A short last call is filled with copies of its first request (results dropped), so every call
-has the same batch shape: one compile per bucket.
+Requests are taken longest first (less padding per batch); a short last call is filled with
+copies of its first request (results dropped), so every call has the same batch shape: one
+compile per bucket.
 """
 
 from __future__ import annotations
@@ -80,9 +81,12 @@ class Generator:
             raise OverBudget(f"{p} vision patches exceed eval.max_patches {self.max_patches}")
 
     def __call__(self, requests: Sequence[Request]) -> list[list[str]]:
+        # Longest first, so each batch pads to a bucket close to its own lengths; the order is
+        # a function of the requests alone (resume sees the same batches).
+        order = sorted(range(len(requests)), key=lambda i: -len(requests[i].segment.input_ids))
         g, out = self.sampling.group_size, []
-        for start in range(0, len(requests), self.batch_size):
-            chunk = list(requests[start : start + self.batch_size])
+        for start in range(0, len(order), self.batch_size):
+            chunk = [requests[i] for i in order[start : start + self.batch_size]]
             n = len(chunk)
             chunk += [chunk[0]] * (self.batch_size - n)
             length = sampler_lib.bucket_length(
@@ -104,4 +108,7 @@ class Generator:
             )
             out += [texts[i * g : (i + 1) * g] for i in range(n)]
             self.calls += 1
-        return out
+        result: list[list[str]] = [[] for _ in requests]
+        for i, texts in zip(order, out, strict=True):
+            result[i] = texts
+        return result
