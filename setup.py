@@ -29,9 +29,17 @@ INSTALL_REQUIRES = [
     "gcsfs>=2024.2",
 ]
 
+EVAL = [
+    # Benchmark files: VideoMME / VideoMMMU parquet (o3video_jax.evaluate.benchmarks).
+    "pyarrow>=14",
+    "pillow>=10",  # evidence GIFs (o3video_jax.eval.animate)
+]
+
 EXTRAS = {
+    "eval": EVAL,
     # Accelerator-neutral: `pip install -e ".[gpu,test]"` on a CUDA host adds no libtpu.
     "test": [
+        *EVAL,
         "pytest>=8",
         "pytest-xdist>=3.5",
         "hypothesis>=6.100",

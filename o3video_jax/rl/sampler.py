@@ -45,7 +45,8 @@ from o3video_jax.train.sharding import (
 class SamplingConfig:
     """max_new_tokens T; temperature (0 = greedy: top_k / top_p ignored); top_p in (0, 1];
     top_k (0 = off); eos_ids: any of them ends a completion; pad_id fills the tokens after
-    it; group_size G samples per prompt."""
+    it; group_size G samples per prompt; repetition_penalty (1 = off) as HF / vLLM: see
+    `apply_repetition_penalty`."""
 
     max_new_tokens: int
     temperature: float = 1.0
@@ -54,6 +55,7 @@ class SamplingConfig:
     eos_ids: tuple[int, ...] = ()
     pad_id: int = 0
     group_size: int = 1
+    repetition_penalty: float = 1.0
 
     def __post_init__(self):
         object.__setattr__(self, "eos_ids", tuple(int(e) for e in self.eos_ids))
@@ -67,6 +69,8 @@ class SamplingConfig:
             raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
         if self.group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {self.group_size}")
+        if not self.repetition_penalty > 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
 
 
 @jax.tree_util.register_dataclass
@@ -211,6 +215,25 @@ def select_tokens(
     return tokens, jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
 
 
+def apply_repetition_penalty(logits: jax.Array, seen: jax.Array, penalty: float) -> jax.Array:
+    """HF's RepetitionPenaltyLogitsProcessor / vLLM's repetition_penalty: for every token
+    already present (prompt or generated; `seen` bool[N, V]), a positive logit is divided by
+    `penalty` and a negative one multiplied by it. float32[N, V] -> float32[N, V]."""
+    logits = logits.astype(jnp.float32)
+    penalised = jnp.where(logits > 0, logits / penalty, logits * penalty)
+    return jnp.where(seen, penalised, logits)
+
+
+@functools.partial(jax.jit, static_argnames=("vocab", "group_size"))
+def prompt_tokens_seen(input_ids, segment_ids, *, vocab: int, group_size: int) -> jax.Array:
+    """bool[B*G, V]: the ids of each prompt's (non-padding) tokens, repeated to its G rows."""
+    b = input_ids.shape[0]
+    ids = jnp.clip(input_ids, 0, vocab - 1)
+    rows = jnp.broadcast_to(jnp.arange(b)[:, None], ids.shape)
+    seen = jnp.zeros((b, vocab), bool).at[rows, ids].max(segment_ids != 0)
+    return jnp.repeat(seen, group_size, axis=0)
+
+
 # ---- the sampler -----------------------------------------------------------------------------
 # Module-level jits keyed by static (hashable) model and settings: samplers that share a model,
 # a group size and T share the prefill compile, and the decode loop is shared by every sampler
@@ -243,18 +266,22 @@ def _prefill(params, prompt: ModelInputs, *, model, group_size, cache_steps, rul
 @functools.partial(
     jax.jit, static_argnames=("model", "cfg", "rules", "unroll"), donate_argnames="cache"
 )
-def _decode(params, cache: KVCache, logits, keys, eos, *, model, cfg, rules, unroll):
+def _decode(params, cache: KVCache, logits, keys, eos, seen=None, *, model, cfg, rules, unroll):
     """Samples T tokens for every row; returns (SampleOutput, the final cache).
 
     The cache is donated and returned, so the loop carries it in place (no copy; its
     heads-major layout lets the attention read it as stored). Each loop iteration runs
     `unroll` decode steps; the loop stops before an iteration once every row has finished.
+    `seen` (bool[N, V], the prompt's tokens) is needed iff cfg.repetition_penalty != 1.
     """
     del rules
     n, t_max = logits.shape[0], cfg.max_new_tokens
     t_pad = _padded_steps(t_max, unroll)
     next_pos = cache.next_pos  # of the first completion token
     is_eos = lambda tok: jnp.any(tok[:, None] == eos[None, :], axis=-1)
+    penalty = cfg.repetition_penalty
+    if penalty != 1.0:
+        logits = apply_repetition_penalty(logits, seen, penalty)
     tok, logp = select_tokens(logits, keys, 0, cfg)
     tokens = jnp.full((n, t_pad), cfg.pad_id, jnp.int32).at[:, 0].set(tok)
     logps = jnp.zeros((n, t_pad), jnp.float32).at[:, 0].set(logp)
@@ -265,9 +292,12 @@ def _decode(params, cache: KVCache, logits, keys, eos, *, model, cfg, rules, unr
         return (t < t_max) & ~jnp.all(done)
 
     def step(state):
-        t, tok, cache, tokens, logps, lengths, done = state
+        t, tok, cache, tokens, logps, lengths, seen, done = state
         with jax.named_scope("rollout/decode"):
             logits, cache = model.apply({"params": params}, tok, cache, method="decode_step")
+        if penalty != 1.0:
+            seen = seen.at[jnp.arange(n), tok].set(True)
+            logits = apply_repetition_penalty(logits, seen, penalty)
         new, logp = select_tokens(logits, keys, t, cfg)
         done = done | (t >= t_max)  # padding steps of the last iteration
         new = jnp.where(done, cfg.pad_id, new)
@@ -275,15 +305,16 @@ def _decode(params, cache: KVCache, logits, keys, eos, *, model, cfg, rules, unr
         tokens = jax.lax.dynamic_update_slice(tokens, new[:, None], (0, t))
         logps = jax.lax.dynamic_update_slice(logps, logp[:, None], (0, t))
         lengths = lengths + (~done).astype(jnp.int32)
-        return t + 1, new, cache, tokens, logps, lengths, done | is_eos(new)
+        return t + 1, new, cache, tokens, logps, lengths, seen, done | is_eos(new)
 
     def body(state):
         for _ in range(unroll):
             state = step(state)
         return state
 
-    state = (jnp.asarray(1, jnp.int32), tok, cache, tokens, logps, lengths, is_eos(tok))
-    _, _, cache, tokens, logps, lengths, _ = jax.lax.while_loop(cond, body, state)
+    seen = jnp.zeros((0,), bool) if seen is None else seen  # a placeholder when unused
+    state = (jnp.asarray(1, jnp.int32), tok, cache, tokens, logps, lengths, seen, is_eos(tok))
+    _, _, cache, tokens, logps, lengths, _, _ = jax.lax.while_loop(cond, body, state)
     out = SampleOutput(tokens[:, :t_max], lengths, logps[:, :t_max], next_pos)
     return out, cache
 
@@ -336,9 +367,11 @@ def make_sampler(
         kw = dict(model=model, group_size=g, cache_steps=cache_steps, rules=rules)
         return run(_prefill, params, prompt_inputs, **kw)
 
-    def decode(params, cache: KVCache, logits: jax.Array, keys: jax.Array):
+    def decode(params, cache: KVCache, logits: jax.Array, keys: jax.Array, seen=None):
+        if cfg.repetition_penalty != 1.0 and seen is None:
+            raise ValueError("repetition_penalty != 1 needs `seen` (prompt_tokens_seen)")
         kw = dict(model=model, cfg=decode_cfg, rules=rules, unroll=decode_unroll)
-        return run(_decode, params, cache, logits, keys, eos, **kw)
+        return run(_decode, params, cache, logits, keys, eos, seen, **kw)
 
     def sample(params, prompt_inputs: ModelInputs, rng_keys: jax.Array) -> SampleOutput:
         b = prompt_inputs.batch_size
@@ -364,7 +397,13 @@ def make_sampler(
             if shardings is not None:
                 params = jax.device_put(params, shardings)
         cache, logits = prefill(params, prompt_inputs)
-        out, _ = decode(params, cache, logits, rng_keys)
+        seen = None
+        if cfg.repetition_penalty != 1.0:
+            seen = run(
+                prompt_tokens_seen, prompt_inputs.input_ids, prompt_inputs.segment_ids,
+                vocab=logits.shape[-1], group_size=g,
+            )  # fmt: skip
+        out, _ = decode(params, cache, logits, rng_keys, seen)
         return out
 
     sample.prefill = prefill

@@ -1,0 +1,114 @@
+"""Batched generation of chat requests with the project's sampler (fixed shapes per call).
+
+A request is one tokenized chat (a `Segment` with its vision items) and a PRNG key; each
+sampler call takes `batch_size` requests, left-padded to the smallest prompt bucket that
+fits, with G samples each (the prompt prefilled once, its cache broadcast to the G rows).
+Requests are taken longest first (less padding per batch); a short last call is filled with
+copies of its first request (results dropped), so every call has the same batch shape: one
+compile per bucket.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+
+from o3video_jax.data.model_inputs import Segment, build_model_inputs
+from o3video_jax.data.tokenizer import Tokenizer
+from o3video_jax.models.qwen2_5_vl import Qwen25VL, Qwen25VLConfig
+from o3video_jax.rl import rollouts
+from o3video_jax.rl import sampler as sampler_lib
+
+__all__ = ["Generator", "OverBudget", "Request", "request_key"]
+
+
+class OverBudget(Exception):
+    reason = "over_budget"
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    segment: Segment
+    key: np.ndarray  # uint32[2]: the request's base key; sample g uses split(key, G)[g]
+
+
+def request_key(seed: int, item_key: str, call_index: int) -> np.ndarray:
+    """A key that depends only on (seed, item, call): the same samples on resume."""
+    k = jax.random.fold_in(jax.random.PRNGKey(seed), int(item_key))
+    return np.asarray(jax.random.fold_in(k, call_index))
+
+
+class Generator:
+    """`gen(requests) -> [[G texts] per request]` with fixed-size sampler calls."""
+
+    def __init__(
+        self,
+        model_config: Qwen25VLConfig,
+        params,
+        tokenizer: Tokenizer,
+        sampling: sampler_lib.SamplingConfig,
+        *,
+        batch_size: int,
+        buckets: Sequence[int],
+        max_patches: int,
+        mesh=None,
+        rules=None,
+    ):
+        shards = rollouts.batch_shards(mesh)
+        if batch_size % shards or (batch_size * sampling.group_size) % shards:
+            raise ValueError(
+                f"eval.batch_size {batch_size} must be a multiple of the mesh's {shards} "
+                "data-parallel shards"
+            )
+        kw = {} if rules is None else {"rules": rules}
+        self.sample = sampler_lib.make_sampler(Qwen25VL(model_config), sampling, mesh=mesh, **kw)
+        self.config, self.params, self.tokenizer = model_config, params, tokenizer
+        self.sampling, self.mesh = sampling, mesh
+        self.batch_size, self.buckets = batch_size, sorted(int(b) for b in buckets)
+        self.max_patches = int(max_patches)
+        self.calls = 0
+
+    def check(self, segment: Segment) -> None:
+        """Raises OverBudget when a request cannot fit the largest bucket / patch budget."""
+        n = len(segment.input_ids)
+        if n > self.buckets[-1]:
+            raise OverBudget(f"{n} prompt tokens exceed the largest bucket {self.buckets[-1]}")
+        p = sum(v.num_patches for v in segment.vision)
+        if p > self.max_patches:
+            raise OverBudget(f"{p} vision patches exceed eval.max_patches {self.max_patches}")
+
+    def __call__(self, requests: Sequence[Request]) -> list[list[str]]:
+        # Longest first, so each batch pads to a bucket close to its own lengths; the order is
+        # a function of the requests alone (resume sees the same batches).
+        order = sorted(range(len(requests)), key=lambda i: -len(requests[i].segment.input_ids))
+        g, out = self.sampling.group_size, []
+        for start in range(0, len(order), self.batch_size):
+            chunk = [requests[i] for i in order[start : start + self.batch_size]]
+            n = len(chunk)
+            chunk += [chunk[0]] * (self.batch_size - n)
+            length = sampler_lib.bucket_length(
+                max(len(r.segment.input_ids) for r in chunk), self.buckets
+            )
+            inputs = build_model_inputs(
+                [[r.segment] for r in chunk],
+                self.config,
+                max_seq_len=length,
+                max_patches=self.max_patches,
+                pad_side="left",
+            )
+            keys = np.concatenate([np.asarray(jax.random.split(r.key, g)) for r in chunk])
+            res = self.sample(self.params, inputs, keys)
+            tokens = rollouts.host_local(res.tokens, self.mesh)
+            lengths = rollouts.host_local(res.lengths, self.mesh)
+            texts = rollouts.decode_completions(
+                self.tokenizer, tokens, lengths, self.sampling.eos_ids
+            )
+            out += [texts[i * g : (i + 1) * g] for i in range(n)]
+            self.calls += 1
+        result: list[list[str]] = [[] for _ in requests]
+        for i, texts in zip(order, out, strict=True):
+            result[i] = texts
+        return result
