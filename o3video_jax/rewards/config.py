@@ -84,3 +84,16 @@ def sigma_schedule(step_fraction: float) -> float:
     if not 0.0 <= p <= 1.0:  # also rejects nan
         raise ValueError(f"step_fraction must lie in [0, 1], got {step_fraction!r}")
     return 4 * (1 - p) if p < 3 / 4 else 1.0
+
+
+def step_fraction(completed_steps: int, total_steps: int) -> float:
+    """The original's p = (global_step + 1) / max_steps for the step about to run.
+
+    `completed_steps` is the 0-based global_step (steps finished before this one), so the
+    first step has p = 1 / total and the last p = 1.
+    """
+    if total_steps < 1 or completed_steps < 0:
+        raise ValueError(
+            f"need total_steps >= 1, completed_steps >= 0; got {total_steps}, {completed_steps}"
+        )
+    return min((completed_steps + 1) / total_steps, 1.0)
