@@ -29,6 +29,7 @@ def test_split_gives_the_single_stage_configs(size):
     assert gspo.to_dict() == load_config(f"size={size},stage=gspo").to_dict()
     # Only what differs is stored, and each stays overridable.
     assert "model" not in config.gspo_stage and config.gspo_stage.rl.beta == 0.04
+    assert config.gspo_stage.total_steps == gspo.total_steps  # always overridable
     config.gspo_stage.optim.lr = 1e-5
     assert two_stage.split(config)[1].optim.lr == 1e-5
     assert two_stage.split(config)[0].optim.lr == sft.optim.lr
@@ -46,10 +47,14 @@ def test_split_rejects_bad_configs():
         two_stage.split(config)
     with pytest.raises(ValueError, match="sft\\+gspo"):
         two_stage.split(load_config("size=tiny,stage=sft"))
-    assert two_stage.stage_overrides(
-        ml_collections.ConfigDict({"a": 1, "b": {"c": 2, "d": 3}}),
-        ml_collections.ConfigDict({"a": 1, "b": {"c": 2, "d": 4}, "stage": "x"}),
-    ).to_dict() == {"b": {"d": 4}}
+    a = ml_collections.ConfigDict({"a": 1, "b": {"c": 2, "d": 3}, "e": {"f": 5}})
+    b = ml_collections.ConfigDict({"a": 1, "b": {"c": 2, "d": 4}, "e": {"f": 5}, "stage": "x"})
+    assert two_stage.stage_overrides(a, b, always=()).to_dict() == {"b": {"d": 4}}
+    assert two_stage.stage_overrides(a, b, always=("e.f", "a")).to_dict() == {
+        "b": {"d": 4},
+        "e": {"f": 5},
+        "a": 1,
+    }
 
 
 DRIVER = textwrap.dedent(
@@ -101,7 +106,9 @@ DRIVER = textwrap.dedent(
         PREEMPT_SFT_AT[0], CRASH_GSPO_AT[0] = preempt, crash
         try:
             out = two_stage.train(config(), os.path.join(OUT, workdir))
-            log.append([workdir, "sft" if out["sft"] else "-", "gspo" if out["gspo"] else "-"])
+            # A stage's metrics: "none" = not run (SFT preempted), "-" = already finished.
+            tag = lambda k: "none" if out[k] is None else (k if out[k] else "-")
+            log.append([workdir, tag("sft"), tag("gspo")])
         except Crash:
             log.append([workdir, "crash"])
         log[-1] += [sft_calls[0], gspo_calls[0]]
@@ -127,14 +134,14 @@ def test_sft_then_gspo_resumes_at_either_stage(tmp_path, loop_env):
         "log.progress": False,
         "log.tensorboard": False,
     }
-    p = run([sys.executable, "-c", DRIVER, json.dumps(flags), str(tmp_path)], loop_env, 600)
+    p = run([sys.executable, "-c", DRIVER, json.dumps(flags), str(tmp_path)], loop_env, 1200)
     log = json.loads(p.stdout.split("RESULT ", 1)[1])
     assert log == [
         ["full", "sft", "gspo", 3, 2],
-        ["resumed", "sft", "-", 2, 0],  # preempted: no GSPO
+        ["resumed", "sft", "none", 2, 0],  # preempted in SFT step 2: no GSPO
         ["resumed", "crash", 1, 2],  # SFT's last step only, then GSPO step 1 and the crash
         ["resumed", "-", "gspo", 0, 1],  # SFT skipped, GSPO from its step-1 checkpoint
-        ["resumed", "-", "gspo", 0, 0],
+        ["resumed", "-", "-", 0, 0],  # both finished: nothing runs
     ], log
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     for stage in ("sft", "gspo"):

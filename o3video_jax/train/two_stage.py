@@ -10,7 +10,7 @@ Layout of DIR:
   DIR/sft   the SFT run (checkpoints, metrics, export DIR/sft/hf)
   DIR/gspo  the GSPO run, `model.hf_checkpoint = DIR/sft/hf` (also its frozen KL reference)
   DIR/synthetic  generated data shared by both stages (synthetic configs only)
-Rerunning the command resumes: an SFT run whose last checkpoint is its final step and whose
+Rerunning the command resumes: a stage whose last checkpoint is its final step and whose
 export exists is skipped; otherwise SFT resumes from its checkpoint, and GSPO (which starts
 only after SFT finished) resumes from its own. A preempted SFT stage returns without GSPO.
 """
@@ -29,14 +29,43 @@ from o3video_jax.train import experiment
 STAGE = "sft+gspo"
 
 
+# Leaves a GSPO stage is usually given on the command line: always present in `gspo_stage`
+# (a locked config cannot gain fields), even when they equal the SFT run's.
+ALWAYS = (
+    "total_steps",
+    "optim.lr",
+    "optim.warmup_steps",
+    "data.batch_size",
+    "data.train_json",
+    "data.eval_json",
+    "ckpt.save_every",
+    "log.eval_every",
+)
+
+
 def stage_overrides(
-    sft: ml_collections.ConfigDict, gspo: ml_collections.ConfigDict
+    sft: ml_collections.ConfigDict, gspo: ml_collections.ConfigDict, always=ALWAYS
 ) -> ml_collections.ConfigDict:
-    """The leaves of `gspo` that differ from `sft` (same tree), as a nested ConfigDict.
+    """The leaves of `gspo` that differ from `sft` (same tree), plus the dotted paths of
+    `always`, as a nested ConfigDict.
 
     `stage` is left out; a key that exists only in `gspo` is kept. Both configs come from the
     same `get_config`, so the trees agree.
     """
+    out = _diff(sft, gspo)
+    for path in always:
+        *parents, leaf = path.split(".")
+        src, dst = gspo, out
+        for p in parents:
+            src = src[p]
+            if p not in dst:
+                dst[p] = ml_collections.ConfigDict()
+            dst = dst[p]
+        dst[leaf] = src[leaf]
+    return out
+
+
+def _diff(sft: ml_collections.ConfigDict, gspo: ml_collections.ConfigDict):
     out = ml_collections.ConfigDict()
     for key, value in gspo.items():
         if key == "stage":
@@ -45,7 +74,7 @@ def stage_overrides(
             if key not in sft or not isinstance(sft[key], ml_collections.ConfigDict):
                 out[key] = value
                 continue
-            sub = stage_overrides(sft[key], value)
+            sub = _diff(sft[key], value)
             if sub:
                 out[key] = sub
         elif key not in sft or sft[key] != value:
@@ -79,13 +108,13 @@ def split(config: ml_collections.ConfigDict):
     return sft, gspo
 
 
-def sft_finished(sft_dir: str, total_steps: int) -> bool:
-    """True when the SFT run in `sft_dir` saved its final step and exported its weights."""
-    if not os.path.exists(os.path.join(sft_dir, "hf", "config.json")):
+def finished(run_dir: str, total_steps: int) -> bool:
+    """True when the run in `run_dir` saved its final step and exported its weights."""
+    if not os.path.exists(os.path.join(run_dir, "hf", "config.json")):
         return False
-    if not os.path.isdir(os.path.join(sft_dir, "ckpt")):
+    if not os.path.isdir(os.path.join(run_dir, "ckpt")):
         return False
-    ckpt = Checkpointer(sft_dir, handle_sigterm=False)
+    ckpt = Checkpointer(run_dir, handle_sigterm=False)
     try:
         return ckpt.latest_step() == int(total_steps)
     finally:
@@ -95,8 +124,8 @@ def sft_finished(sft_dir: str, total_steps: int) -> bool:
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Runs (or resumes) SFT in WORKDIR/sft, then GSPO from WORKDIR/sft/hf in WORKDIR/gspo.
 
-    Returns {"sft": last SFT metrics ({} when skipped), "gspo": last GSPO metrics} or, when the
-    SFT stage was preempted, {"sft": ..., "gspo": None}.
+    Returns {"sft": last SFT metrics, "gspo": last GSPO metrics} ({} for a stage that had
+    already finished) or, when the SFT stage was preempted, {"sft": ..., "gspo": None}.
     """
     from o3video_jax.rl import loop as rl_loop
     from o3video_jax.train import loop as sft_loop
@@ -121,13 +150,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         )
     sft_dir, gspo_dir = os.path.join(workdir, "sft"), os.path.join(workdir, "gspo")
     out: dict[str, Any] = {"sft": {}, "gspo": None}
-    if sft_finished(sft_dir, sft.total_steps):
+    if finished(sft_dir, sft.total_steps):
         print(f"SFT already finished in {sft_dir}: starting GSPO from its export", flush=True)
     else:
         out["sft"] = sft_loop.train(sft, sft_dir)
-        if not sft_finished(sft_dir, sft.total_steps):
+        if not finished(sft_dir, sft.total_steps):
             print("SFT stage stopped before its last step: rerun the command to resume", flush=True)
             return out
+    if finished(gspo_dir, gspo.total_steps):
+        print(f"GSPO already finished in {gspo_dir}: nothing to do", flush=True)
+        out["gspo"] = {}
+        return out
     gspo.model.hf_checkpoint = os.path.join(sft_dir, "hf")
     out["gspo"] = rl_loop.train(gspo, gspo_dir)
     return out
