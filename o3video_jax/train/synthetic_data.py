@@ -84,6 +84,7 @@ def prepare(
     height: int = 84,
     fps: int = 4,
     seconds: tuple[int, int] = (4, 6),
+    perception: bool = False,
 ) -> SyntheticData:
     """Generates (once) the training and held-out synthetic datasets and the tiny tokenizer."""
     root = os.path.abspath(os.fspath(directory))
@@ -98,6 +99,8 @@ def prepare(
         fps=fps,
         seconds=list(seconds),
     )
+    if perception:  # recorded only when set: markers written before the option stay valid
+        spec["perception"] = True
     if os.path.exists(marker):
         with open(marker) as f:
             done = json.load(f)
@@ -110,7 +113,7 @@ def prepare(
     if videos < 1:
         raise ValueError(f"synthetic videos must be >= 1, got {videos}")
     kw = dict(width=width, height=height, fps=fps, seconds=tuple(seconds))
-    train = generate_dataset(paths.media_root, videos, seed, **kw)
+    train = generate_dataset(paths.media_root, videos, seed, perception=perception, **kw)
     held = generate_dataset(paths.heldout_media_root, max(eval_videos, 1), seed + 1, **kw)
     make_tiny_tokenizer(paths.tokenizer_dir, corpus(train["sft"] + train["rl"] + held["rl"]))
     with open(marker, "w") as f:
