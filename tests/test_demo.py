@@ -79,14 +79,6 @@ def test_fast_demo_writes_report_curves_example_and_exports(tmp_path):
         json.loads(line) for line in (wd / "gspo" / "metrics.jsonl").read_text().splitlines()
     ]
     assert all(m["update_norm"] > 0 for m in rl_rows if "update_norm" in m)
-    assert summary["gspo"] != summary["sft"] or any(
-        a != b
-        for a, b in zip(
-            (wd / "heldout_sft.jsonl").read_text().splitlines(),
-            (wd / "heldout_gspo.jsonl").read_text().splitlines(),
-            strict=True,
-        )
-    )
 
 
 def test_blank_media_keeps_geometry_and_removes_every_object(tmp_path):
