@@ -128,6 +128,7 @@ def test_sft_then_gspo_resumes_at_either_stage(tmp_path, loop_env):
         "total_steps": 3,
         "gspo_stage.total_steps": 2,
         "ckpt.save_every": 1,
+        "gspo_stage.ckpt.save_every": 1,  # the stage's own value otherwise (gspo_stage.ALWAYS)
         "data.synthetic.videos": 4,
         "data.synthetic.eval_videos": 1,
         "optim.schedule": "constant",
