@@ -28,7 +28,7 @@ import numpy as np
 
 from o3video_jax import io
 from o3video_jax.checkpoints import hf
-from o3video_jax.data import video, vision
+from o3video_jax.data import synthetic, video, vision
 from o3video_jax.eval import results as eval_results
 from o3video_jax.eval.visualize import render_example
 from o3video_jax.models.qwen2_5_vl import Qwen25VL
@@ -71,6 +71,9 @@ class Plan:
     gspo_steps: int = 40
     size: str = "demo"
     eval_points: int = 4  # held-out evaluations inside each training stage (the curves)
+    sft_lr: float = 0.0  # > 0: replaces the config's SFT learning rate
+    perception: bool = False  # dense one-hop SFT records (synthetic_questions.perception_records)
+    gspo_lr: float = 0.0  # > 0: replaces the config's GSPO learning rate
 
 
 FULL = Plan()
@@ -98,6 +101,8 @@ def stage_config(plan: Plan, stage: str, data, checkpoint: str) -> ml_collection
     c.data.media_root = data.media_root
     c.data.tokenizer_dir = data.tokenizer_dir
     c.total_steps = plan.sft_steps if stage == "sft" else plan.gspo_steps
+    lr = plan.sft_lr if stage == "sft" else plan.gspo_lr
+    c.optim.lr = lr or c.optim.lr
     c.optim.warmup_steps = min(c.optim.warmup_steps, c.total_steps)
     c.ckpt.save_every = max(c.total_steps // 2, 1)
     # Held-out curves: SFT loss on held-out SFT records, greedy GSPO rewards on RL prompts.
@@ -125,13 +130,17 @@ def init_model(plan: Plan, data, out_dir: str) -> None:
     )
 
 
-def evaluate(plan: Plan, data, checkpoint: str, workdir: str, name: str) -> dict:
+def evaluate(
+    plan: Plan, data, checkpoint: str, workdir: str, name: str, media_root: str | None = None
+) -> dict:
+    """Greedy held-out evaluation of `checkpoint`; `media_root` replaces the held-out media
+    (the frame-blanking ablation passes `blank_media`'s copy)."""
     config = stage_config(plan, "gspo", data, checkpoint)
     mc, params = hf.load(checkpoint, progress=False)
     tok = synthetic_data.load_tokenizer(data)
     t = time.perf_counter()
     summary, items = heldout.evaluate(
-        config, mc, params, tok, data.heldout_rl_json, data.heldout_media_root
+        config, mc, params, tok, data.heldout_rl_json, media_root or data.heldout_media_root
     )
     eval_results.write_jsonl(os.path.join(workdir, f"heldout_{name}.jsonl"), items)
     _say(
@@ -207,12 +216,54 @@ def answer_diversity(items: list[dict]) -> dict[str, int]:
     return {task: len(answers) for task, answers in sorted(out.items())}
 
 
+ABLATION_KEYS = (("acc", "What acc"), ("tiou", "When mIoU"), ("viou", "Where vIoU"), ("mAM", "mAM"))
+BLANK = " (frames blanked)"
+GSPO_GAINS = (
+    ("total", "held-out reward"),
+    ("acc", "What acc"),
+    ("tiou", "When mIoU"),
+    ("mAM", "mAM"),
+)
+
+
+def criteria(s: dict) -> list[str]:
+    """The demo's claims, checked on the measured numbers (summaries by stage name)."""
+    out = []
+    if "sft" + BLANK in s:
+        drop = {k: s["sft"][k] - s["sft" + BLANK][k] for k in ("acc", "tiou")}
+        ok = max(drop.values()) >= 0.10
+        out.append(
+            f"- frame blanking after SFT lowers What acc by {drop['acc']:+.3f} and When mIoU by "
+            f"{drop['tiou']:+.3f} (reads the video: >= 0.10 on one of them): "
+            + ("yes" if ok else "no")
+        )
+    gains = {k: s["gspo"][k] - s["sft"][k] for k, _ in GSPO_GAINS}
+    rose = [label for k, label in GSPO_GAINS if gains[k] > 0]
+    out.append(
+        "- SFT -> GSPO: "
+        + ", ".join(f"{label} {gains[k]:+.3f}" for k, label in GSPO_GAINS)
+        + (": all rise" if len(rose) == len(GSPO_GAINS) else f": {len(rose)} of 4 rise")
+    )
+    return out
+
+
 def write_report(workdir: str, evals: dict, example: str, timings: dict) -> str:
     head = "| stage | " + " | ".join(label for _, label in TABLE_COLUMNS) + " |"
     sep = "|---" * (len(TABLE_COLUMNS) + 1) + "|"
     rows = [
         f"| {name} | " + " | ".join(f"{ev['summary'][k]:.3f}" for k, _ in TABLE_COLUMNS) + " |"
         for name, ev in evals.items()
+        if not name.endswith(BLANK)
+    ]
+    ablation = [
+        f"| {name} | "
+        + " | ".join(
+            f"{ev['summary'][k]:.3f} ({ev['summary'][k] - evals[name[: -len(BLANK)]]['summary'][k]:+.3f})"
+            for k, _ in ABLATION_KEYS
+        )
+        + " |"
+        for name, ev in evals.items()
+        if name.endswith(BLANK)
     ]
     s = {k: v["summary"] for k, v in evals.items()}
     checks = [
@@ -224,6 +275,7 @@ def write_report(workdir: str, evals: dict, example: str, timings: dict) -> str:
         f"- {name}: "
         + ", ".join(f"{task} {n}" for task, n in answer_diversity(ev["items"]).items())
         for name, ev in evals.items()
+        if not name.endswith(BLANK)
     ]
     text = "\n".join(
         [
@@ -239,6 +291,19 @@ def write_report(workdir: str, evals: dict, example: str, timings: dict) -> str:
             *rows,
             "",
             *checks,
+            "",
+            "Frame-blanking ablation: the same held-out prompts with every frame (and key frame) "
+            "replaced by the background colour; in brackets the change from the model's score on "
+            "the real frames. A model that reads the video loses accuracy; one that guesses "
+            "does not.",
+            "",
+            "| model | " + " | ".join(label for _, label in ABLATION_KEYS) + " |",
+            "|---" * (len(ABLATION_KEYS) + 1) + "|",
+            *ablation,
+            "",
+            "Criteria:",
+            "",
+            *criteria(s),
             "",
             "Distinct greedy answers per task on the held-out prompts (a policy that reads the "
             "video answers each prompt differently; a handful means it answers from priors):",
@@ -291,12 +356,16 @@ def run(workdir: str, plan: Plan = FULL) -> dict:
     t = time.perf_counter()
     sft_hf = os.path.join(workdir, "sft", "hf")
     evals["sft"] = evaluate(plan, data, sft_hf, workdir, "sft")
+    blank = synthetic.blank_media(data.heldout_media_root, os.path.join(workdir, "blank_media"))
+    evals["sft" + BLANK] = evaluate(plan, data, sft_hf, workdir, "sft_blank", blank)
 
     _say(f"GSPO for {plan.gspo_steps} steps")
     rl_cfg = stage_config(plan, "gspo", data, sft_hf)
     rl_loop.train(rl_cfg, os.path.join(workdir, "gspo"))
     timings["gspo"] = time.perf_counter() - t
-    evals["gspo"] = evaluate(plan, data, os.path.join(workdir, "gspo", "hf"), workdir, "gspo")
+    gspo_hf = os.path.join(workdir, "gspo", "hf")
+    evals["gspo"] = evaluate(plan, data, gspo_hf, workdir, "gspo")
+    evals["gspo" + BLANK] = evaluate(plan, data, gspo_hf, workdir, "gspo_blank", blank)
 
     plot_curves(workdir, os.path.join(workdir, "curves.png"))
     example = render(plan, data, evals["gspo"]["items"], os.path.join(workdir, "example.png"))
@@ -310,7 +379,7 @@ def run(workdir: str, plan: Plan = FULL) -> dict:
 
 def _data_kw(plan: Plan) -> dict:
     c = load_config(f"stage=sft,size={plan.size}").data.synthetic
-    return dict(seed=c.seed, width=c.width, height=c.height, fps=c.fps)
+    return dict(seed=c.seed, width=c.width, height=c.height, fps=c.fps, perception=plan.perception)
 
 
 def main(argv):

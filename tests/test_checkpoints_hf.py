@@ -290,3 +290,44 @@ def test_load_onto_mesh_places_shards(tmp_path):
     q = flat[("model", "layers_0", "self_attn", "q_proj", "kernel")]
     assert q.addressable_shards[0].data.shape == (q.shape[0] // 2, q.shape[1] // 2)
     _assert_same_params(params, reference)
+
+
+def test_special_ids_outside_a_small_vocabulary_load_with_a_warning(tmp_path):
+    """Tiny Hub checkpoints keep Qwen's bos/eos/pad (151643/151645) with a vocabulary of 512.
+
+    transformers loads them; so must we. The ids are not used by the forward pass: filler
+    positions use an in-vocabulary id and the logits equal those of the in-vocabulary config.
+    """
+    path = _copy(UNTIED, tmp_path / "big_ids")
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["text_config"].update(bos_token_id=151643, eos_token_id=151645, pad_token_id=151643)
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.warns(UserWarning, match="outside the vocabulary"):
+        config, params = hf.load(path, progress=False)
+    ref_config, ref_params = hf.load(UNTIED, progress=False)
+    _assert_same_params(params, ref_params)
+    assert (config.bos_token_id, config.eos_token_id, config.pad_token_id) == (
+        151643,
+        151645,
+        151643,
+    )
+    assert config.padding_id == 0 and ref_config.padding_id == 480
+    # Right padding up to max_seq_len writes filler ids; the valid positions must not change.
+    ids = np.array([[5, 9, 33, 7, 1], [8, 2, 4, 0, 0]], np.int32)
+    mask = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], np.int32)
+    out = {}
+    for name, c, p in (("big", config, params), ("ref", ref_config, ref_params)):
+        inputs = inputs_from_hf(c, input_ids=ids, attention_mask=mask, max_seq_len=8)
+        assert int(np.asarray(inputs.input_ids).max()) < c.vocab_size
+        out[name] = np.asarray(Qwen25VL(c).apply({"params": p}, inputs))
+    assert np.isfinite(out["big"]).all()
+    valid = np.pad(mask, ((0, 0), (0, 3))).astype(bool)
+    np.testing.assert_allclose(out["big"][valid], out["ref"][valid], rtol=1e-5, atol=1e-5)
+    # Export keeps the checkpoint's ids, so the round trip is exact.
+    hf.save(tmp_path / "out", config, params, progress=False)
+    with pytest.warns(UserWarning, match="outside the vocabulary"):
+        again, _ = hf.load(tmp_path / "out", progress=False)
+    assert again == config
+    transformers = pytest.importorskip("transformers")
+    hf_cfg = transformers.AutoConfig.from_pretrained(path)
+    assert hf_cfg.text_config.bos_token_id == 151643

@@ -5,8 +5,10 @@ open_o3_video), runlocal (tiny model, CPU smoke test). The presets live in
 `o3video_jax.rl.gspo.presets()`; every field stays overridable with --config.rl.x=...
 
 `open_o3_video` reproduces Open-o3 Video (G=4, temperature 1.0, top-p 0.95, eps 0.2, beta 0.04 with
-the k3 KL clamped at 10, one update per rollout batch, lr 1e-6 cosine, 8 prompts per step);
-`gspo_paper` uses the GSPO paper's clipping (eps 3e-4 / 4e-4, beta 0, 4 minibatch updates).
+the k3 KL clamped at 10, one update per rollout batch, lr 1e-6 cosine, 8 prompts per step, and
+the original's one-sided thk_spatial time gate `rl.spatial_gate=reference`); `gspo_paper` uses
+the GSPO paper's clipping (eps 3e-4 / 4e-4, beta 0, 4 minibatch updates) and the corrected gate
+`rl.spatial_gate=intended` (|g - T| < 1 s), the default of every other config.
 
 Launch on a TPU VM (every worker runs the same command):
   tpu_scripts/launch.sh NAME ZONE -- python -m o3video_jax.train \
@@ -27,7 +29,7 @@ from o3video_jax.rl import gspo  # noqa: E402
 
 _PRESET_FIELDS = (
     "eps_low", "eps_high", "beta", "kl_clamp", "ratio", "group_size", "temperature", "top_p",
-    "old_logp", "minibatches",
+    "old_logp", "minibatches", "spatial_gate",
 )  # fmt: skip
 
 

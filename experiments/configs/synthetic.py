@@ -1,6 +1,6 @@
 r"""Synthetic end-to-end run on CPU: tiny Qwen2.5-VL, generated videos, tiny tokenizer.
 
-Args (`:arg`): stage=sft|gspo (default sft), size=tiny|demo (default demo: hidden 128, 4
+Args (`:arg`): stage=sft|gspo|sft+gspo (default sft), size=tiny|demo (default demo: hidden 128, 4
 layers; tiny: the `tiny` preset with 56x56 frames, for tests), videos=N (training videos).
 
 The data (videos, STGR-SFT/RL records, a held-out split) and the tiny BPE tokenizer are
@@ -9,6 +9,9 @@ generated into WORKDIR/synthetic on the first run (o3video_jax.train.synthetic_d
   python -m o3video_jax.train --config experiments/configs/synthetic.py --workdir /tmp/syn_sft
   python -m o3video_jax.train --config experiments/configs/synthetic.py:stage=gspo \
     --config.model.hf_checkpoint=/tmp/syn_sft/hf --workdir /tmp/syn_gspo
+Both stages in one command (SFT, export, GSPO from the export; rerun to resume either stage):
+  python -m o3video_jax.train --config experiments/configs/synthetic.py:stage=sft+gspo \
+    --workdir /tmp/syn [--config.gspo_stage.total_steps=20]
 The demo (`python -m o3video_jax.demo --workdir DIR`) runs both stages with evaluations.
 """
 
@@ -18,6 +21,8 @@ import sys
 sys.path.insert(0, os.path.dirname(__file__))
 import common  # noqa: E402
 
+from o3video_jax.train import two_stage  # noqa: E402
+
 SYSTEM_PROMPT = (
     "Reason in <think></think> citing <obj>object</obj><box>[x1,y1,x2,y2]</box>at<t>time</t>s "
     "evidence, then answer in <answer></answer>."
@@ -26,12 +31,24 @@ SYSTEM_PROMPT = (
 
 def get_config(arg=None):
     a = common.parse_arg(arg, stage="sft", size="demo", videos=48)
-    if a.stage not in ("sft", "gspo"):
-        raise ValueError(f"stage must be sft or gspo, got {a.stage!r}")
+    if a.stage not in ("sft", "gspo", two_stage.STAGE):
+        raise ValueError(f"stage must be sft, gspo or {two_stage.STAGE}, got {a.stage!r}")
     if a.size not in ("tiny", "demo"):
         raise ValueError(f"size must be tiny or demo, got {a.size!r}")
+    if a.stage == two_stage.STAGE:
+        # The SFT config plus the leaves the GSPO run changes (o3video_jax.train.two_stage).
+        c = _config(a, "sft")
+        c.stage = two_stage.STAGE
+        c.gspo_stage = two_stage.stage_overrides(c, _config(a, "gspo"))
+    else:
+        c = _config(a, a.stage)
+    c.lock()
+    return c
+
+
+def _config(a, stage):
     c = common.base_config()
-    c.stage = a.stage
+    c.stage = stage
     c.model.preset = "tiny"
     c.model.dtype = "float32"
     c.model.remat = "none"
@@ -84,7 +101,7 @@ def get_config(arg=None):
     c.ckpt.keep = 2
     c.log.every = 1
 
-    if a.stage == "gspo":
+    if stage == "gspo":
         # 8 prompts x G=8 samples at temperature 0.6 (closer to the greedy policy that the
         # evaluation decodes), two minibatch updates per rollout batch (GSPO's off-policy
         # ratio, so clipping can engage), a constant lr with the k3 KL to the SFT model as an
@@ -112,7 +129,7 @@ def get_config(arg=None):
         c.data.synthetic.height = 56
         c.data.max_frames = 4
         c.data.frame_max_pixels = 56 * 56
-        c.data.max_seq_len = 416 if a.stage == "sft" else 256 + 32
+        c.data.max_seq_len = 416 if stage == "sft" else 256 + 32
         c.data.max_patches = 128
         c.data.batch_size = 2
         c.rl.group_size = 4
@@ -122,5 +139,4 @@ def get_config(arg=None):
         c.rl.max_new_tokens = 32
         c.rl.prompt_buckets = [256]
         c.ckpt.save_every = 2
-    c.lock()
     return c

@@ -117,7 +117,7 @@ def build_model_inputs(
     unit, patch_dim = config.vision.merge_unit, config.vision.patch_dim
     if budget % unit:
         raise ValueError(f"max_patches {budget} must be a multiple of {unit}")
-    input_ids = np.full((b, length), config.pad_token_id, np.int32)
+    input_ids = np.full((b, length), config.padding_id, np.int32)
     segment_ids = np.zeros((b, length), np.int32)
     pos = np.zeros((3, b, length), np.int32)
     deltas = np.zeros((b,), np.int32)

@@ -341,11 +341,11 @@ class _Batcher:
     def _sft(self, rows: list[list[Example]]) -> SFTBatch:
         b, length = self.cfg.batch_size, self.cfg.max_seq_len
         inputs = self._inputs(rows, "right")
-        targets = np.full((b, length), self.model_config.pad_token_id, np.int32)
+        targets = np.full((b, length), self.model_config.padding_id, np.int32)
         mask = np.zeros((b, length), np.float32)
         for r, row in enumerate(rows):
             t, m = sft_targets(
-                [e.segment for e in row], [e.loss_mask for e in row], self.model_config.pad_token_id
+                [e.segment for e in row], [e.loss_mask for e in row], self.model_config.padding_id
             )
             targets[r, : len(t)] = t
             mask[r, : len(m)] = m

@@ -180,6 +180,45 @@ def random_spec(
     return VideoSpec(width, height, fps, dur * fps, tuple(objects))
 
 
+def blank_media(src_root: str | os.PathLike, dst_root: str | os.PathLike) -> str:
+    """A copy of a dataset's media with every frame replaced by the background colour.
+
+    Every videos/*.mp4 keeps its size, frame count and frame rate, every kfs/*.jpg its size,
+    so the same records give the same prompts, without anything to see: the frame-blanking
+    ablation. Returns `dst_root` (reused when already written).
+    """
+    src_root, dst_root = os.fspath(src_root), os.fspath(dst_root)
+    done = os.path.join(dst_root, ".complete")
+    if os.path.exists(done):
+        return dst_root
+    for sub in ("videos", "kfs"):
+        src = os.path.join(src_root, sub)
+        if not os.path.isdir(src):
+            continue
+        os.makedirs(os.path.join(dst_root, sub), exist_ok=True)
+        for name in sorted(os.listdir(src)):
+            path, out = os.path.join(src, name), os.path.join(dst_root, sub, name)
+            if name.endswith(".jpg"):
+                h, w = cv2.imread(path).shape[:2]
+                blank = np.empty((h, w, 3), np.uint8)
+                blank[:] = BACKGROUND
+                cv2.imwrite(out, cv2.cvtColor(blank, cv2.COLOR_RGB2BGR))
+            elif name.endswith(".mp4"):
+                cap = cv2.VideoCapture(path)
+                w, h = (
+                    int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
+                    int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+                )
+                fps, n = cap.get(cv2.CAP_PROP_FPS), int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+                cap.release()
+                if w <= 0 or h <= 0 or n <= 0:
+                    raise ValueError(f"blank_media: cannot read the geometry of {path}")
+                spec = VideoSpec(w, h, int(round(fps)), n, ())
+                make_video(out, spec)
+    open(done, "w").close()
+    return dst_root
+
+
 def write_corrupt_files(directory: str | os.PathLike) -> dict[str, str]:
     """Bad videos for tests: {"truncated", "random", "empty"} -> path (all named .mp4)."""
     directory = io.require_local(directory, "write_corrupt_files")
@@ -199,13 +238,16 @@ def write_corrupt_files(directory: str | os.PathLike) -> dict[str, str]:
     return paths
 
 
-def generate_dataset(out_dir: str | os.PathLike, n_videos: int, seed: int, **spec_kw) -> dict:
+def generate_dataset(
+    out_dir: str | os.PathLike, n_videos: int, seed: int, *, perception: bool = False, **spec_kw
+) -> dict:
     """Write n_videos synthetic videos and their records under `out_dir`.
 
     Layout: videos/syn_XXXXX.mp4, kfs/syn_XXXXX_fFFFF.jpg (frame FFFF), json_data/STGR-SFT.json,
     json_data/STGR-RL.json, json_data/vstar.json, ground_truth.json (per-frame boxes).
     Deterministic for a seed. `spec_kw` goes to `random_spec`. Returns {"sft", "rl",
-    "vstar": record lists, "paths": {name: file}}.
+    "vstar": record lists, "paths": {name: file}}. `perception` adds to the SFT records the
+    dense one-hop `perception_records` of every video.
     """
     from o3video_jax.data import synthetic_questions as sq  # it imports this module
 
@@ -221,6 +263,8 @@ def generate_dataset(out_dir: str | os.PathLike, n_videos: int, seed: int, **spe
         make_video(os.path.join(out_dir, "videos", vid + ".mp4"), spec)
         video = sq.SyntheticVideo(vid, f"videos/{vid}.mp4", spec, gt, frames)
         sft += sq.sft_records(video, rng, out_dir)
+        if perception:
+            sft += sq.perception_records(video)
         rl += sq.rl_records(video, rng, out_dir)
         vstar.append(sq.vstar_record(video, rng))
         gts[vid] = {

@@ -172,6 +172,27 @@ def sft_records(video: SyntheticVideo, rng: np.random.Generator, root: str) -> l
     ]
 
 
+def perception_records(video: SyntheticVideo) -> list[dict]:
+    """Dense one-hop SFT records: the visible time span of every object of the video (the
+    held-out When question, asked about each object instead of one drawn at random)."""
+    out = []
+    for j, name in enumerate(video.by_appearance()):
+        a, b = video.gt.intervals[name]
+        out.append(
+            {
+                **_base(video, f"sft-pc{j}", TEMPORAL_TASK, "TVG_synthetic"),
+                "question": f"During which time span is the {name} visible in the video?",
+                "answer": f"From <t>{fmt_time(a)}</t>s to <t>{fmt_time(b)}</t>s",
+                "reasoning_process": (
+                    f"The <obj>{name}</obj> comes into view at <t>{fmt_time(a)}</t>s and is "
+                    f"gone from <t>{fmt_time(b)}</t>s on."
+                ),
+                "video_path": video.video_path,
+            }
+        )
+    return out
+
+
 def rl_records(video: SyntheticVideo, rng: np.random.Generator, root: str) -> list[dict]:
     st, tq, mcq = _spatial_temporal(video, rng, root), _temporal(video, rng), _mcq(video, rng)
     return [

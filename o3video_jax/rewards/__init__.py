@@ -1,7 +1,13 @@
 """Open-o3 Video rewards: a total host-side parser and one jitted scorer (DESIGN decision 7)."""
 
 from o3video_jax.rewards.batch import ParsedBatch
-from o3video_jax.rewards.config import REWARD_NAMES, TASKS, RewardConfig, sigma_schedule
+from o3video_jax.rewards.config import (
+    REWARD_NAMES,
+    TASKS,
+    RewardConfig,
+    sigma_schedule,
+    step_fraction,
+)
 from o3video_jax.rewards.parse import Claim, Completion, extract_answer, parse_completion
 from o3video_jax.rewards.rewards import compute_rewards
 from o3video_jax.rewards.scan import parse_batch
@@ -21,4 +27,5 @@ __all__ = [
     "parse_batch",
     "parse_completion",
     "sigma_schedule",
+    "step_fraction",
 ]

@@ -24,21 +24,20 @@ class ParsedBatch:
       vqa_pair:               bool[N]
       times:                  float64[N, MT]    bare think times (0 where not finite)
       times_ok:               bool[N, MT]       present and finite
-      num_times:              int32[N]          all bare times, including dropped ones
+      num_times:              int32[N]          all bare times
       claim_time:             float64[N, C]     0 where not finite
       claim_time_ok:          bool[N, C]        claim present with a finite time
       claim_mask:             bool[N, C]        claim present
       claim_boxes:            float64[N, C, MB, 4]
       claim_box_ok:           bool[N, C, MB]
-      num_claims:             int32[N]          all parsed claims, including dropped ones
+      num_claims:             int32[N]          all parsed claims
       think_boxes:            float64[N, TB, 4]
       think_box_ok:           bool[N, TB]
-      num_think_boxes:        int32[N]          JSON-parsable think boxes, including dropped
+      num_think_boxes:        int32[N]          JSON-parsable think boxes
       span:                   float64[N, 2]
       span_ok:                bool[N]           span found, finite and end >= start
       answer_box:             float64[N, 4]
       answer_box_ok:          bool[N]
-      dropped_times, dropped_claims, dropped_claim_boxes, dropped_think_boxes: int32[N]
         items beyond the budgets (their share of numerators is lost, denominators are exact)
       time_index:             int32[N * MT]     flat indices of the times_ok entries, in
                                                 order, then 0 (the scorer visits only these)
@@ -69,10 +68,6 @@ class ParsedBatch:
     span_ok: np.ndarray
     answer_box: np.ndarray
     answer_box_ok: np.ndarray
-    dropped_times: np.ndarray
-    dropped_claims: np.ndarray
-    dropped_claim_boxes: np.ndarray
-    dropped_think_boxes: np.ndarray
     time_index: np.ndarray
     time_count: np.ndarray
     claim_index: np.ndarray
@@ -90,8 +85,15 @@ class ParsedBatch:
 
 
 def budget(need: int, ceiling: int, bucket: bool) -> int:
-    """Array extent: the ceiling, or with bucketing the next power of two >= need (>= 1)."""
-    return min(ceiling, 1 << max(need - 1, 0).bit_length()) if bucket else ceiling
+    """Array extent: the ceiling, or with bucketing the next power of two >= need (>= 1).
+
+    A batch that needs more than the ceiling gets the next power of two >= need: every item
+    is scored, as the original does for any count (a new compile, only for such batches).
+    """
+    pow2 = 1 << max(need - 1, 0).bit_length()
+    if need > ceiling:
+        return pow2
+    return min(ceiling, pow2) if bucket else ceiling
 
 
 def zeros(shape: tuple[int, ...], dtype=np.float64) -> np.ndarray:
@@ -195,7 +197,6 @@ def pack_rows(rows: Rows, config: RewardConfig | None = None) -> ParsedBatch:
     box_flat = claim_flat[claim[ok]] * mb + k[ok]
     claim_boxes, claim_box_ok = zeros((n, mc, mb, 4)), zeros((n, mc, mb), bool)
     claim_boxes.reshape(-1, 4)[box_flat], claim_box_ok.reshape(-1)[box_flat] = boxes[ok], True
-    dropped_boxes = np.bincount(row[kept], np.maximum(claim_nb[kept] - mb, 0), minlength=n)
 
     # Think boxes: the first TB of each row.
     row, j = _ragged(num_think_boxes)
@@ -231,10 +232,6 @@ def pack_rows(rows: Rows, config: RewardConfig | None = None) -> ParsedBatch:
         span_ok=span_ok,
         answer_box=np.where(answer_box_ok[:, None], answer_box, 0.0),
         answer_box_ok=answer_box_ok,
-        dropped_times=np.maximum(num_times - mt, 0),
-        dropped_claims=np.maximum(num_claims - mc, 0),
-        dropped_claim_boxes=dropped_boxes.astype(np.int32),
-        dropped_think_boxes=np.maximum(num_think_boxes - tb, 0),
         time_index=time_index,
         time_count=time_count,
         claim_index=claim_index,

@@ -3,10 +3,11 @@
 The budgets fix every array shape the jitted scorer sees (DESIGN decision 2), so one compile
 serves a whole run. With `bucket_shapes=True` each extent is instead the next power of two of
 what the batch needs, capped by the budget: large offline batches (evaluation, benchmarks) then
-avoid scoring mostly padding, at the price of one compile per distinct bucket. Completions that exceed a completion-side budget are still scored (the
-overflow is counted, and denominators use the true counts); examples whose ground truth exceeds
-a ground-truth budget are rejected with a ValueError, because dropping ground truth would
-silently change the reward.
+avoid scoring mostly padding, at the price of one compile per distinct bucket. A batch with a
+completion that exceeds a completion-side budget gets arrays of the next power of two instead
+(one more compile for such batches), so every time, claim and box is scored, as the original
+does for any count; examples whose ground truth exceeds a ground-truth budget are rejected with
+a ValueError, because dropping ground truth would silently change the reward.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ SPATIAL_GATES = ("intended", "reference")
 class RewardConfig:
     """Static array budgets of the reward pipeline.
 
-    Completion side (overflow is counted in `ParsedBatch.dropped_*`):
+    Completion side (a batch that needs more grows to the next power of two; nothing is
+    dropped):
       max_claims: grounded `<obj>..<box>..at<t>..</t>s` claims kept per completion.
       max_claim_boxes: boxes kept per claim.
       max_times: bare `<t>T</t>s` times kept per completion (think block).
@@ -82,3 +84,16 @@ def sigma_schedule(step_fraction: float) -> float:
     if not 0.0 <= p <= 1.0:  # also rejects nan
         raise ValueError(f"step_fraction must lie in [0, 1], got {step_fraction!r}")
     return 4 * (1 - p) if p < 3 / 4 else 1.0
+
+
+def step_fraction(completed_steps: int, total_steps: int) -> float:
+    """The original's p = (global_step + 1) / max_steps for the step about to run.
+
+    `completed_steps` is the 0-based global_step (steps finished before this one), so the
+    first step has p = 1 / total and the last p = 1.
+    """
+    if total_steps < 1 or completed_steps < 0:
+        raise ValueError(
+            f"need total_steps >= 1, completed_steps >= 0; got {total_steps}, {completed_steps}"
+        )
+    return min((completed_steps + 1) / total_steps, 1.0)

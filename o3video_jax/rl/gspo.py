@@ -33,7 +33,13 @@ RATIOS = ("sequence", "token")
 
 
 def presets() -> dict[str, ml_collections.ConfigDict]:
-    """GSPO hyper-parameters: the GSPO paper and the Open-o3 Video reproduction (reference §4)."""
+    """GSPO hyper-parameters: the GSPO paper and the Open-o3 Video reproduction (reference §4).
+
+    `open_o3_video` reproduces the original, including its thk_spatial time gate
+    `spatial_gate="reference"` (a box counts when g - T < 1 s, so any claim *earlier* than the
+    annotated time passes). Everywhere else the default is the corrected gate
+    `spatial_gate="intended"` (|g - T| < 1 s), which `gspo_paper` keeps.
+    """
     paper = ml_collections.ConfigDict(
         dict(
             eps_low=3e-4,
@@ -46,6 +52,7 @@ def presets() -> dict[str, ml_collections.ConfigDict]:
             temperature=1.0,
             top_p=1.0,
             old_logp="rollout",  # "rollout": from the sampling policy; "current": sg(logp)
+            spatial_gate="intended",  # rewards.compute_rewards: |g - T| < 1 s
         )
     )
     open_o3 = ml_collections.ConfigDict(
@@ -60,6 +67,7 @@ def presets() -> dict[str, ml_collections.ConfigDict]:
             temperature=1.0,
             top_p=0.95,
             old_logp="current",
+            spatial_gate="reference",  # the original's one-sided g - T < 1 s
         )
     )
     return {"gspo_paper": paper, "open_o3_video": open_o3}

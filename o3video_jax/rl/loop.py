@@ -3,7 +3,7 @@
 Per step (DESIGN decision 8):
   1. a prompt batch (grain, RL mode) -> G samples per prompt (`rl.sampler`: one prefill per
      prompt, KV cache broadcast to the group)                                     [rollout]
-  2. completions decoded to text -> `rewards.compute_rewards` (step_fraction = step / total)
+  2. completions decoded to text -> `rewards.compute_rewards` (step_fraction = (step + 1) / total)
      -> group advantages
   3. rollout-policy log-probs (the params before this step's updates) and, when beta > 0, the
      frozen reference's (the run's initial params, recomputed on resume)           [logprobs]
@@ -30,7 +30,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from o3video_jax.rewards import REWARD_NAMES, compute_rewards
+from o3video_jax.rewards import REWARD_NAMES, compute_rewards, step_fraction
 from o3video_jax.rl import gspo, rollouts
 from o3video_jax.rl import sampler as sampler_lib
 from o3video_jax.train import evaluation, experiment, preflight, sharding, steps
@@ -253,7 +253,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             r = compute_rewards(
                 texts,
                 examples,
-                step_fraction=min(step / total, 1.0),
+                step_fraction=step_fraction(step, total),
                 weights=weights,
                 spatial_gate=rl.spatial_gate,
             )

@@ -97,8 +97,14 @@ def main(argv):
             from o3video_jax.rl import loop as rl_loop
 
             rl_loop.train(config, _WORKDIR.value)
+        elif config.stage == "sft+gspo":
+            from o3video_jax.train import two_stage
+
+            two_stage.train(config, _WORKDIR.value)
         else:
-            raise app.UsageError(f"config.stage must be 'sft' or 'gspo', got {config.stage!r}")
+            raise app.UsageError(
+                f"config.stage must be 'sft', 'gspo' or 'sft+gspo', got {config.stage!r}"
+            )
     except steps.NonFiniteLossError as e:
         print(f"training stopped: {e}", file=sys.stderr, flush=True)
         sys.exit(3)

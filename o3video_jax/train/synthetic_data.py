@@ -87,6 +87,7 @@ def prepare(
     height: int = 84,
     fps: int = 4,
     seconds: tuple[int, int] = (4, 6),
+    perception: bool = False,
 ) -> SyntheticData:
     """Generates (once) the training and held-out synthetic datasets and the tiny tokenizer."""
     root = io.abspath(directory)
@@ -101,6 +102,8 @@ def prepare(
         fps=fps,
         seconds=list(seconds),
     )
+    if perception:  # recorded only when set: markers written before the option stay valid
+        spec["perception"] = True
     if io.exists(marker):
         done = json.loads(io.read_text(marker))
         if done != spec:
@@ -115,7 +118,7 @@ def prepare(
     # OpenCV writes local files only: a remote root is generated locally, then uploaded.
     local_root = tempfile.mkdtemp(prefix="o3video-synthetic-") if io.is_remote(root) else root
     local = _paths(local_root)
-    train = generate_dataset(local.media_root, videos, seed, **kw)
+    train = generate_dataset(local.media_root, videos, seed, perception=perception, **kw)
     held = generate_dataset(local.heldout_media_root, max(eval_videos, 1), seed + 1, **kw)
     make_tiny_tokenizer(local.tokenizer_dir, corpus(train["sft"] + train["rl"] + held["rl"]))
     if local_root != root:

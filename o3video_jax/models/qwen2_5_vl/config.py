@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -185,6 +186,15 @@ class VisionConfig:
         return self.in_channels * self.temporal_patch_size * self.patch_size**2
 
 
+VISION_TOKEN_FIELDS = (
+    "image_token_id",
+    "video_token_id",
+    "vision_start_token_id",
+    "vision_end_token_id",
+)
+SPECIAL_TOKEN_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
 @dataclasses.dataclass(frozen=True)
 class Qwen25VLConfig:
     """Full Qwen2.5-VL configuration. Derive variants with `dataclasses.replace`."""
@@ -219,22 +229,33 @@ class Qwen25VLConfig:
             raise ValueError(f"remat {self.remat!r} is not one of {REMAT_POLICIES}")
         if self.attention not in ATTENTION_IMPLS:
             raise ValueError(f"attention {self.attention!r} is not one of {ATTENTION_IMPLS}")
-        for name in (
-            "image_token_id",
-            "video_token_id",
-            "vision_start_token_id",
-            "vision_end_token_id",
-            "bos_token_id",
-            "eos_token_id",
-            "pad_token_id",
-        ):
+        # The vision ids place features in the forward pass, so they must index the vocabulary.
+        # bos/eos/pad are bookkeeping (transformers does not check them either; tiny Hub test
+        # checkpoints carry Qwen's 151643 with a vocabulary of a few hundred): see `padding_id`.
+        for name in VISION_TOKEN_FIELDS:
             value = getattr(self, name)
             if not 0 <= value < self.text.vocab_size:
                 raise ValueError(
                     f"{name} {value} is outside the vocabulary [0, {self.text.vocab_size})"
                 )
+        for name in SPECIAL_TOKEN_FIELDS:
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} {getattr(self, name)} is negative")
         if self.image_token_id == self.video_token_id:
             raise ValueError(f"image_token_id and video_token_id are both {self.image_token_id}")
+
+    @property
+    def padding_id(self) -> int:
+        """The id written into filler positions of fixed-size arrays (masked everywhere).
+
+        `pad_token_id` when it lies inside the vocabulary, else 0: filler ids are never attended
+        to or trained on, they only have to index the embedding table.
+        """
+        return self.pad_token_id if self.pad_token_id < self.text.vocab_size else 0
+
+    def special_ids_outside_vocab(self) -> list[str]:
+        """Names of bos/eos/pad ids that do not index the vocabulary (e.g. tiny Hub checkpoints)."""
+        return [n for n in SPECIAL_TOKEN_FIELDS if getattr(self, n) >= self.text.vocab_size]
 
     # ---- read-only views of the decoder fields -------------------------------------------
     @property
@@ -369,7 +390,7 @@ class Qwen25VLConfig:
         bos = text_d.get("bos_token_id")
         bos = cls.bos_token_id if bos is None else bos
         pad = text_d.get("pad_token_id")
-        return cls(
+        config = cls(
             text=text,
             vision=vision,
             # HF 5 also honours a pre-5 `text_config.tie_word_embeddings`.
@@ -386,6 +407,16 @@ class Qwen25VLConfig:
             pad_token_id=bos if pad is None else pad,
             **runtime,
         )
+        outside = config.special_ids_outside_vocab()
+        if outside:
+            warnings.warn(
+                f"config {', '.join(f'{n}={getattr(config, n)}' for n in outside)} lie outside "
+                f"the vocabulary [0, {config.vocab_size}); the forward pass does not use them, "
+                f"filler positions use id {config.padding_id} and generation stops at the "
+                "tokenizer's end-of-text ids",
+                stacklevel=2,
+            )
+        return config
 
     def to_hf_dict(self) -> dict[str, Any]:
         """A nested config.json that transformers 5.x `Qwen2_5_VLConfig` / `from_pretrained` reads."""

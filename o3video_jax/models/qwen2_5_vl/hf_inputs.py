@@ -154,7 +154,7 @@ def inputs_from_hf(
     left = extra and bool(np.all(mask[:, -1] == 1))
     sl = slice(extra, out_len) if left else slice(0, length)
 
-    input_ids_out = np.full((b, out_len), config.pad_token_id, np.int32)
+    input_ids_out = np.full((b, out_len), config.padding_id, np.int32)
     segment_ids = np.zeros((b, out_len), np.int32)
     pos_out = np.zeros((3, b, out_len), np.int32)
     feature_index = np.full((b, out_len), -1, np.int32)
