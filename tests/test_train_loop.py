@@ -371,6 +371,7 @@ GSPO_SIGTERM_DRIVER = PRELUDE + textwrap.dedent(
     with open(OUT + "/stopped.json", "w") as f:
         json.dump({"rollouts": calls[0], "ckpt": sorted(os.listdir(OUT + "/part/ckpt"))}, f)
     rl_loop.train(config("gspo", total_steps=3), OUT + "/part")
+    rl_loop.train(config("gspo", total_steps=3), OUT + "/part")  # finished: a no-op, no crash
     """
 )
 

@@ -221,6 +221,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     )
     profiler = Profiler(config.log.profile_steps, workdir)
     state, step, last = exp.state, exp.start_step, {}
+    data_state = exp.data_state  # a finished run (start_step == total) saves it unchanged
     base_key = jax.random.PRNGKey(config.seed + 1)
     # The lr schedule counts optimiser updates: num_updates x minibatches per rollout step.
     schedule = make_schedule(ucfg.optimizer)
