@@ -183,3 +183,8 @@ def test_bad_config_is_a_clear_error(ckpt, tmp_path):
     with pytest.raises(ValueError, match="applies to videomme"):
         runner.evaluate(eval_config("vstar", ckpt, data, media, samples=2, temperature=1.0),
                         str(tmp_path))  # fmt: skip
+    # The per-item resume log is appended to: a gs:// workdir is refused up front, before any
+    # folder (least of all a local one named "gs:") is made.
+    with pytest.raises(ValueError, match="local files only"):
+        runner.evaluate(eval_config("vstar", ckpt, data, media), "gs://bucket/eval")
+    assert not os.path.exists("gs:")

@@ -30,6 +30,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
+from o3video_jax import io
 from o3video_jax.checkpoints import hf
 from o3video_jax.data import vision
 from o3video_jax.data.model_inputs import Segment, VisionItem
@@ -309,6 +310,9 @@ def evaluate(
     """
     _check(config)
     ev, name = config.eval, config.eval.benchmark
+    # The per-item log is appended line by line (the resume log), which object stores cannot
+    # do: evaluate into a local or mounted folder and copy it to the bucket afterwards.
+    io.require_local(workdir, "the evaluation workdir (its items.jsonl is an append log)")
     os.makedirs(workdir, exist_ok=True)
     pid, nproc = jax.process_index(), jax.process_count()
     loaded = benchmarks.read_benchmark(name, ev.data, ev.media_root, ev.limit)
