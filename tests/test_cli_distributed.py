@@ -6,7 +6,7 @@ TPU chips on the PCI bus, so every case is tested here without a pod.
 
 import pytest
 
-from o3video_jax.train.__main__ import should_initialize
+from o3video_jax.train.distributed import should_initialize
 
 # A Cloud TPU VM pod worker started over ssh: TPU chips, no cluster variables at all (JAX
 # reads the other workers from the TPU metadata server). Before the fix: not initialised.

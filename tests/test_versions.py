@@ -35,7 +35,7 @@ API_FLOORS = [
         "orbax-checkpoint",
         "0.11.17",
         "orbax.checkpoint.CheckpointManager under jax >= 0.7",
-        r"ocp\.CheckpointManager\(",
+        r"ocp\.CheckpointManager\b",
         "orbax commit 08c7b6e6 (first in v0.11.17) uses jax.experimental.layout.Layout; "
         "0.11.0 fails to import with jax 0.7.1 (no DeviceLocalLayout), tried in a venv",
     ),
@@ -65,8 +65,10 @@ def _setup_lists():
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign) and len(node.targets) == 1:
             name = getattr(node.targets[0], "id", None)
-            if name in ("INSTALL_REQUIRES", "EXTRAS"):
-                found[name] = ast.literal_eval(node.value)
+            if name in ("INSTALL_REQUIRES", "EVAL", "EXTRAS"):
+                # Literal lists and dicts, which may splice an earlier list (`*EVAL`).
+                expr = compile(ast.Expression(node.value), "setup.py", "eval")
+                found[name] = eval(expr, {"__builtins__": {}}, dict(found))
         if isinstance(node, ast.keyword) and node.arg == "python_requires":
             found["python_requires"] = ast.literal_eval(node.value)
     return found["INSTALL_REQUIRES"], found["EXTRAS"], found["python_requires"]

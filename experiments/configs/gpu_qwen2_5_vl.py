@@ -22,6 +22,8 @@ import common  # noqa: E402
 import gspo_qwen2_5_vl  # noqa: E402
 import sft_qwen2_5_vl  # noqa: E402
 
+UPSTREAM_BATCH = 8
+
 
 def get_config(arg=None):
     a = common.parse_arg(arg, stage="sft", size="3b", gpus=8, preset="open_o3_video")
@@ -38,7 +40,8 @@ def get_config(arg=None):
     c.model.attention = "cudnn"
     c.model.dtype = "bfloat16"  # cuDNN's fused attention takes bf16/fp16 only
     c.mesh.update({"data": 1, "fsdp": a.gpus, "tensor": 1})
-    # One row (SFT) or prompt (GSPO) per GPU at least; the recipe's 8 stays when it divides.
-    c.data.batch_size = max(c.data.batch_size, a.gpus) // a.gpus * a.gpus
+    # The upstream recipe's 8 rows (SFT) or prompts (GSPO) a step, rounded to a multiple of the
+    # GPU count (one per GPU at least); an explicit batch wins over data.per_device_batch_size.
+    c.data.batch_size = max(UPSTREAM_BATCH, a.gpus) // a.gpus * a.gpus
     c.data.workers = 8
     return c

@@ -18,6 +18,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from o3video_jax.sweep.spec import fixed_argv
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config", lock_config=True)
 _SWEEP = flags.DEFINE_string("sweep", None, "sweep file defining get_sweep()")
 _WORKDIR = flags.DEFINE_string("workdir", None, "sweep root: one folder per run")
@@ -25,20 +27,6 @@ _LAUNCH = flags.DEFINE_enum("launch", "local", ["local", "print"], "run here, or
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "show what would run; start and write nothing")
 _TPU_NAMES = flags.DEFINE_list("tpu_names", [], "with --launch print: one TPU VM per run")
 flags.mark_flags_as_required(["config", "sweep", "workdir"])
-
-
-def fixed_argv(argv: list[str]) -> list[str]:
-    """The --config.x=... flags of this command line, forwarded verbatim to every run."""
-    out, i = [], 0
-    while i < len(argv):
-        a = argv[i]
-        if a.startswith("--config."):
-            out.append(a)
-            if "=" not in a and i + 1 < len(argv):
-                out.append(argv[i + 1])
-                i += 1
-        i += 1
-    return out
 
 
 def main(argv):

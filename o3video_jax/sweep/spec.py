@@ -153,3 +153,17 @@ def flag_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     return repr(v) if isinstance(v, float) else str(v)
+
+
+def fixed_argv(argv: list[str]) -> list[str]:
+    """The --config.x=... flags of this command line, forwarded verbatim to every run."""
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a.startswith("--config."):
+            out.append(a)
+            if "=" not in a and i + 1 < len(argv):
+                out.append(argv[i + 1])
+                i += 1
+        i += 1
+    return out

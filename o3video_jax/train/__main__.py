@@ -14,6 +14,12 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from o3video_jax.train.distributed import (  # noqa: F401 - re-exported
+    cluster_detected,
+    should_initialize,
+    tpu_chips_attached,
+)
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "experiment config file", lock_config=True
 )
@@ -27,52 +33,6 @@ _DISTRIBUTED = flags.DEFINE_enum(
     "environment (coordinator address, SLURM, Open MPI) is set; on = always; off = never",
 )
 flags.mark_flags_as_required(["config", "workdir"])
-
-# Set by TPU pod / SLURM / Open MPI launchers when several processes form one run.
-_CLUSTER_ENV = ("JAX_COORDINATOR_ADDRESS", "MEGASCALE_COORDINATOR_ADDRESS")
-
-
-def cluster_detected(env=os.environ) -> bool:
-    """A CPU/GPU (or explicitly configured TPU) cluster's environment variables are set."""
-    if any(env.get(k) for k in _CLUSTER_ENV):
-        return True
-    if "," in env.get("TPU_WORKER_HOSTNAMES", ""):
-        return True
-    for key in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
-        if env.get(key, "1").isdigit() and int(env.get(key, "1")) > 1:
-            return True
-    return False
-
-
-def tpu_chips_attached() -> int:
-    """TPU chips on this host's PCI bus (what JAX itself checks to tell a Cloud TPU VM); 0 when
-    the probe is unavailable."""
-    try:
-        from jax._src import hardware_utils
-
-        return int(hardware_utils.num_available_tpu_chips_and_device_id()[0])
-    except Exception:  # noqa: BLE001 - private helper: any failure means "no TPU found"
-        return 0
-
-
-def should_initialize(mode: str, env=os.environ, tpu_chips: int = 0) -> tuple[bool, str]:
-    """Whether to call `jax.distributed.initialize()`, and why.
-
-    auto: yes on a Cloud TPU VM (TPU chips attached, JAX_PLATFORMS not excluding tpu): a pod
-    worker started over ssh has no cluster variables, JAX reads the workers from the TPU
-    metadata, and on a single-host VM it makes a 1-process run; yes when a CPU/GPU cluster's
-    variables are set (`cluster_detected`); no otherwise (a laptop, one GPU box).
-    """
-    if mode not in ("auto", "on", "off"):
-        raise ValueError(f"--distributed must be auto, on or off, got {mode!r}")
-    if mode != "auto":
-        return mode == "on", f"--distributed={mode}"
-    if cluster_detected(env):
-        return True, "cluster environment variables"
-    platforms = [p.strip() for p in env.get("JAX_PLATFORMS", "").lower().split(",") if p.strip()]
-    if tpu_chips > 0 and (not platforms or "tpu" in platforms):
-        return True, f"Cloud TPU VM ({tpu_chips} chips attached)"
-    return False, "no TPU VM or cluster environment"
 
 
 def main(argv):
