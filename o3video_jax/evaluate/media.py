@@ -87,10 +87,8 @@ def vstar_frames(
     return Media(fed, tuple(times), float(fps), tuple(items), size)
 
 
-def native_video(
-    path: str, *, fps: float = 2.0, max_frames: int, min_pixels: int, max_pixels: int
-) -> Media:
-    """One video item as qwen_vl_utils + the Qwen processor build it (module docstring)."""
+def _sampled(path: str, fps: float, max_frames: int, min_pixels: int, max_pixels: int):
+    """The Open-o3 sampled clip, its frames resized to the smart_resize size, and (h, w)."""
     try:
         clip = read_video(path, fps, max_frames, 4, sampling="o3")
     except VideoDecodeError as e:
@@ -100,7 +98,15 @@ def native_video(
     h, w = vision.smart_resize(
         *clip.frames.shape[1:3], min_pixels=min_pixels, max_pixels=max_pixels
     )
-    frames = np.stack([vision.resize(f, h, w) for f in clip.frames])
+    return clip, [vision.resize(f, h, w) for f in clip.frames], h, w
+
+
+def native_video(
+    path: str, *, fps: float = 2.0, max_frames: int, min_pixels: int, max_pixels: int
+) -> Media:
+    """One video item as qwen_vl_utils + the Qwen processor build it (module docstring)."""
+    clip, frames, h, w = _sampled(path, fps, max_frames, min_pixels, max_pixels)
+    frames = np.stack(frames)
     pv, grid = vision.preprocess_video(frames, h * w, h * w)
     item = VisionItem(pv, tuple(grid), "video", vision.second_per_grid(clip.sample_fps))
     times = tuple(float(t) for t in clip.o3_labels)
@@ -111,16 +117,7 @@ def frames_media(
     path: str, *, fps: float = 2.0, max_frames: int = 16, min_pixels: int, max_pixels: int
 ) -> Media:
     """The training layout: sampled frames as separate images at the frame budget."""
-    try:
-        clip = read_video(path, fps, max_frames, 4, sampling="o3")
-    except VideoDecodeError as e:
-        raise MediaError(f"{path!r}: {e}") from e
-    if clip.skipped:
-        raise MediaError(f"{path!r}: {clip.skipped} sampled frames undecodable")
-    h, w = vision.smart_resize(
-        *clip.frames.shape[1:3], min_pixels=min_pixels, max_pixels=max_pixels
-    )
-    frames = [vision.resize(f, h, w) for f in clip.frames]
+    clip, frames, h, w = _sampled(path, fps, max_frames, min_pixels, max_pixels)
     items, fed = _images(frames, h * w, h * w)
     times = tuple(float(t) for t in clip.o3_labels)
     return Media(fed, times, float(clip.sample_fps), tuple(items), (w, h))
