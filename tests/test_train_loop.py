@@ -416,7 +416,7 @@ def test_aot_compiles_the_sft_step_for_a_tpu_topology(loop_env):
     import importlib.util
 
     if importlib.util.find_spec("libtpu") is None:
-        pytest.skip("libtpu is not installed (pip install -e '.[tpu]')")
+        pytest.skip("libtpu is not installed (pip install -e '.[aot]')")
     p = run(
         [
             sys.executable,
