@@ -86,3 +86,47 @@ def test_greedy_with_penalty_equals_transformers_generate(ckpt, tmp_path):
         if new and new[-1] in (tok.eos_id, tok.pad_id):
             new = new[:-1]
         assert got[0] == tok.decode(new)
+
+
+def test_patch_buckets_same_outputs_smaller_vision_shape(ckpt, tmp_path, monkeypatch):
+    """Each call pads its patches to the smallest patch bucket that fits (not the whole
+    eval.max_patches), with the same greedy outputs as the single-shape generator."""
+    from o3video_jax.checkpoints import hf
+    from o3video_jax.data.tokenizer import Tokenizer
+    from o3video_jax.evaluate import benchmarks, generate, runner
+    from o3video_jax.train import experiment
+
+    assert generate.default_patch_buckets(2048) == [64, 128, 256, 512, 1024, 2048]
+    assert generate.default_patch_buckets(100) == [64, 100]
+    data, media = write_vstar(str(tmp_path), n=2)
+    cfg = eval_config("vstar", ckpt, data, media)
+    tok = Tokenizer.from_dir(ckpt)
+    _, params = hf.load(ckpt, jnp.float32, progress=False)
+    mc = experiment.model_config(cfg)
+    sampling = runner._sampling(cfg.eval, tok, 1, cfg.eval.max_new_tokens)
+    kw = dict(batch_size=8, buckets=cfg.eval.prompt_buckets, max_patches=cfg.eval.max_patches)
+    bucketed = generate.Generator(mc, params, tok, sampling, **kw)
+    single = generate.Generator(mc, params, tok, sampling, patch_buckets=[kw["max_patches"]], **kw)
+    assert single.patch_buckets == [cfg.eval.max_patches] == [2048]
+    requests = [
+        r
+        for item in benchmarks.read_benchmark("vstar", data, media).items
+        for r in runner._prepare("vstar", item, cfg.eval, True, tok, bucketed, 0).requests
+    ]
+    most = max(sum(v.num_patches for v in r.segment.vision) for r in requests)
+    assert most <= 256  # 3-4 frames of 4x4 patches: a small bucket suffices
+    shapes = []
+    build = generate.build_model_inputs
+
+    def spy(rows, config, **k):
+        shapes.append(k["max_patches"])
+        return build(rows, config, **k)
+
+    monkeypatch.setattr(generate, "build_model_inputs", spy)
+    got = bucketed(requests)
+    small = list(shapes)
+    want = single(requests)
+    assert got == want
+    assert max(small) <= 256 and shapes[len(small) :] == [2048] * len(small)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        generate.Generator(mc, params, tok, sampling, patch_buckets=[66], **kw)

@@ -69,6 +69,9 @@ def get_config(arg=None):
     e.chunk_items = 0  # items per resume unit (0 = batch_size)
     e.prompt_buckets = buckets
     e.max_patches = patches
+    # vision patch buckets per row: [] = powers of two from 64 up to max_patches (a batch pads
+    # its patches to the smallest that fits); [max_patches] = one vision shape, fewer compiles
+    e.patch_buckets = []
     e.max_frames = frames
     e.image_min_pixels = 4 * _PX  # qwen_vl_utils image defaults (V-STaR frames, VideoMMMU image)
     e.image_max_pixels = 16384 * _PX

@@ -2,10 +2,16 @@
 
 A request is one tokenized chat (a `Segment` with its vision items) and a PRNG key; each
 sampler call takes `batch_size` requests, left-padded to the smallest prompt bucket that
-fits, with G samples each (the prompt prefilled once, its cache broadcast to the G rows).
+fits and with its vision patches padded to the smallest patch bucket that fits, with G samples
+each (the prompt prefilled once, its cache broadcast to the G rows).
 Requests are taken longest first (less padding per batch); a short last call is filled with
 copies of its first request (results dropped), so every call has the same batch shape: one
-compile per bucket.
+compile per (prompt bucket, patch bucket) pair that occurs.
+
+Patch buckets: by default powers of two from 64 up to `max_patches` (and `max_patches`
+itself), so a batch of small frames does not run the vision tower over the whole per-row
+budget (V-STaR's is 81,920 patches; a row of 16 frames at 448x252 needs 9,216). Pass
+`patch_buckets=[max_patches]` for a single vision shape (one compile per prompt bucket).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from o3video_jax.models.qwen2_5_vl import Qwen25VL, Qwen25VLConfig
 from o3video_jax.rl import rollouts
 from o3video_jax.rl import sampler as sampler_lib
 
-__all__ = ["Generator", "OverBudget", "Request", "request_key"]
+__all__ = ["Generator", "OverBudget", "Request", "default_patch_buckets", "request_key"]
 
 
 class OverBudget(Exception):
@@ -41,6 +47,17 @@ def request_key(seed: int, item_key: str, call_index: int) -> np.ndarray:
     return np.asarray(jax.random.fold_in(k, call_index))
 
 
+def default_patch_buckets(max_patches: int, unit: int = 4, smallest: int = 64) -> list[int]:
+    """Powers of two from `smallest` below `max_patches`, then `max_patches` (each a multiple
+    of the merge unit)."""
+    out, b = [], smallest
+    while b < max_patches:
+        if b % unit == 0:
+            out.append(b)
+        b *= 2
+    return out + [int(max_patches)]
+
+
 class Generator:
     """`gen(requests) -> [[G texts] per request]` with fixed-size sampler calls."""
 
@@ -54,6 +71,7 @@ class Generator:
         batch_size: int,
         buckets: Sequence[int],
         max_patches: int,
+        patch_buckets: Sequence[int] | None = None,
         mesh=None,
         rules=None,
     ):
@@ -69,6 +87,19 @@ class Generator:
         self.sampling, self.mesh = sampling, mesh
         self.batch_size, self.buckets = batch_size, sorted(int(b) for b in buckets)
         self.max_patches = int(max_patches)
+        unit = model_config.vision.merge_unit
+        if patch_buckets:
+            self.patch_buckets = sorted(int(b) for b in patch_buckets)
+            bad = [b for b in self.patch_buckets if b % unit or b > self.max_patches]
+            if bad:
+                raise ValueError(
+                    f"eval.patch_buckets {bad}: each must be a multiple of {unit} and at most "
+                    f"eval.max_patches {self.max_patches}"
+                )
+            if self.patch_buckets[-1] != self.max_patches:
+                self.patch_buckets.append(self.max_patches)
+        else:
+            self.patch_buckets = default_patch_buckets(self.max_patches, unit)
         self.calls = 0
 
     def check(self, segment: Segment) -> None:
@@ -92,11 +123,15 @@ class Generator:
             length = sampler_lib.bucket_length(
                 max(len(r.segment.input_ids) for r in chunk), self.buckets
             )
+            patches = sampler_lib.bucket_length(
+                max(sum(v.num_patches for v in r.segment.vision) for r in chunk),
+                self.patch_buckets,
+            )
             inputs = build_model_inputs(
                 [[r.segment] for r in chunk],
                 self.config,
                 max_seq_len=length,
-                max_patches=self.max_patches,
+                max_patches=patches,
                 pad_side="left",
             )
             keys = np.concatenate([np.asarray(jax.random.split(r.key, g)) for r in chunk])

@@ -342,7 +342,7 @@ def evaluate(
     gen = Generator(
         mc, params, tokenizer, _sampling(ev, tokenizer, ev.samples, max_new),
         batch_size=ev.batch_size, buckets=ev.prompt_buckets, max_patches=ev.max_patches,
-        mesh=sampler_mesh, rules=rules,
+        patch_buckets=list(ev.get("patch_buckets", [])), mesh=sampler_mesh, rules=rules,
     )  # fmt: skip
     scorer = relevance_scorer
     if scorer is None and ev.vote == "confidence" and ev.think and name in summary.CATEGORIES:
@@ -350,7 +350,7 @@ def evaluate(
             mc, params, tokenizer,
             _sampling(ev, tokenizer, 1, ev.relevance_max_new_tokens, greedy=True),
             batch_size=ev.batch_size, buckets=ev.prompt_buckets, max_patches=ev.max_patches,
-            mesh=sampler_mesh, rules=rules,
+            patch_buckets=list(ev.get("patch_buckets", [])), mesh=sampler_mesh, rules=rules,
         )  # fmt: skip
         scorer = model_scorer(tokenizer, rel)
     judge = (
