@@ -74,6 +74,11 @@ class Plan:
     sft_lr: float = 0.0  # > 0: replaces the config's SFT learning rate
     perception: bool = False  # dense one-hop SFT records (synthetic_questions.perception_records)
     gspo_lr: float = 0.0  # > 0: replaces the config's GSPO learning rate
+    objects: tuple[int, int] = (2, 3)  # objects per synthetic video (min, max)
+    # > 0: a perception stage before SFT, on the dense one-hop records of every training video
+    # (`synthetic_questions.inventory_record` + `perception_records`); SFT starts from its export
+    perception_steps: int = 0
+    perception_lr: float = 1e-3
 
 
 FULL = Plan()
@@ -94,16 +99,24 @@ def load_config(arg: str) -> ml_collections.ConfigDict:
 
 
 def stage_config(plan: Plan, stage: str, data, checkpoint: str) -> ml_collections.ConfigDict:
-    c = load_config(f"stage={stage},size={plan.size}")
+    """The config of one demo stage: "perception", "sft" or "gspo"."""
+    c = load_config(f"stage={'gspo' if stage == 'gspo' else 'sft'},size={plan.size}")
     c.model.hf_checkpoint = checkpoint
     c.data.synthetic.videos = 0  # data prepared once by the demo, shared by the stages
-    c.data.train_json = data.sft_json if stage == "sft" else data.rl_json
-    c.data.eval_json = data.heldout_sft_json if stage == "sft" else data.heldout_rl_json
+    c.data.train_json, c.data.eval_json = {
+        "perception": (data.perception_json, data.heldout_perception_json),
+        "sft": (data.sft_json, data.heldout_sft_json),
+        "gspo": (data.rl_json, data.heldout_rl_json),
+    }[stage]
     c.data.eval_media_root = data.heldout_media_root
     c.data.media_root = data.media_root
     c.data.tokenizer_dir = data.tokenizer_dir
-    c.total_steps = plan.sft_steps if stage == "sft" else plan.gspo_steps
-    lr = plan.sft_lr if stage == "sft" else plan.gspo_lr
+    c.total_steps = {
+        "perception": plan.perception_steps,
+        "sft": plan.sft_steps,
+        "gspo": plan.gspo_steps,
+    }[stage]
+    lr = {"perception": plan.perception_lr, "sft": plan.sft_lr, "gspo": plan.gspo_lr}[stage]
     c.optim.lr = lr or c.optim.lr
     c.optim.warmup_steps = min(c.optim.warmup_steps, c.total_steps)
     c.ckpt.save_every = max(c.total_steps // 2, 1)
@@ -351,8 +364,15 @@ def run(workdir: str, plan: Plan = FULL) -> dict:
     t = time.perf_counter()
     evals["init"] = evaluate(plan, data, init_dir, workdir, "init")
 
+    sft_init = init_dir
+    if plan.perception_steps:
+        _say(f"perception stage for {plan.perception_steps} steps")
+        sft_loop.train(
+            stage_config(plan, "perception", data, init_dir), os.path.join(workdir, "perception")
+        )
+        sft_init = os.path.join(workdir, "perception", "hf")
     _say(f"SFT for {plan.sft_steps} steps")
-    sft_cfg = stage_config(plan, "sft", data, init_dir)
+    sft_cfg = stage_config(plan, "sft", data, sft_init)
     sft_loop.train(sft_cfg, os.path.join(workdir, "sft"))
     timings["sft"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -381,7 +401,14 @@ def run(workdir: str, plan: Plan = FULL) -> dict:
 
 def _data_kw(plan: Plan) -> dict:
     c = load_config(f"stage=sft,size={plan.size}").data.synthetic
-    return dict(seed=c.seed, width=c.width, height=c.height, fps=c.fps, perception=plan.perception)
+    return dict(
+        seed=c.seed,
+        width=c.width,
+        height=c.height,
+        fps=c.fps,
+        perception=plan.perception,
+        objects=plan.objects,
+    )
 
 
 def main(argv):

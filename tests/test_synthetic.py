@@ -174,3 +174,27 @@ def test_deterministic_per_seed(tmp_path, dataset):
     for key in ("sft", "rl", "vstar"):
         assert json.dumps(again[key]) == json.dumps(out[key])
     assert json.dumps(other["sft"]) != json.dumps(out["sft"])
+
+
+def test_perception_records_dense_one_hop(dataset):
+    """perception.json: per video one inventory (every object in order of appearance, with
+    its span from the ground truth) and one span record per object; loadable as SFT records."""
+    from o3video_jax.data.records import read_json_records
+
+    _, ds = dataset
+    gt = json.load(open(ds["paths"]["ground_truth"]))
+    dense = ds["perception"]
+    assert dense == json.load(open(ds["paths"]["perception"]))
+    for vid, objects in gt.items():
+        mine = [r for r in dense if r["id"].startswith(vid + "-")]
+        inv = [r for r in mine if r["id"].endswith("-sft-inv")]
+        assert len(inv) == 1 and len(mine) == 1 + len(objects)
+        order = sorted(objects, key=lambda n: objects[n]["interval"][0])
+        assert inv[0]["answer"] == ", then ".join(f"the {n}" for n in order).capitalize() + "."
+        for n in order:
+            a, b = objects[n]["interval"]
+            assert (
+                f"<obj>{n}</obj> from <t>{a:.1f}</t>s to <t>{b:.1f}</t>s"
+                in (inv[0]["reasoning_process"])
+            )
+    assert len(read_json_records(ds["paths"]["perception"])) == len(dense)

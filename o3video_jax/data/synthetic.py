@@ -244,7 +244,9 @@ def generate_dataset(
     """Write n_videos synthetic videos and their records under `out_dir`.
 
     Layout: videos/syn_XXXXX.mp4, kfs/syn_XXXXX_fFFFF.jpg (frame FFFF), json_data/STGR-SFT.json,
-    json_data/STGR-RL.json, json_data/vstar.json, ground_truth.json (per-frame boxes).
+    json_data/STGR-RL.json, json_data/vstar.json, json_data/perception.json (dense one-hop SFT
+    records of every video: `inventory_record` and `perception_records`, for a perception
+    stage before SFT), ground_truth.json (per-frame boxes).
     Deterministic for a seed. `spec_kw` goes to `random_spec`. Returns {"sft", "rl",
     "vstar": record lists, "paths": {name: file}}. `perception` adds to the SFT records the
     dense one-hop `perception_records` of every video.
@@ -254,7 +256,7 @@ def generate_dataset(
     out_dir = io.require_local(out_dir, "generate_dataset (train.synthetic_data.prepare uploads)")
     for sub in ("videos", "kfs", "json_data"):
         os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
-    sft, rl, vstar, gts = [], [], [], {}
+    sft, rl, vstar, gts, dense = [], [], [], {}, []
     for i in range(n_videos):
         rng = np.random.default_rng([seed, i])
         spec = random_spec(rng, **spec_kw)
@@ -263,8 +265,10 @@ def generate_dataset(
         make_video(os.path.join(out_dir, "videos", vid + ".mp4"), spec)
         video = sq.SyntheticVideo(vid, f"videos/{vid}.mp4", spec, gt, frames)
         sft += sq.sft_records(video, rng, out_dir)
+        spans = sq.perception_records(video)
+        dense += [sq.inventory_record(video), *spans]
         if perception:
-            sft += sq.perception_records(video)
+            sft += spans
         rl += sq.rl_records(video, rng, out_dir)
         vstar.append(sq.vstar_record(video, rng))
         gts[vid] = {
@@ -282,8 +286,16 @@ def generate_dataset(
         "rl": os.path.join(out_dir, "json_data", "STGR-RL.json"),
         "vstar": os.path.join(out_dir, "json_data", "vstar.json"),
         "ground_truth": os.path.join(out_dir, "ground_truth.json"),
+        "perception": os.path.join(out_dir, "json_data", "perception.json"),
     }
-    for key, obj in (("sft", sft), ("rl", rl), ("vstar", vstar), ("ground_truth", gts)):
+    files = (
+        ("sft", sft),
+        ("rl", rl),
+        ("vstar", vstar),
+        ("ground_truth", gts),
+        ("perception", dense),
+    )
+    for key, obj in files:
         with open(paths[key], "w") as f:
             json.dump(obj, f, indent=1, allow_nan=False)
-    return {"sft": sft, "rl": rl, "vstar": vstar, "paths": paths}
+    return {"sft": sft, "rl": rl, "vstar": vstar, "perception": dense, "paths": paths}

@@ -25,6 +25,7 @@ from o3video_jax.data import synthetic
 ST_TASK = "temporal-spatial free-form QA"
 TEMPORAL_TASK = "temporal QA"
 MCQ_TASK = "General video QA MCQ"
+FREE_TASK = "General video QA Free-form"
 LETTERS = "ABCD"
 
 
@@ -191,6 +192,24 @@ def perception_records(video: SyntheticVideo) -> list[dict]:
             }
         )
     return out
+
+
+def inventory_record(video: SyntheticVideo) -> dict:
+    """A dense one-hop SFT record: every object of the video in order of appearance, with its
+    visible span (the colours and shapes to read, and when)."""
+    order = video.by_appearance()
+    spans = "; ".join(
+        f"<obj>{n}</obj> from <t>{fmt_time(video.gt.intervals[n][0])}</t>s to "
+        f"<t>{fmt_time(video.gt.intervals[n][1])}</t>s"
+        for n in order
+    )
+    return {
+        **_base(video, "sft-inv", FREE_TASK, "videor1_synthetic_free"),
+        "question": "Which objects appear in the video, in order?",
+        "answer": ", then ".join(f"the {n}" for n in order).capitalize() + ".",
+        "reasoning_process": spans + ".",
+        "video_path": video.video_path,
+    }
 
 
 def rl_records(video: SyntheticVideo, rng: np.random.Generator, root: str) -> list[dict]:

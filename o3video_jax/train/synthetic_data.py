@@ -38,6 +38,8 @@ class SyntheticData:
     heldout_sft_json: str
     heldout_rl_json: str
     heldout_vstar_json: str
+    perception_json: str  # dense one-hop SFT records (the demo's perception stage)
+    heldout_perception_json: str
     media_root: str
     heldout_media_root: str
     tokenizer_dir: str
@@ -52,6 +54,8 @@ def _paths(root: str) -> SyntheticData:
         heldout_sft_json=os.path.join(held, "json_data", "STGR-SFT.json"),
         heldout_rl_json=os.path.join(held, "json_data", "STGR-RL.json"),
         heldout_vstar_json=os.path.join(held, "json_data", "vstar.json"),
+        perception_json=os.path.join(train, "json_data", "perception.json"),
+        heldout_perception_json=os.path.join(held, "json_data", "perception.json"),
         media_root=train,
         heldout_media_root=held,
         tokenizer_dir=os.path.join(root, "tokenizer"),
@@ -87,6 +91,7 @@ def prepare(
     height: int = 84,
     fps: int = 4,
     seconds: tuple[int, int] = (4, 6),
+    objects: tuple[int, int] = (2, 3),
     perception: bool = False,
 ) -> SyntheticData:
     """Generates (once) the training and held-out synthetic datasets and the tiny tokenizer."""
@@ -102,8 +107,11 @@ def prepare(
         fps=fps,
         seconds=list(seconds),
     )
-    if perception:  # recorded only when set: markers written before the option stay valid
+    # Recorded only when set: markers written before these options stay valid.
+    if perception:
         spec["perception"] = True
+    if tuple(objects) != (2, 3):
+        spec["objects"] = list(objects)
     if io.exists(marker):
         done = json.loads(io.read_text(marker))
         if done != spec:
@@ -114,7 +122,9 @@ def prepare(
         return paths
     if videos < 1:
         raise ValueError(f"synthetic videos must be >= 1, got {videos}")
-    kw = dict(width=width, height=height, fps=fps, seconds=tuple(seconds))
+    kw = dict(
+        width=width, height=height, fps=fps, seconds=tuple(seconds), num_objects=tuple(objects)
+    )
     # OpenCV writes local files only: a remote root is generated locally, then uploaded.
     local_root = tempfile.mkdtemp(prefix="o3video-synthetic-") if io.is_remote(root) else root
     local = _paths(local_root)
