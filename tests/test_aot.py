@@ -138,3 +138,14 @@ def test_chip_bytes_counts_one_shard():
     assert aot.chip_bytes(x) == 4 * 6 * 4
     assert aot.chip_bytes({"y": jax.ShapeDtypeStruct((3,), "int32")}) == 12
     assert math.prod((4, 6)) * 4 == aot.chip_bytes([x])
+
+
+def test_only_selects_whole_names_or_bucket_bases():
+    # `--only=logprob` must not also compile the reference forward (a second multi-minute,
+    # ~20 GB compile on a real config); a base selects every bucket of its program.
+    assert aot.selects("logprob", "logprob") and not aot.selects("logprob", "logprob_ref")
+    assert aot.selects("logprob_ref", "logprob_ref")
+    assert aot.selects("prefill", "prefill[1024]") and aot.selects("prefill", "prefill[4096]")
+    assert aot.selects("prefill[2048]", "prefill[2048]")
+    assert not aot.selects("prefill[2048]", "prefill[1024]")
+    assert not aot.selects("pre", "prefill[1024]") and not aot.selects("decode", "update")

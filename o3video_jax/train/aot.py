@@ -229,6 +229,13 @@ def _sampling_config(config: ml_collections.ConfigDict, mc):
     )
 
 
+def selects(token: str, name: str) -> bool:
+    """Whether `--only` token `token` selects program `name`: the whole name (`logprob`, which
+    leaves `logprob_ref` out; `prefill[2048]`) or its base before the bucket (`prefill` selects
+    every `prefill[...]`)."""
+    return name == token or name.split("[", 1)[0] == token
+
+
 def plan(
     config: ml_collections.ConfigDict,
     devices: list,
@@ -239,7 +246,7 @@ def plan(
     """Compiles every program of the config's run over `devices` (see the module docstring).
 
     `config` is checked and resolved by `preflight.apply` first (on a copy). `only`: compile
-    just the programs whose name starts with one of these prefixes (the rest are skipped).
+    just the programs selected by these names (see `selects`; the rest are skipped).
     `log(str)` reports each compile as it finishes.
     """
     config = ml_collections.ConfigDict(config.to_dict())  # preflight writes back: a copy
@@ -276,7 +283,7 @@ def plan(
         unembed_params=unembed_p,
         vision_params=vision_p,
     )
-    wanted = lambda name: not only or name.startswith(tuple(only))
+    wanted = lambda name: not only or any(selects(o, name) for o in only)
 
     def append(program: Program) -> None:
         programs.append(program)
@@ -541,6 +548,11 @@ if __name__ == "__main__":
 
     config_flags.DEFINE_config_file("config", None, "experiment config", lock_config=True)
     flags.DEFINE_string("topology", None, "TPU topology, e.g. v5p:4x4x4", required=True)
-    flags.DEFINE_string("only", "", "comma-separated program-name prefixes (default: all)")
+    flags.DEFINE_string(
+        "only",
+        "",
+        "comma-separated program names or bases: sft_step, prefill, decode, logprob, "
+        "logprob_ref, update, prefill[2048], ... (default: all)",
+    )
     flags.mark_flags_as_required(["config"])
     app.run(main)
