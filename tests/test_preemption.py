@@ -119,3 +119,27 @@ def test_orbax_does_not_report_steps_to_the_sync_manager(monkeypatch, tmp_path, 
         assert ckpt.preempted == (step == 3)
     ckpt.close()
     assert calls == [0, 1, 2, 3]
+
+
+def test_before_save_runs_before_the_commit_only_when_a_save_is_due(tmp_path, restore_sigterm):
+    """The loops flush their metrics rows through `before_save`: a run killed the moment a
+    checkpoint's commit marker exists must find every row up to that step (CI once saw the
+    gs:// kill-resume test read step 1 of a committed step 2 when the flush came after)."""
+    import jax.numpy as jnp
+
+    ckpt = orbax.Checkpointer(str(tmp_path), save_every=2, async_save=False)
+    state = {"w": jnp.arange(3.0)}
+    seen = []
+
+    def flush():  # what exists on disk when the loop's flush runs
+        seen.append(ckpt.all_steps())
+
+    assert not ckpt.save(1, state, before_save=flush)
+    assert seen == []  # nothing due: no flush
+    assert ckpt.save(2, state, before_save=flush)
+    assert seen == [[]]  # flushed before step 2 was written, let alone committed
+    assert ckpt.save(3, state, force=True, before_save=flush)
+    assert seen == [[], [2]]
+    assert not ckpt.save(3, state, force=True, before_save=flush)  # already saved: no flush
+    assert seen == [[], [2]]
+    ckpt.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -132,12 +133,27 @@ class Checkpointer:
             return True
         return self.save_every > 0 and step % self.save_every == 0
 
-    def save(self, step: int, state: Any, data_state: Any = None, *, force: bool = False) -> bool:
-        """Saves when due (or forced). Returns whether a save was started."""
+    def save(
+        self,
+        step: int,
+        state: Any,
+        data_state: Any = None,
+        *,
+        force: bool = False,
+        before_save: Callable[[], None] | None = None,
+    ) -> bool:
+        """Saves when due (or forced). Returns whether a save was started.
+
+        before_save: called once a save is decided, before it starts, so that what must be
+          durable with the checkpoint (the metrics rows up to it) is written before its commit
+          marker can exist: a run killed right after the commit resumes with every row.
+        """
         if not force and not self.should_save(step):
             return False
         if step in self._manager.all_steps():
             return False
+        if before_save is not None:
+            before_save()
         args = {"state": ocp.args.StandardSave(state)}
         if data_state is not None:
             args["data"] = ocp.args.JsonSave(_data_payload(data_state))

@@ -334,12 +334,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             if step % config.log.every == 0 or step == total or metrics["skipped"] or evaluated:
                 writer.write(step, metrics)
             writer.advance()
-            if exp.checkpointer.save(step, state, data_state):
-                writer.flush()  # the rows up to a checkpoint are durable (gs://: uploaded)
+            # The rows up to a checkpoint are durable (gs://: uploaded) before its commit.
+            exp.checkpointer.save(step, state, data_state, before_save=writer.flush)
             if exp.checkpointer.preempted:
                 print(f"preempted at step {step}: checkpoint saved, exiting", flush=True)
                 return last
-        exp.checkpointer.save(step, state, data_state, force=True)
+        exp.checkpointer.save(step, state, data_state, force=True, before_save=writer.flush)
         if config.ckpt.export_hf:
             export_hf(exp, state.params)
         return last
