@@ -55,6 +55,16 @@ VARIANTS = {
     "s_p600_s300": demo.Plan(
         videos=1024, eval_videos=48, perception_steps=600, sft_steps=300, sft_lr=5e-4
     ),
+    # the perception loss on the answer tokens alone (what must be read), probe's lr
+    "s_pa600_s300": demo.Plan(
+        videos=1024,
+        eval_videos=48,
+        perception_steps=600,
+        perception_lr=3e-4,
+        perception_loss="answer",
+        sft_steps=300,
+        sft_lr=3e-4,
+    ),
 }
 KEYS = (("total", "reward"), ("acc", "What"), ("tiou", "When"), ("viou", "Where"), ("mAM", "mAM"))
 

@@ -79,6 +79,9 @@ class Plan:
     # (`synthetic_questions.inventory_record` + `perception_records`); SFT starts from its export
     perception_steps: int = 0
     perception_lr: float = 1e-3
+    # The perception stage's loss mask (tokenizer.LOSS_MASKS): "answer" trains only the answer
+    # tokens (object names, times), which must be read from the video.
+    perception_loss: str = "assistant"
 
 
 FULL = Plan()
@@ -118,6 +121,8 @@ def stage_config(plan: Plan, stage: str, data, checkpoint: str) -> ml_collection
     }[stage]
     lr = {"perception": plan.perception_lr, "sft": plan.sft_lr, "gspo": plan.gspo_lr}[stage]
     c.optim.lr = lr or c.optim.lr
+    if stage == "perception":
+        c.data.loss_mask = plan.perception_loss
     c.optim.warmup_steps = min(c.optim.warmup_steps, c.total_steps)
     c.ckpt.save_every = max(c.total_steps // 2, 1)
     # Held-out curves: SFT loss on held-out SFT records, greedy GSPO rewards on RL prompts.

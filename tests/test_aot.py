@@ -149,3 +149,20 @@ def test_only_selects_whole_names_or_bucket_bases():
     assert aot.selects("prefill[2048]", "prefill[2048]")
     assert not aot.selects("prefill[2048]", "prefill[1024]")
     assert not aot.selects("pre", "prefill[1024]") and not aot.selects("decode", "update")
+
+
+@needs_libtpu
+def test_only_naming_no_program_of_the_run_is_an_error():
+    # The shipped GSPO presets take the old log-probs from the update's own forward
+    # (old_logp="current"): `--only=logprob` used to compile nothing and print an empty table.
+    devices = aot.topology_devices("v5p:2x2x1")
+    c = _config("gspo", {"data": 1, "fsdp": 2, "tensor": 2})
+    with c.unlocked():
+        c.data.max_seq_len = 64 + 16
+        c.rl.max_new_tokens = 16
+        c.rl.old_logp = "current"
+        c.rl.prompt_buckets = [64]
+    with pytest.raises(ValueError, match=r"--only logprob selects no program.*old_logp='current'"):
+        aot.plan(c, devices, "v5p:2x2x1", only=("logprob",))
+    with pytest.raises(ValueError, match=r"--only updte selects no program.*update"):
+        aot.plan(c, devices, "v5p:2x2x1", only=("updte",))

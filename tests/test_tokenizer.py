@@ -120,6 +120,14 @@ def test_loss_masks(tok_dir):
     np.testing.assert_array_equal(p.loss_mask == 0, p.input_ids == 480)
     gen = tok.tokenize_chat(MESSAGES[:2], add_generation_prompt=True, **grids)
     assert gen.loss_mask.sum() == 0 and gen.text.endswith("<|im_start|>assistant\n")
+    # answer: the assistant's answer and its closing tag only (the <answer> in the user's text
+    # and the assistant's think and template stay untrained).
+    two = [MESSAGES[0], {"role": "user", "content": "<answer>Q</answer>"}, MESSAGES[2]]
+    ans = tok.tokenize_chat(two, loss_mask="answer")
+    assert tok.decode(ans.input_ids[ans.loss_mask > 0]) == "A</answer>"
+    long_answer = [*two[:2], {"role": "assistant", "content": "<think>t</think><answer>B\nC</answer>"}]
+    ans = tok.tokenize_chat(long_answer, loss_mask="answer")
+    assert tok.decode(ans.input_ids[ans.loss_mask > 0]) == "B\nC</answer>"
     with pytest.raises(ValueError, match="loss_mask"):
         tok.tokenize_chat(MESSAGES, loss_mask="all", **grids)
 

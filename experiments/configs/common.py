@@ -70,7 +70,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.frame_max_pixels = 105369
     c.data.image_max_pixels = 200704
     c.data.prompt_quirks = "original"  # original | corrected
-    c.data.loss_mask = "assistant"  # assistant | original
+    c.data.loss_mask = "assistant"  # assistant | original | answer (tokenizer.LOSS_MASKS)
     c.data.sft_prompts = "sft"  # sft: upstream SFT prompts | rl: SFT targets under RL prompts
     # open_o3: the Open-o3 per-task system prompts; any other text replaces them for every task
     c.data.system_prompt = "open_o3"

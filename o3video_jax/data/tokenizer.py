@@ -56,7 +56,11 @@ SPECIAL_TOKENS = (
 )
 _NOT_SPECIAL = ("<tool_call>", "</tool_call>")  # Qwen marks these two special=False
 TINY_BASE = 480
-LOSS_MASKS = ("assistant", "original")
+# assistant: every assistant token (the im_end included); original: every token but padding (the
+# Open-o3 SFT script's labels); answer: the assistant's `<answer>...</answer>` contents and closing
+# tag only (a perception curriculum: the loss falls on what must be read from the video, not on
+# the template and reasoning text a model can predict from the prompt).
+LOSS_MASKS = ("assistant", "original", "answer")
 
 # Qwen2-VL / Qwen2.5-VL chat template (tokenizer_config.json of the released checkpoints).
 QWEN_VL_CHAT_TEMPLATE = (
@@ -173,8 +177,10 @@ class Tokenizer:
         text = self.render(messages, add_generation_prompt=add_generation_prompt)
         enc = self.backend.encode(text, add_special_tokens=False)
         ids = np.asarray(enc.ids, np.int32)
-        if loss_mask == "assistant":
+        if loss_mask in ("assistant", "answer"):
             spans = _assistant_spans(text)
+            if loss_mask == "answer":
+                spans = _answer_spans(text, spans)
             starts = np.asarray([o[0] for o in enc.offsets], np.int64)
             mask = np.zeros(len(ids), np.float32)
             for a, b in spans:
@@ -217,6 +223,15 @@ def _assistant_spans(text: str) -> list[tuple[int, int]]:
         end = text.find("<|im_end|>", m.end())
         if end >= 0:
             spans.append((m.end(), end + len("<|im_end|>")))
+    return spans
+
+
+def _answer_spans(text: str, assistant: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Character spans [answer content start, end of `</answer>`) inside the assistant spans."""
+    spans = []
+    for a, b in assistant:
+        for m in re.finditer(r"<answer>(.*?)</answer>", text[a:b], re.S):
+            spans.append((a + m.start(1), a + m.end()))
     return spans
 
 

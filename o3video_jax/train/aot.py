@@ -283,7 +283,11 @@ def plan(
         unembed_params=unembed_p,
         vision_params=vision_p,
     )
-    wanted = lambda name: not only or any(selects(o, name) for o in only)
+    run_programs: list[str] = []  # every program this run executes, compiled or not
+
+    def wanted(name: str) -> bool:
+        run_programs.append(name)
+        return not only or any(selects(o, name) for o in only)
 
     def append(program: Program) -> None:
         programs.append(program)
@@ -453,6 +457,19 @@ def plan(
             passes=3,
         )
 
+    unmatched = [o for o in only if not any(selects(o, name) for name in run_programs)]
+    if unmatched:  # a typo, or a program this run does not execute: never an empty table
+        why = ""
+        if config.stage == "gspo" and any(selects(o, "logprob") for o in unmatched):
+            why = (
+                f" (rl.old_logp={config.rl.old_logp!r}: the update takes the old log-probs "
+                "from its own forward, so there is no rollout-policy `logprob` program; "
+                "rl.old_logp='rollout' adds it)"
+            )
+        raise ValueError(
+            f"--only {','.join(unmatched)} selects no program of this run{why}; its programs: "
+            f"{', '.join(dict.fromkeys(run_programs))}"
+        )
     return result
 
 
