@@ -99,3 +99,24 @@ def test_blank_media_keeps_geometry_and_removes_every_object(tmp_path):
         img = cv2.imread(os.path.join(out, "kfs", name))[..., ::-1]
         assert img.shape == cv2.imread(str(tmp_path / "src" / "kfs" / name)).shape
         assert np.abs(img.astype(int) - synthetic.BACKGROUND).max() <= 8
+
+
+def test_stage_configs_take_the_plans_perception_loss_and_lrs():
+    import types
+
+    from o3video_jax import demo
+
+    data = types.SimpleNamespace(
+        **{f: f"/d/{f}" for f in (
+            "perception_json", "heldout_perception_json", "sft_json", "heldout_sft_json",
+            "rl_json", "heldout_rl_json", "heldout_media_root", "media_root", "tokenizer_dir",
+        )}
+    )  # fmt: skip
+    plan = demo.Plan(
+        perception_steps=8, perception_lr=3e-4, perception_loss="answer", sft_lr=5e-4
+    )
+    p = demo.stage_config(plan, "perception", data, "/ckpt")
+    assert (p.data.loss_mask, p.optim.lr, p.total_steps) == ("answer", 3e-4, 8)
+    assert p.data.train_json == "/d/perception_json"
+    s = demo.stage_config(plan, "sft", data, "/ckpt")
+    assert (s.data.loss_mask, s.optim.lr) == ("assistant", 5e-4)  # SFT keeps its own mask
