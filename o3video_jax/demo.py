@@ -82,6 +82,13 @@ class Plan:
     # The perception stage's loss mask (tokenizer.LOSS_MASKS): "answer" trains only the answer
     # tokens (object names, times), which must be read from the video.
     perception_loss: str = "assistant"
+    # Video length range (s) of the synthetic world, and (> 0) the frames sampled per video.
+    # At data.fps=2 a video longer than max_frames / 2 s is subsampled, and an object visible
+    # for 1.5 s can fall between the sampled frames: its answers cannot be read from the input.
+    seconds: tuple[int, int] = (4, 6)
+    max_frames: int = 0
+    extra_seq_len: int = 0  # added to every stage's data.max_seq_len and prompt buckets
+    max_patches: int = 0  # > 0: every stage's data.max_patches
 
 
 FULL = Plan()
@@ -123,6 +130,12 @@ def stage_config(plan: Plan, stage: str, data, checkpoint: str) -> ml_collection
     c.optim.lr = lr or c.optim.lr
     if stage == "perception":
         c.data.loss_mask = plan.perception_loss
+    if plan.max_frames:
+        c.data.max_frames = plan.max_frames
+    c.data.max_seq_len += plan.extra_seq_len
+    c.rl.prompt_buckets = [int(x) + plan.extra_seq_len for x in c.rl.prompt_buckets]
+    if plan.max_patches:
+        c.data.max_patches = plan.max_patches
     c.optim.warmup_steps = min(c.optim.warmup_steps, c.total_steps)
     c.ckpt.save_every = max(c.total_steps // 2, 1)
     # Held-out curves: SFT loss on held-out SFT records, greedy GSPO rewards on RL prompts.
@@ -210,7 +223,7 @@ def render(plan: Plan, data, items: list[dict], out_png: str) -> str:
     records = {r["id"]: r for r in read_json_records(data.heldout_rl_json)}
     pick = next((it for it in items if "viou" in it), items[0])
     rec = records[pick["id"]]
-    c = load_config(f"stage=gspo,size={plan.size}").data
+    c = stage_config(plan, "gspo", data, "").data  # the frames the model saw
     clip = video.read_video(
         os.path.join(data.heldout_media_root, rec["video_path"]),
         c.fps,
@@ -413,6 +426,7 @@ def _data_kw(plan: Plan) -> dict:
         fps=c.fps,
         perception=plan.perception,
         objects=plan.objects,
+        seconds=plan.seconds,
     )
 
 
