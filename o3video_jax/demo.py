@@ -89,12 +89,23 @@ class Plan:
     max_frames: int = 0
     extra_seq_len: int = 0  # added to every stage's data.max_seq_len and prompt buckets
     max_patches: int = 0  # > 0: every stage's data.max_patches
+    max_new_tokens: int = 0  # > 0: rollout / evaluation length (rl.max_new_tokens)
 
 
 FULL = Plan()
-# 40 SFT steps: after 6, every GSPO group of the tiny model scored 0 and its gradient was exactly
-# zero (test_demo checks that GSPO moves the weights).
-FAST = Plan(videos=8, eval_videos=2, sft_steps=40, gspo_steps=2, size="tiny", eval_points=2)
+# SFT long enough that some tiny-model rollouts earn a reward and GSPO's gradient is not zero
+# (test_demo checks that GSPO moves the weights). 40 steps with 32 new tokens sufficed on one
+# CPU and not on another (AMD EPYC, 2026-12-06: every completion cut at 32 tokens, every
+# reward 0, 80 and 120 steps too); 200 steps with 128 new tokens give reward std 0.33 there.
+FAST = Plan(
+    videos=8,
+    eval_videos=2,
+    sft_steps=200,
+    gspo_steps=2,
+    size="tiny",
+    eval_points=2,
+    max_new_tokens=128,
+)
 
 
 def load_config(arg: str) -> ml_collections.ConfigDict:
@@ -136,6 +147,9 @@ def stage_config(plan: Plan, stage: str, data, checkpoint: str) -> ml_collection
     c.rl.prompt_buckets = [int(x) + plan.extra_seq_len for x in c.rl.prompt_buckets]
     if plan.max_patches:
         c.data.max_patches = plan.max_patches
+    if plan.max_new_tokens:
+        c.data.max_seq_len += plan.max_new_tokens - c.rl.max_new_tokens
+        c.rl.max_new_tokens = plan.max_new_tokens
     c.optim.warmup_steps = min(c.optim.warmup_steps, c.total_steps)
     c.ckpt.save_every = max(c.total_steps // 2, 1)
     # Held-out curves: SFT loss on held-out SFT records, greedy GSPO rewards on RL prompts.
