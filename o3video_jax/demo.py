@@ -89,7 +89,7 @@ class Plan:
     max_frames: int = 0
     extra_seq_len: int = 0  # added to every stage's data.max_seq_len and prompt buckets
     max_patches: int = 0  # > 0: every stage's data.max_patches
-    max_new_tokens: int = 0  # > 0: rollout / evaluation length (rl.max_new_tokens)
+    max_new_tokens: int = 0  # > 0: GSPO rollout and evaluation length (rl.max_new_tokens)
 
 
 FULL = Plan()
@@ -147,7 +147,7 @@ def stage_config(plan: Plan, stage: str, data, checkpoint: str) -> ml_collection
     c.rl.prompt_buckets = [int(x) + plan.extra_seq_len for x in c.rl.prompt_buckets]
     if plan.max_patches:
         c.data.max_patches = plan.max_patches
-    if plan.max_new_tokens:
+    if plan.max_new_tokens and stage == "gspo":  # SFT rows would only gain padding
         c.data.max_seq_len += plan.max_new_tokens - c.rl.max_new_tokens
         c.rl.max_new_tokens = plan.max_new_tokens
     c.optim.warmup_steps = min(c.optim.warmup_steps, c.total_steps)

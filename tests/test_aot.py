@@ -74,6 +74,7 @@ def test_gspo_plan_compiles_every_program_with_consistent_numbers():
         c.rl.beta = 0.04
     p = aot.plan(c, devices, "v5p:2x2x1")
     names = [q.name for q in p.programs]
+    assert names == aot.program_names(c)  # the names `--only` is checked against, up front
     assert names == [
         "prefill[64]",
         "decode[64]",

@@ -123,3 +123,10 @@ def test_stage_configs_take_the_plans_perception_loss_and_lrs():
     assert p.data.train_json == "/d/perception_json"
     s = demo.stage_config(plan, "sft", data, "/ckpt")
     assert (s.data.loss_mask, s.optim.lr) == ("assistant", 5e-4)  # SFT keeps its own mask
+    # A longer rollout grows the GSPO rows by the extra tokens and leaves the SFT rows alone.
+    base = demo.stage_config(demo.Plan(), "gspo", data, "/ckpt")
+    longer = demo.Plan(max_new_tokens=base.rl.max_new_tokens + 40)
+    g = demo.stage_config(longer, "gspo", data, "/ckpt")
+    assert g.rl.max_new_tokens == base.rl.max_new_tokens + 40
+    assert g.data.max_seq_len == base.data.max_seq_len + 40
+    assert demo.stage_config(longer, "sft", data, "/ckpt").data.max_seq_len == s.data.max_seq_len

@@ -236,6 +236,38 @@ def selects(token: str, name: str) -> bool:
     return name == token or name.split("[", 1)[0] == token
 
 
+def program_names(config: ml_collections.ConfigDict) -> list[str]:
+    """The programs a (preflight-resolved) config's run executes, in `plan`'s order."""
+    names = ["sft_step"] if config.stage in ("sft", "sft+gspo") else []
+    if config.stage in ("gspo", "sft+gspo"):
+        for bucket in sorted(int(x) for x in config.rl.prompt_buckets):
+            names += [f"prefill[{bucket}]", f"decode[{bucket}]"]
+        names += ["logprob"] if config.rl.old_logp == "rollout" else []
+        names += ["logprob_ref"] if float(config.rl.beta) else []
+        names.append("update")
+    return names
+
+
+def check_only(config: ml_collections.ConfigDict, only: tuple[str, ...]) -> None:
+    """Raises ValueError for `--only` tokens that select no program of the run: a typo, or a
+    program this run does not execute (never an empty table)."""
+    names = program_names(config)
+    unmatched = [o for o in only if not any(selects(o, name) for name in names)]
+    if not unmatched:
+        return
+    why = ""
+    if config.stage != "sft" and any(selects(o, "logprob") for o in unmatched):
+        why = (
+            f" (rl.old_logp={config.rl.old_logp!r}: the update takes the old log-probs from its "
+            "own forward, so there is no rollout-policy `logprob` program; "
+            "rl.old_logp='rollout' adds it)"
+        )
+    raise ValueError(
+        f"--only {','.join(unmatched)} selects no program of this run{why}; "
+        f"its programs: {', '.join(names)}"
+    )
+
+
 def plan(
     config: ml_collections.ConfigDict,
     devices: list,
@@ -283,11 +315,8 @@ def plan(
         unembed_params=unembed_p,
         vision_params=vision_p,
     )
-    run_programs: list[str] = []  # every program this run executes, compiled or not
-
-    def wanted(name: str) -> bool:
-        run_programs.append(name)
-        return not only or any(selects(o, name) for o in only)
+    check_only(config, only)  # before any compile: a typo must not cost a 10-minute compile
+    wanted = lambda name: not only or any(selects(o, name) for o in only)
 
     def append(program: Program) -> None:
         programs.append(program)
@@ -457,19 +486,6 @@ def plan(
             passes=3,
         )
 
-    unmatched = [o for o in only if not any(selects(o, name) for name in run_programs)]
-    if unmatched:  # a typo, or a program this run does not execute: never an empty table
-        why = ""
-        if config.stage == "gspo" and any(selects(o, "logprob") for o in unmatched):
-            why = (
-                f" (rl.old_logp={config.rl.old_logp!r}: the update takes the old log-probs "
-                "from its own forward, so there is no rollout-policy `logprob` program; "
-                "rl.old_logp='rollout' adds it)"
-            )
-        raise ValueError(
-            f"--only {','.join(unmatched)} selects no program of this run{why}; its programs: "
-            f"{', '.join(dict.fromkeys(run_programs))}"
-        )
     return result
 
 
