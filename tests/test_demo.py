@@ -115,9 +115,7 @@ def test_stage_configs_take_the_plans_perception_loss_and_lrs():
             "rl_json", "heldout_rl_json", "heldout_media_root", "media_root", "tokenizer_dir",
         )}
     )  # fmt: skip
-    plan = demo.Plan(
-        perception_steps=8, perception_lr=3e-4, perception_loss="answer", sft_lr=5e-4
-    )
+    plan = demo.Plan(perception_steps=8, perception_lr=3e-4, perception_loss="answer", sft_lr=5e-4)
     p = demo.stage_config(plan, "perception", data, "/ckpt")
     assert (p.data.loss_mask, p.optim.lr, p.total_steps) == ("answer", 3e-4, 8)
     assert p.data.train_json == "/d/perception_json"

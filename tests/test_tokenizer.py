@@ -125,7 +125,10 @@ def test_loss_masks(tok_dir):
     two = [MESSAGES[0], {"role": "user", "content": "<answer>Q</answer>"}, MESSAGES[2]]
     ans = tok.tokenize_chat(two, loss_mask="answer")
     assert tok.decode(ans.input_ids[ans.loss_mask > 0]) == "A</answer>"
-    long_answer = [*two[:2], {"role": "assistant", "content": "<think>t</think><answer>B\nC</answer>"}]
+    long_answer = [
+        *two[:2],
+        {"role": "assistant", "content": "<think>t</think><answer>B\nC</answer>"},
+    ]
     ans = tok.tokenize_chat(long_answer, loss_mask="answer")
     assert tok.decode(ans.input_ids[ans.loss_mask > 0]) == "B\nC</answer>"
     with pytest.raises(ValueError, match="loss_mask"):
