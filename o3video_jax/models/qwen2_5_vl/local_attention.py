@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .attention import _NEG, attention
+from .attention import _NEG, _heads_major, _tokens_major, attention
 
 
 def band_width(chunk: int, max_segment_len: int) -> int:
@@ -78,28 +78,37 @@ def local_segment_attention(
     # piece i of every chunk at once is padded[i C : i C + P_c] reshaped to [M, C].
     total = (pieces - 1) * chunk + pc
 
-    def bands(x):  # [B, P, ...] -> [B, M, W, ...]; keys outside the row are zero padding
-        pad = [(0, 0), (halo, total - halo - p)] + [(0, 0)] * (x.ndim - 2)
+    def bands(x, axis):  # P on `axis` -> [..., M, W, ...]; keys outside the row are zeros
+        pad = [(0, 0)] * x.ndim
+        pad[axis] = (halo, total - halo - p)
         xp = jnp.pad(x, pad)
+        lead, tail = x.shape[:axis], x.shape[axis + 1 :]
         parts = [
-            xp[:, i * chunk : i * chunk + pc].reshape(b, m, chunk, *x.shape[2:])
+            jax.lax.slice_in_dim(xp, i * chunk, i * chunk + pc, axis=axis).reshape(
+                *lead, m, chunk, *tail
+            )
             for i in range(pieces)
         ]
-        return jnp.concatenate(parts, axis=2)[:, :, :width]
+        band = jnp.concatenate(parts, axis=axis + 1)
+        return jax.lax.slice_in_dim(band, 0, width, axis=axis + 1)
 
-    kb, vb, kv_seg = bands(k), bands(v), bands(segment_ids)  # [B, M, W, K, H], [B, M, W]
-    q_pad = [(0, 0), (0, pc - p), (0, 0), (0, 0)]
-    qc = jnp.pad(q, q_pad).reshape(b, m, chunk, kh, g, h)  # head n = kv head * g + j
+    # Heads-major (attention.py's `_attend` layout): every dot is a plain batched matmul per
+    # (row, kv head, chunk), and the [C, W] score tiles are never transposed.
+    qh, kt, vt = _heads_major(q, k, v)  # [B, K, g, P, H], [B, K, P, H]
+    kb, vb, kv_seg = bands(kt, 2), bands(vt, 2), bands(segment_ids, 1)  # [B, K, M, W, H]
+    qc = jnp.pad(qh, [(0, 0)] * 3 + [(0, pc - p), (0, 0)]).reshape(b, kh, g, m, chunk, h)
+    qc = qc.transpose(0, 1, 3, 2, 4, 5)  # [B, K, M, g, C, H]
     q_seg = jnp.pad(segment_ids, ((0, 0), (0, pc - p))).reshape(b, m, chunk)
 
-    scores = jnp.einsum("bmckgh,bmwkh->bkgmcw", qc, kb, preferred_element_type=jnp.float32)
+    scores = jnp.einsum("bkmgch,bkmwh->bkmgcw", qc, kb, preferred_element_type=jnp.float32)
     scores = scores * jnp.float32(scale)
     allowed = (q_seg[..., :, None] == kv_seg[..., None, :]) & (q_seg != 0)[..., None]
-    mask = allowed[:, None, None]  # [B, 1, 1, M, C, W]
+    mask = allowed[:, None, :, None]  # [B, 1, M, 1, C, W]
     probs = jax.nn.softmax(jnp.where(mask, scores, _NEG), axis=-1)
     probs = jnp.where(mask, probs, 0.0).astype(v.dtype)  # empty rows -> exact zeros
-    out = jnp.einsum("bkgmcw,bmwkh->bmckgh", probs, vb)
-    out = out.reshape(b, pc, n, h)[:, :p].astype(q.dtype)
+    out = jnp.einsum("bkmgcw,bkmwh->bkmgch", probs, vb)  # [B, K, M, g, C, H]
+    out = out.transpose(0, 1, 3, 2, 4, 5).reshape(b, kh, g, pc, h)[:, :, :, :p]
+    out = _tokens_major(out, q.dtype)
 
     # The bound check: keys of my segment inside my band == keys of my segment in the row.
     in_band = jnp.sum(allowed, axis=-1, dtype=jnp.int32).reshape(b, pc)[:, :p]
