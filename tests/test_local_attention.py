@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 
 from o3video_jax.checkpoints import hf
-from o3video_jax.models.qwen2_5_vl import Qwen25VL, VisionConfig, inputs_from_hf
+from o3video_jax.models.qwen2_5_vl import Qwen25VL, VisionConfig, inputs_from_hf, local_attention
 from o3video_jax.models.qwen2_5_vl.attention import attention
 from o3video_jax.models.qwen2_5_vl.local_attention import (
     band_width,
     check_local_segments,
     local_segment_attention,
     uses_local_path,
+    within_blocks,
 )
 
 GOLDEN = pathlib.Path(__file__).parent / "fixtures" / "golden"
@@ -66,6 +67,96 @@ def test_blocked_equals_dense_on_random_layouts(seed, p, chunk, smax, n, kh):
     want = np.asarray(_dense(q, k, v, seg, 0.35))
     np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
     assert np.all(got[seg == 0] == 0.0)  # padding queries: exact zeros
+
+
+def _aligned_layout(rng, p: int, block: int, tail: int) -> np.ndarray:
+    """Segments that never cross a multiple of `block` (1-3 runs per block), `tail` padding."""
+    seg = np.zeros(p, np.int32)
+    sid = 1
+    for start in range(0, p - tail, block):
+        end = min(start + block, p - tail)
+        cuts = sorted({int(c) for c in rng.integers(start + 1, end + 1, size=2)} - {end})
+        for lo, hi in zip([start, *cuts], [*cuts, end], strict=True):
+            seg[lo:hi], sid = sid, sid + 1
+    return seg
+
+
+def _poisoned(tiles):
+    """A tile builder with the real shapes whose queries are NaN: any use shows in the output."""
+
+    def build(*args, **kwargs):
+        qc, *rest = tiles(*args, **kwargs)
+        return (jnp.full_like(qc, jnp.nan), *rest)
+
+    return build
+
+
+def _fresh_local(**static):  # a new trace (module patches apply), not `_local`'s cache
+    return jax.jit(lambda q, k, v, seg: local_segment_attention(q, k, v, seg, **static))
+
+
+def test_within_blocks_hand_cases():
+    rows = {
+        (1, 1, 1, 1, 2, 2, 0, 0): True,  # one segment per block, padding
+        (1, 1, 2, 2, 3, 0, 0, 0): True,  # two segments in block 0
+        (1, 1, 1, 2, 2, 2, 2, 0): False,  # segment 2 spans positions 3-6: crosses 4
+        (1, 1, 1, 0, 0, 0, 0, 0): True,  # padding may run across a block boundary
+        (0, 0, 0, 0, 0, 0, 0, 0): True,
+    }
+    for row, want in rows.items():
+        assert bool(within_blocks(jnp.asarray([row], jnp.int32), 4)) is want, row
+    both = jnp.asarray([(1, 1, 1, 1, 2, 2, 0, 0), (1, 1, 1, 2, 2, 2, 2, 0)], jnp.int32)
+    assert not bool(within_blocks(both, 4))  # one crossing row sends the batch to the bands
+
+
+# Aligned layouts (every full-frame block of a single video; every window of a frame whose
+# side is a multiple of the window) take the block path: Smax x Smax tiles, no band.
+@pytest.mark.parametrize(
+    "seed,p,chunk,smax,n,kh",
+    [(10, 203, 16, 13, 4, 2), (11, 300, 32, 64, 2, 2), (12, 512, 128, 64, 4, 4)],
+)
+def test_aligned_segments_take_the_block_path_and_equal_dense(
+    monkeypatch, seed, p, chunk, smax, n, kh
+):
+    rng = np.random.default_rng(seed)
+    seg = np.stack(
+        [_aligned_layout(rng, p, smax, tail=int(rng.integers(1, 2 * smax))) for _ in range(2)]
+    )
+    q, k, v = (rng.normal(size=(2, p, h, 8)).astype(np.float32) for h in (n, kh, kh))
+    assert uses_local_path(p, chunk, smax) and bool(within_blocks(jnp.asarray(seg), smax))
+    monkeypatch.setattr(local_attention, "_band_tiles", _poisoned(local_attention._band_tiles))
+    got = np.asarray(_fresh_local(max_segment_len=smax, scale=0.35, chunk=chunk)(q, k, v, seg))
+    np.testing.assert_allclose(got, np.asarray(_dense(q, k, v, seg, 0.35)), atol=1e-6, rtol=0)
+    assert np.all(got[seg == 0] == 0.0)
+
+
+def test_unaligned_segments_take_the_band_path(monkeypatch):
+    q, k, v, seg = _case(13, 2, 203, 4, 2, 8, 13)
+    assert not bool(within_blocks(jnp.asarray(seg), 13))
+    monkeypatch.setattr(local_attention, "_block_tiles", _poisoned(local_attention._block_tiles))
+    got = np.asarray(_fresh_local(max_segment_len=13, scale=0.35, chunk=16)(q, k, v, seg))
+    np.testing.assert_allclose(got, np.asarray(_dense(q, k, v, seg, 0.35)), atol=1e-6, rtol=0)
+
+
+def test_block_path_gradients_equal_dense_and_split_segments_give_nan():
+    rng = np.random.default_rng(14)
+    seg = np.stack([_aligned_layout(rng, 96, 16, tail=5)])
+    q, k, v = (rng.normal(size=(1, 96, 2, 8)).astype(np.float32) for _ in range(3))
+    w = rng.normal(size=q.shape).astype(np.float32)
+    local = lambda q, k, v: local_segment_attention(
+        q, k, v, seg, max_segment_len=16, scale=0.3, chunk=16
+    )
+    grad = lambda fn: jax.jit(jax.grad(lambda *x: jnp.sum(fn(*x) * w), argnums=(0, 1, 2)))
+    for got, want in zip(
+        grad(local)(q, k, v), grad(lambda *x: _dense(*x, seg, 0.3))(q, k, v), strict=True
+    ):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6, rtol=0)
+    split = seg.copy()
+    split[0, 48:50] = seg[0, 0]  # segment 1 split over blocks 0 and 3: aligned, not contiguous
+    assert bool(within_blocks(jnp.asarray(split), 16))
+    got = np.asarray(_local(q, k, v, split, max_segment_len=16, scale=0.3, chunk=16))
+    bad = np.isnan(got).any(axis=(2, 3))[0]
+    np.testing.assert_array_equal(bad, split[0] == seg[0, 0])
 
 
 def test_segments_of_exactly_smax_straddling_chunks():
