@@ -42,3 +42,15 @@ def loop_data(tmp_path_factory):
     return synthetic_data.prepare(
         tmp_path_factory.mktemp("synthetic"), videos=4, eval_videos=1, width=56, height=56
     )
+
+
+# ---- attention einsum layouts (attention.py `_SPECS`) ----
+@pytest.fixture(params=["heads", "tokens"])
+def attention_layout(request, monkeypatch):
+    """Runs a test under the CPU layout (heads-major) and the accelerators' (token-major):
+    both are exercised on CPU. Tests must trace afresh (eager calls or new jitted lambdas)."""
+    from o3video_jax.models.qwen2_5_vl import attention
+
+    forced = lambda fn, *args: fn(*args, layout=request.param)
+    monkeypatch.setattr(attention, "by_lowering_platform", forced)
+    return request.param

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from o3video_jax.models.qwen2_5_vl.attention import attention
+from o3video_jax.models.qwen2_5_vl.attention import attention, cached_attention
 
 
 def naive(q, k, v, q_seg, kv_seg, causal, scale, q_offset=0):
@@ -53,6 +53,50 @@ def test_matches_naive_with_segments_gqa(causal):
     # Padding queries are exact zeros, not NaN.
     assert np.all(np.asarray(got)[0, :3] == 0.0)
     assert np.all(np.asarray(got)[1, 7:] == 0.0)
+
+
+def dense_np(q, k, v, q_seg, kv_seg, causal, scale, q_offset=0):
+    """Vectorised numpy form of `naive` (float64), for rows too long for its loops."""
+    q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+    b, t, n, h = q.shape
+    s, kh = k.shape[1], k.shape[2]
+    k, v = np.repeat(k, n // kh, axis=2), np.repeat(v, n // kh, axis=2)
+    allowed = (q_seg[:, :, None] == kv_seg[:, None, :]) & (q_seg[:, :, None] != 0)
+    if causal:
+        allowed &= np.arange(s)[None, None, :] <= q_offset + np.arange(t)[None, :, None]
+    scores = np.einsum("btnh,bsnh->bnts", q, k) * scale
+    scores = np.where(allowed[:, None], scores, -np.inf)
+    m = np.max(scores, axis=-1, keepdims=True)
+    p = np.exp(scores - np.where(np.isfinite(m), m, 0.0))
+    p = p / np.maximum(p.sum(-1, keepdims=True), 1e-300)
+    return np.einsum("bnts,bsnh->btnh", p, v)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_both_layouts_on_long_rows_match_the_reference(attention_layout, causal):
+    """T = 300 (the causal path runs in query blocks) with left padding, packing and right
+    padding, under the CPU and the accelerator einsum layouts."""
+    rng = np.random.default_rng(7)
+    q, k, v = _qkv(rng, 2, 300, 300, 4, 2, 8)
+    seg = np.zeros((2, 300), np.int32)
+    seg[0, 20:] = 1
+    seg[1, :130], seg[1, 130:290] = 1, 2
+    got = np.asarray(attention(q, k, v, seg, seg, causal=causal, scale=0.3))
+    np.testing.assert_allclose(got, dense_np(q, k, v, seg, seg, causal, 0.3), atol=2e-5)
+    assert np.all(got[0, :20] == 0.0) and np.all(got[1, 290:] == 0.0)
+
+
+def test_both_layouts_of_cached_prefill_match_the_reference(attention_layout):
+    """A multi-token step against a heads-major KV cache (prefill / chunked prompt)."""
+    rng = np.random.default_rng(8)
+    b, t, s, n, kh, h, offset = 2, 5, 12, 4, 2, 8, 6
+    q, k, v = _qkv(rng, b, t, s, n, kh, h)
+    kv_seg = np.array([[0] * 3 + [1] * 8 + [0], [1] * 11 + [0]], np.int32)
+    q_seg = np.ones((b, t), np.int32)
+    kc, vc = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    got = cached_attention(q, kc, vc, q_seg, kv_seg, scale=0.3, q_offset=offset)
+    want = dense_np(q, k, v, q_seg, kv_seg, True, 0.3, q_offset=offset)
+    np.testing.assert_allclose(np.asarray(got), want, atol=2e-5)
 
 
 def test_gqa_is_repeat_interleave():

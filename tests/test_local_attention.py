@@ -159,6 +159,14 @@ def test_block_path_gradients_equal_dense_and_split_segments_give_nan():
     np.testing.assert_array_equal(bad, split[0] == seg[0, 0])
 
 
+def test_token_major_bands_equal_dense(attention_layout):
+    """The band path in both einsum layouts (accelerators use the token-major one)."""
+    q, k, v, seg = _case(15, 2, 203, 4, 2, 8, 13)
+    got = np.asarray(_fresh_local(max_segment_len=13, scale=0.35, chunk=16)(q, k, v, seg))
+    np.testing.assert_allclose(got, np.asarray(_dense(q, k, v, seg, 0.35)), atol=1e-6, rtol=0)
+    assert np.all(got[seg == 0] == 0.0)
+
+
 def test_segments_of_exactly_smax_straddling_chunks():
     # Every segment has the maximal length and starts off the chunk grid: the band edges bite.
     rng = np.random.default_rng(3)

@@ -22,10 +22,8 @@ steps use "xla", where T == 1 makes the matmuls memory-bound anyway.
 
 Without a chunk, "xla" causal self-attention of T >= 256 runs in up to 4 query blocks, each
 scoring only the keys up to its last query (`_causal_blocks`): the same softmax terms, about
-3/8 fewer score entries. The "xla" path works heads-major (`_attend`): q, k, v are transposed
-once to [B, K, (g,) T, H], so both dots are plain batched matmuls and the score/probability
-tensors are never transposed (on CPU the token-major einsums made XLA copy them; ~28% faster
-per text layer on the benchmarks/forward.py model).
+3/8 fewer score entries. On CPU the "xla" path works heads-major (`_SPECS`: q, k, v transposed
+once; the score tensors never copied); accelerators keep the token-major einsums.
 `chunk` > 0 makes the "xla" backend run causal self-attention (T == S > chunk, q_offset 0)
 key-chunk by key-chunk with a running softmax (flash_attention.py): exact, and the largest
 score tensor is [B, N, T, chunk] instead of [B, N, T, S]. Other calls ignore it. The vision
@@ -113,42 +111,72 @@ def allowed_mask(
 
 
 def _xla(q, k, v, q_seg, kv_seg, causal, scale, q_offset):
-    qh, kt, vt = _heads_major(q, k, v)
-    out = _attend(qh, kt, vt, allowed_mask(q_seg, kv_seg, causal, q_offset), scale)
-    return _tokens_major(out, q.dtype)
+    allowed = allowed_mask(q_seg, kv_seg, causal, q_offset)
+    return by_lowering_platform(functools.partial(_attend_rows, scale=scale), q, k, v, allowed)
 
 
-def _heads_major(q, k, v):
-    """q [B, T, N, H] -> [B, K, g, T, H] (head n = kv head * g + j: repeat-interleave);
-    k, v [B, S, K, H] -> [B, K, S, H]."""
+def _attend_rows(q, k, v, allowed, *, scale, layout):
+    q5, k, v = _to_layout(q, k, v, layout)
+    return _out_of_layout(_attend(q5, k, v, allowed, scale, layout), layout, q.dtype)
+
+
+# Einsum specs of `_attend` per layout: (q5, k) -> scores [B, K, g, T, S]; (probs, v) -> out.
+# "heads" (CPU): q5 [B, K, g, T, H], k, v [B, K, S, H]: q, k and v are transposed once, both
+#   dots are plain batched matmuls and XLA:CPU never copies the score or probability tensors
+#   (the token-major einsums made it transpose them: ~28% of a text layer's attention time on
+#   the benchmarks/forward.py model).
+# "tokens" (accelerators): q5 [B, T, K, g, H], k, v [B, S, K, H]: no transposes in the graph;
+#   on TPU (v5p AOT, T = 8192, bf16) the heads-major form took 2.8x the temporaries and 1.7x
+#   the HBM bytes of this one.
+# "cache": q5 token-major, k, v a heads-major KV cache [B, K, S, H] (accelerator prefill).
+_SPECS = {
+    "heads": ("bkgth,bksh->bkgts", "bkgts,bksh->bkgth"),
+    "tokens": ("btkgh,bskh->bkgts", "bkgts,bskh->btkgh"),
+    "cache": ("btkgh,bksh->bkgts", "bkgts,bksh->btkgh"),
+}
+
+
+def by_lowering_platform(fn, *args):
+    """fn(*args, layout="heads") where the computation is lowered for CPU, else fn(*args,
+    layout="tokens"). `lax.platform_dependent` picks the branch when lowering, so one form is
+    compiled, and an AOT compile for a TPU topology on a CPU host gets the TPU form (the
+    default backend would say "cpu" there)."""
+    return jax.lax.platform_dependent(
+        *args,
+        cpu=functools.partial(fn, layout="heads"),
+        default=functools.partial(fn, layout="tokens"),
+    )
+
+
+def _to_layout(q, k, v, layout):
+    """(q5, k, v) of q [B, T, N, H], k, v [B, S, K, H] in `layout` for `_attend`; head n =
+    kv head * g + j (repeat-interleave)."""
     b, t, n, h = q.shape
     kh = k.shape[2]
-    qh = q.reshape(b, t, kh, n // kh, h).transpose(0, 2, 3, 1, 4)
-    return qh, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    q5 = q.reshape(b, t, kh, n // kh, h)
+    if layout == "tokens":
+        return q5, k, v
+    return q5.transpose(0, 2, 3, 1, 4), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
 
 
-def _tokens_major(out, dtype):
-    """[B, K, g, T, H] -> [B, T, N, H]."""
-    b, kh, g, t, h = out.shape
-    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, kh * g, h).astype(dtype)
+def _out_of_layout(out, layout, dtype):
+    """`_attend`'s output in `layout` -> [B, T, N, H]."""
+    if layout == "heads":
+        out = out.transpose(0, 3, 1, 2, 4)  # [B, K, g, T, H] -> [B, T, K, g, H]
+    b, t, kh, g, h = out.shape
+    return out.reshape(b, t, kh * g, h).astype(dtype)
 
 
-def _attend(qh, k, v, allowed, scale):
-    """Masked softmax attention, heads-major: qh [B, K, g, T, H], k, v [B, K, S, H],
-    allowed bool[B, T, S] -> [B, K, g, T, H]. Both dots are plain batched matmuls per (row,
-    kv head) with the g query heads of a kv head stacked as rows, so the score and probability
-    tensors keep the layout the dots produce and read (no transposed copies of them; on CPU
-    this measured ~28% faster than token-major einsums, benchmarks/forward.py model)."""
-    b, kh, g, t, h = qh.shape
-    s = k.shape[2]
-    rows = qh.reshape(b, kh, g * t, h)
-    scores = jnp.einsum("bkmh,bksh->bkms", rows, k, preferred_element_type=jnp.float32)
-    scores = scores.reshape(b, kh, g, t, s) * jnp.float32(scale)
+def _attend(q5, k, v, allowed, scale, layout):
+    """Masked softmax attention of q5 against k, v in `layout` (`_SPECS`); allowed bool[B, T, S].
+    Returns the output in the layout of q5."""
+    to_scores, to_out = _SPECS[layout]
+    scores = jnp.einsum(to_scores, q5, k, preferred_element_type=jnp.float32)
+    scores = scores * jnp.float32(scale)  # [B, K, g, T, S]
     allowed = allowed[:, None, None]  # [B, 1, 1, T, S]
     probs = jax.nn.softmax(jnp.where(allowed, scores, _NEG), axis=-1)
     probs = jnp.where(allowed, probs, 0.0).astype(v.dtype)  # empty rows -> exact zeros
-    out = jnp.einsum("bkms,bksh->bkmh", probs.reshape(b, kh, g * t, s), v)
-    return out.reshape(b, kh, g, t, h)
+    return jnp.einsum(to_out, probs, v)
 
 
 def cached_attention(
@@ -171,15 +199,25 @@ def cached_attention(
     multiply-and-reduce loops that XLA fuses instead of two batched dots, which measured 18%
     faster per token (benchmarks/sampler.py model); accelerators keep the dots.
     """
+    allowed = allowed_mask(q_segment_ids, kv_segment_ids, True, q_offset)  # [B, T, S]
+    run = functools.partial(_attend_cache, scale=scale)
+    return by_lowering_platform(run, q, k_cache, v_cache, allowed)
+
+
+def _attend_cache(q, k_cache, v_cache, allowed, *, scale, layout):
     b, t, n, h = q.shape
     kh = k_cache.shape[1]
-    allowed = allowed_mask(q_segment_ids, kv_segment_ids, True, q_offset)  # [B, T, S]
-    if t > 1 or _platform() != "cpu":
-        qh = q.reshape(b, t, kh, n // kh, h).transpose(0, 2, 3, 1, 4)  # [B, K, g, T, H]
-        return _tokens_major(_attend(qh, k_cache, v_cache, allowed, scale), q.dtype)
+    q5 = q.reshape(b, t, kh, n // kh, h)  # head n = kv head * g + j: repeat-interleave
+    if layout == "tokens":  # accelerators: q token-major against the heads-major cache
+        return _out_of_layout(
+            _attend(q5, k_cache, v_cache, allowed, scale, "cache"), "cache", q.dtype
+        )
+    if t > 1:
+        out = _attend(q5.transpose(0, 2, 3, 1, 4), k_cache, v_cache, allowed, scale, "heads")
+        return _out_of_layout(out, "heads", q.dtype)
     # One query per row on CPU: two broadcast-multiply-reduce loops over the cache, which XLA
     # fuses, instead of two batched [1 x H] @ [H x S] dots (dispatch-bound at T == 1).
-    q1 = q.reshape(b, kh, n // kh, h).astype(jnp.float32)  # head n = kv head * g + j
+    q1 = q5[:, 0].astype(jnp.float32)  # [B, K, g, H]
     scores = jnp.sum(q1[:, :, :, None, :] * k_cache[:, :, None].astype(jnp.float32), -1)
     scores = scores * jnp.float32(scale)  # [B, K, g, S]
     allowed = allowed[:, None]  # [B, 1, 1, S]
@@ -202,21 +240,25 @@ def _causal_blocks(q, k, v, q_seg, kv_seg, scale):
     [lo, hi) scores keys [0, hi) only. The skipped keys are causally masked for every query
     of the block, so each query's softmax has the same terms as `_xla`'s; with 4 blocks the
     score tensors (and their softmax passes) hold 5/8 of the T x S entries."""
+    return by_lowering_platform(functools.partial(_blocks_in, scale=scale), q, k, v, q_seg, kv_seg)
+
+
+def _blocks_in(q, k, v, q_seg, kv_seg, *, scale, layout):
     t = q.shape[1]
     blocks = max(1, min(CAUSAL_BLOCKS, t // CAUSAL_BLOCK_MIN))
     bounds = [-(-t * i // blocks // 8) * 8 if i < blocks else t for i in range(blocks + 1)]
-    qh, kt, vt = _heads_major(q, k, v)  # one transpose each, then slices of them
     outs = [
-        _attend(
-            qh[:, :, :, lo:hi],
-            kt[:, :, :hi],
-            vt[:, :, :hi],
+        _attend_rows(
+            q[:, lo:hi],
+            k[:, :hi],
+            v[:, :hi],
             allowed_mask(q_seg[:, lo:hi], kv_seg[:, :hi], True, lo),
-            scale,
+            scale=scale,
+            layout=layout,
         )
         for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
     ]
-    return _tokens_major(jnp.concatenate(outs, axis=3), q.dtype)
+    return jnp.concatenate(outs, axis=1)
 
 
 def _platform() -> str:

@@ -36,7 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .attention import _NEG, _heads_major, _tokens_major, attention
+from . import attention as attention_lib
+from .attention import _NEG, attention
 
 
 def band_width(chunk: int, max_segment_len: int) -> int:
@@ -78,13 +79,8 @@ def local_segment_attention(
     if not uses_local_path(p, chunk, max_segment_len):
         return attention(q, k, v, segment_ids, segment_ids, causal=False, scale=scale)
 
-    qh, kt, vt = _heads_major(q, k, v)  # [B, K, g, P, H], [B, K, P, H]
-    tile = functools.partial(_tiles, scale=scale, p=p)
-    blocked = lambda *x: tile(*_block_tiles(*x, block=max_segment_len))
-    banded = lambda *x: tile(*_band_tiles(*x, chunk=chunk, max_segment_len=max_segment_len))
-    aligned = within_blocks(segment_ids, max_segment_len)
-    out, in_tile = jax.lax.cond(aligned, blocked, banded, qh, kt, vt, segment_ids)
-    out = _tokens_major(out, q.dtype)
+    run = functools.partial(_local, chunk=chunk, max_segment_len=max_segment_len, scale=scale)
+    out, in_tile = attention_lib.by_lowering_platform(run, q, k, v, segment_ids)
 
     # The bound check: keys of my segment inside my tile == keys of my segment in the row.
     ids = jnp.clip(segment_ids, 0, p)  # ids > P share a bucket: only ever a false alarm
@@ -92,6 +88,22 @@ def local_segment_attention(
     in_row = jnp.take_along_axis(counts, ids, axis=1)
     ok = (in_tile == in_row) | (segment_ids == 0)
     return jnp.where(ok[:, :, None, None], out, jnp.asarray(jnp.nan, out.dtype))
+
+
+def _local(q, k, v, segment_ids, *, chunk, max_segment_len, scale, layout):
+    """(out [B, P, N, H], int32[B, P] keys of each query's segment inside its tile)."""
+    p = segment_ids.shape[1]
+    q5, k, v = attention_lib._to_layout(q, k, v, layout)
+    tile = functools.partial(_tiles, scale=scale, p=p, layout=layout)
+    bands = functools.partial(_band_tiles, chunk=chunk, max_segment_len=max_segment_len)
+    banded = lambda *x: tile(*bands(*x, layout=layout))
+    if layout == "heads":  # CPU
+        blocked = lambda *x: tile(*_block_tiles(*x, block=max_segment_len))
+        aligned = within_blocks(segment_ids, max_segment_len)
+        out, in_tile = jax.lax.cond(aligned, blocked, banded, q5, k, v, segment_ids)
+    else:  # accelerators keep the bands alone (the block path was not measured there)
+        out, in_tile = banded(q5, k, v, segment_ids)
+    return attention_lib._out_of_layout(out, layout, q.dtype), in_tile
 
 
 def within_blocks(segment_ids: jax.Array, block: int) -> jax.Array:
@@ -104,7 +116,7 @@ def within_blocks(segment_ids: jax.Array, block: int) -> jax.Array:
 
 
 def _block_tiles(qh, kt, vt, segment_ids, *, block):
-    """Aligned blocks of `block` patches: queries and keys of tile j are patches
+    """Aligned blocks of `block` patches, heads-major: queries and keys of tile j are patches
     [j block, (j + 1) block). Returns (q [B, K, M, g, C, H], k, v [B, K, M, W, H],
     q_seg [B, M, C], kv_seg [B, M, W]) with C = W = block."""
     b, kh, g, p, h = qh.shape
@@ -116,10 +128,13 @@ def _block_tiles(qh, kt, vt, segment_ids, *, block):
     return qc.transpose(0, 1, 3, 2, 4, 5), keys(kt), keys(vt), seg, seg
 
 
-def _band_tiles(qh, kt, vt, segment_ids, *, chunk, max_segment_len):
-    """Query chunks of `chunk` patches, each with its key band (module docstring); same
-    returns as `_block_tiles` with C = chunk, W = band_width(chunk, max_segment_len)."""
-    b, kh, g, p, h = qh.shape
+def _band_tiles(q5, k, v, segment_ids, *, chunk, max_segment_len, layout):
+    """Query chunks of `chunk` patches, each with its key band (module docstring). Returns
+    (q tiles, k, v bands, q_seg [B, M, C], kv_seg [B, M, W]) with W = band_width(chunk,
+    max_segment_len); tiles [B, K, M, g, C, H] and bands [B, K, M, W, H] heads-major, or
+    [B, M, C, K, g, H] and [B, M, W, K, H] token-major."""
+    heads = layout == "heads"
+    b, p = segment_ids.shape
     m = -(-p // chunk)  # query chunks
     pc = m * chunk
     halo = max_segment_len - 1
@@ -129,40 +144,59 @@ def _band_tiles(qh, kt, vt, segment_ids, *, chunk, max_segment_len):
     # piece i of every chunk at once is padded[i C : i C + P_c] reshaped to [M, C].
     total = (pieces - 1) * chunk + pc
 
-    def bands(x, axis):  # P on `axis` -> [..., M, W, ...]; keys outside the row are zeros
+    def pad_to(x, axis, lo, size):  # zero padding along `axis`: lo before, up to `size`
         pad = [(0, 0)] * x.ndim
-        pad[axis] = (halo, total - halo - p)
-        xp = jnp.pad(x, pad)
-        lead, tail = x.shape[:axis], x.shape[axis + 1 :]
+        pad[axis] = (lo, size - lo - x.shape[axis])
+        return jnp.pad(x, pad)
+
+    def split(x, axis):  # axis of length M C -> [M, C]
+        return x.reshape(*x.shape[:axis], m, chunk, *x.shape[axis + 1 :])
+
+    def bands(x, axis):  # P on `axis` -> [..., M, W, ...]; keys outside the row are zeros
+        xp = pad_to(x, axis, halo, total)
         parts = [
-            jax.lax.slice_in_dim(xp, i * chunk, i * chunk + pc, axis=axis).reshape(
-                *lead, m, chunk, *tail
-            )
+            split(jax.lax.slice_in_dim(xp, i * chunk, i * chunk + pc, axis=axis), axis)
             for i in range(pieces)
         ]
         band = jnp.concatenate(parts, axis=axis + 1)
         return jax.lax.slice_in_dim(band, 0, width, axis=axis + 1)
 
-    qc = jnp.pad(qh, [(0, 0)] * 3 + [(0, pc - p), (0, 0)]).reshape(b, kh, g, m, chunk, h)
-    q_seg = jnp.pad(segment_ids, ((0, 0), (0, pc - p))).reshape(b, m, chunk)
-    kv_seg = bands(segment_ids, 1)
-    return qc.transpose(0, 1, 3, 2, 4, 5), bands(kt, 2), bands(vt, 2), q_seg, kv_seg
+    p_axis = 3 if heads else 1
+    qc = split(pad_to(q5, p_axis, 0, pc), p_axis)
+    if heads:
+        qc = qc.transpose(0, 1, 3, 2, 4, 5)  # [B, K, g, M, C, H] -> [B, K, M, g, C, H]
+    k_axis = 2 if heads else 1
+    q_seg = split(pad_to(segment_ids, 1, 0, pc), 1)
+    return qc, bands(k, k_axis), bands(v, k_axis), q_seg, bands(segment_ids, 1)
 
 
-def _tiles(qc, kb, vb, q_seg, kv_seg, *, scale, p):
-    """The masking rule on [C, W] tiles, heads-major (attention.py's `_attend` layout: every
-    dot is a plain batched matmul per (row, kv head, tile); the score tiles are never
-    transposed). Returns (out [B, K, g, P, H], int32[B, P] keys of each query's segment
-    inside its tile)."""
-    b, kh, m, g, c, h = qc.shape
-    scores = jnp.einsum("bkmgch,bkmwh->bkmgcw", qc, kb, preferred_element_type=jnp.float32)
+# (q tiles, k tiles) -> scores; (probs, v tiles) -> out, per layout; scores are [B, K, M, g, C,
+# W] heads-major and [B, K, g, M, C, W] token-major.
+_TILE_SPECS = {
+    "heads": ("bkmgch,bkmwh->bkmgcw", "bkmgcw,bkmwh->bkmgch"),
+    "tokens": ("bmckgh,bmwkh->bkgmcw", "bkgmcw,bmwkh->bmckgh"),
+}
+
+
+def _tiles(qc, kb, vb, q_seg, kv_seg, *, scale, p, layout):
+    """The masking rule on [C, W] tiles. Returns (out in `layout`'s q5 form: [B, K, g, P, H]
+    heads-major or [B, P, K, g, H], int32[B, P] keys of each query's segment inside its
+    tile). Heads-major, every dot is a plain batched matmul and no score tile is transposed."""
+    heads = layout == "heads"
+    to_scores, to_out = _TILE_SPECS[layout]
+    scores = jnp.einsum(to_scores, qc, kb, preferred_element_type=jnp.float32)
     scores = scores * jnp.float32(scale)
     allowed = (q_seg[..., :, None] == kv_seg[..., None, :]) & (q_seg != 0)[..., None]
-    mask = allowed[:, None, :, None]  # [B, 1, M, 1, C, W]
+    mask = allowed[:, None, :, None] if heads else allowed[:, None, None]
     probs = jax.nn.softmax(jnp.where(mask, scores, _NEG), axis=-1)
     probs = jnp.where(mask, probs, 0.0).astype(vb.dtype)  # empty rows -> exact zeros
-    out = jnp.einsum("bkmgcw,bkmwh->bkmgch", probs, vb)  # [B, K, M, g, C, H]
-    out = out.transpose(0, 1, 3, 2, 4, 5).reshape(b, kh, g, m * c, h)[:, :, :, :p]
+    out = jnp.einsum(to_out, probs, vb)
+    b, m, c = q_seg.shape
+    if heads:  # [B, K, M, g, C, H] -> [B, K, g, P, H]
+        _, kh, _, g, _, h = out.shape
+        out = out.transpose(0, 1, 3, 2, 4, 5).reshape(b, kh, g, m * c, h)[:, :, :, :p]
+    else:  # [B, M, C, K, g, H] -> [B, P, K, g, H]
+        out = out.reshape(b, m * c, *out.shape[3:])[:, :p]
     in_tile = jnp.sum(allowed, axis=-1, dtype=jnp.int32).reshape(b, m * c)[:, :p]
     return out, in_tile
 
