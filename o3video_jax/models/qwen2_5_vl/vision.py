@@ -8,7 +8,8 @@ segment-id primitive, so padding (segment 0) never mixes with real patches.
 
 With the "xla" backend, blocks whose segments have a static length bound (windows always:
 `max_window_patches`; frames when `max_frame_patches` > 0) use the blocked local segment
-attention (local_attention.py): exact, O(P * band) instead of O(P^2) scores. Short rows
+attention (local_attention.py): exact, O(P * band) instead of O(P^2) scores, and on CPU
+O(P * Smax) when every segment sits inside one aligned block of Smax patches. Short rows
 (band >= P) and the other backends keep the dense primitive.
 
 Forward per row (reference 2.6): patch matmul -> permute hidden states AND rotary tables into
