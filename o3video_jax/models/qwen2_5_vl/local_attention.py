@@ -15,7 +15,8 @@ vision layout builds such segments; `check_local_segments` checks them in numpy)
 is verified per query at O(P) cost: a query whose band holds fewer keys of its segment than the
 row does returns NaN, so a violated bound shows up loudly instead of as a silently wrong result.
 
-Aligned fast path: when no segment of the batch crosses a multiple of Smax (`within_blocks`,
+Aligned fast path (CPU lowering; accelerators keep the bands, see attention.py
+`by_lowering_platform`): when no segment of the batch crosses a multiple of Smax (`within_blocks`,
 an O(P) test under jit: every window of a frame whose side is a multiple of the window, every
 frame of a single video in the full-attention blocks), each segment lies inside one aligned
 block of Smax patches and the tiles are those blocks themselves: [Smax, Smax] instead of
