@@ -13,6 +13,14 @@ rollout policy's log-probs come from the sampler), update (`gspo.make_gspo_updat
 
 Each of --repeats rounds times transformers and ours back to back; the table shows the median
 and min-max over the rounds (`bench` returns them; `run_all.py` calls it).
+
+Threads: transformers runs on one torch thread (its best case here), and by default the whole
+process is pinned to one core before JAX starts (`--cores 1`, as `taskset -c 0` would), so
+XLA:CPU runs every op on one thread too. A greedy decode step is a chain of ~130 small ops
+(4-row matmuls of ~20 us, norms, softmax pieces); with XLA's 2-thread pool each fan-out in that
+chain (q/k/v, gate/up) hands work to the other thread, whose wake-up costs tens of microseconds
+on a VM (measured ~8 voluntary context switches per step): on the 2-core AMD EPYC VM a step
+took 0.64-0.80 ms on one core and 0.75-1.5 ms on two. `--cores 0` uses every core.
 """
 
 from __future__ import annotations
@@ -263,9 +271,12 @@ def bench(
     group: int = 4,
     torch_threads: int = 1,
     inner: int = 2,
+    cores: int = 1,
 ) -> stats.Result:
     """Greedy whole-call / decode-only tokens/s vs transformers `generate`, and the time split
-    of one GSPO step; `repeats` rounds, transformers and ours back to back in each."""
+    of one GSPO step; `repeats` rounds, transformers and ours back to back in each. `cores`:
+    pin the process to that many cores first (0: all; see the module docstring)."""
+    pinned = stats.pin_cores(cores)
     if quick:
         new_tokens, inner = min(new_tokens, 24), 1
     torch.set_num_threads(torch_threads)
@@ -282,11 +293,15 @@ def bench(
         config, params, hf_inputs, new_tokens, group
     )
     result = stats.Result(
-        title="Sampler: o3video_jax rl.sampler vs transformers generate (greedy), GSPO step",
+        title=(
+            "Sampler: o3video_jax rl.sampler vs transformers generate (greedy), GSPO step; "
+            f"process on {pinned}"
+        ),
         setup=(
             f"Random fp32 Qwen2.5-VL, text {hidden} x {layers} layers, vocab {VOCAB}; "
-            f"{prompts_n} image prompts (L={length}) x {new_tokens} new tokens, greedy; torch "
-            f"threads {torch.get_num_threads()}, sdpa; each repeat times transformers then "
+            f"{prompts_n} image prompts (L={length}) x {new_tokens} new tokens, greedy; process "
+            f"pinned to {pinned}; torch threads {torch.get_num_threads()}, sdpa; XLA CPU thread "
+            f"pool sized to the pinned cores; each repeat times transformers then "
             f"ours (mean of {inner} calls each). GSPO step: {b} prompts x G={group}, "
             f"temperature 1.0, top-p 0.95, L+T={total_len}, open_o3_video preset."
         ),
@@ -310,12 +325,16 @@ def main():
     # One torch thread: on a small shared CPU, torch's spinning OpenMP threads made generate
     # up to 30x slower (2 threads, loaded 2-core box); one thread is its best case here.
     parser.add_argument("--torch_threads", type=int, default=1)
+    parser.add_argument(
+        "--cores", type=int, default=1, help="pin the process to this many cores (0: all)"
+    )
     args = parser.parse_args()
+    stats.pin_cores(args.cores)  # before jax.devices(): XLA sizes its thread pool at start
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}); {stats.machine()}")
     load = stats.load_average()
     result = bench(
         args.repeats, args.quick, args.hidden, args.layers, args.prompts, args.new_tokens,
-        args.group, args.torch_threads,
+        args.group, args.torch_threads, cores=args.cores,
     )  # fmt: skip
     print(stats.table(result))
     print(f"load average before: {load}; after: {stats.load_average()}")

@@ -93,5 +93,34 @@ def machine() -> str:
     )
 
 
+def pin_cores(cores: int) -> str:
+    """Restricts this process to the first `cores` CPUs it may run on (0: leave it as is) and
+    returns a phrase for the setup line. Call it before JAX starts its CPU client: XLA:CPU
+    sizes its intra-op thread pool from the affinity mask when the client is created, so
+    `cores=1` runs every XLA op on the calling thread with no pool at all (what `taskset -c 0`
+    does from the shell). Raises if the client already exists with a different core count."""
+    if cores < 0:
+        raise ValueError(f"cores must be >= 0, got {cores}")
+    allowed = sorted(os.sched_getaffinity(0))
+    describe = lambda cpus: (
+        f"{len(cpus)} core{'s' * (len(cpus) > 1)} (CPU {', '.join(map(str, cpus))})"
+    )
+    if cores == 0 or cores >= len(allowed):
+        return describe(allowed)
+    try:
+        from jax._src import xla_bridge
+
+        started = xla_bridge.backends_are_initialized()
+    except (ImportError, AttributeError):  # private API moved: trust the caller
+        started = False
+    if started:
+        raise RuntimeError(
+            f"pin_cores({cores}) after JAX created its CPU client on {len(allowed)} cores: "
+            "call it first thing (the thread pool is sized when the client starts)"
+        )
+    os.sched_setaffinity(0, allowed[:cores])
+    return describe(allowed[:cores])
+
+
 def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
