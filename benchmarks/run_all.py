@@ -63,7 +63,7 @@ def run(names, repeats: int, quick: bool) -> str:
         "",
         f"- date: {stats.now()}",
         f"- machine: {stats.machine()}",
-        f"- command: `python benchmarks/run_all.py {' '.join(sys.argv[1:])}`".rstrip(),
+        f"- command: `{' '.join(['python benchmarks/run_all.py', *sys.argv[1:]])}`",
         f"- process priority (nice): {os.nice(0)}",
         "",
     ]
