@@ -75,7 +75,7 @@ def run(names, repeats: int, quick: bool) -> str:
             table = _run_one(name, kwargs, repeats, quick)
             wall = time.perf_counter() - start
             text = table + (
-                f"\nLoad average (1/5/15 min) before: {before}; after: {stats.load_average()}; "
+                f"\n\nLoad average (1/5/15 min) before: {before}; after: {stats.load_average()}; "
                 f"wall {wall:.0f} s.\n"
             )
             print(text, flush=True)
