@@ -97,10 +97,14 @@ def pin_cores(cores: int) -> str:
     """Restricts this process to the first `cores` CPUs it may run on (0: leave it as is) and
     returns a phrase for the setup line. Call it before JAX starts its CPU client: XLA:CPU
     sizes its intra-op thread pool from the affinity mask when the client is created, so
-    `cores=1` runs every XLA op on the calling thread with no pool at all (what `taskset -c 0`
-    does from the shell). Raises if the client already exists with a different core count."""
+    `cores=1` runs every XLA op on one thread, with no intra-op pool (what `taskset -c 0` does
+    from the shell). Every thread of the process is pinned. Raises if the client already
+    exists with a different core count; where the OS has no affinity call (macOS), leaves the
+    process as is and says so."""
     if cores < 0:
         raise ValueError(f"cores must be >= 0, got {cores}")
+    if not hasattr(os, "sched_setaffinity"):
+        return f"all {os.cpu_count()} cores (this OS cannot pin a process)"
     allowed = sorted(os.sched_getaffinity(0))
     describe = lambda cpus: (
         f"{len(cpus)} core{'s' * (len(cpus) > 1)} (CPU {', '.join(map(str, cpus))})"
@@ -118,7 +122,11 @@ def pin_cores(cores: int) -> str:
             f"pin_cores({cores}) after JAX created its CPU client on {len(allowed)} cores: "
             "call it first thing (the thread pool is sized when the client starts)"
         )
-    os.sched_setaffinity(0, allowed[:cores])
+    for tid in os.listdir("/proc/self/task"):  # the calling thread and any started already
+        try:
+            os.sched_setaffinity(int(tid), allowed[:cores])
+        except ProcessLookupError:  # the thread ended meanwhile
+            pass
     return describe(allowed[:cores])
 
 
