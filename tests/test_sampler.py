@@ -396,7 +396,7 @@ def test_decode_loop_does_not_copy_the_cache():
 
 @pytest.mark.parametrize("t", [1, 3])
 def test_cached_attention_equals_attention(t):
-    """The heads-major cache attention (T == 1: multiply-reduce) equals the primitive on the
+    """The heads-major cache attention (one decode query, or several) equals the primitive on the
     [B, S, K, H] layout, padding, unwritten slots and the causal offset included."""
     from o3video_jax.models.qwen2_5_vl.attention import attention, cached_attention
 

@@ -195,9 +195,8 @@ def cached_attention(
     `attention`; query t sits at slot q_offset + t. Same rule and result as
     `attention(q, k, v, ..., causal=True, q_offset=q_offset)` with k = k_cache.transpose(0, 2,
     1, 3), up to float rounding: with (B, K) leading, the cache is read as stored, so no step
-    copies or transposes it. On CPU a single query (T == 1, every decode step) uses
-    multiply-and-reduce loops that XLA fuses instead of two batched dots, which measured 18%
-    faster per token (benchmarks/sampler.py model); accelerators keep the dots.
+    copies or transposes it. On CPU q goes heads-major too (every dot a plain batched matmul);
+    accelerators keep q token-major.
     """
     allowed = allowed_mask(q_segment_ids, kv_segment_ids, True, q_offset)  # [B, T, S]
     run = functools.partial(_attend_cache, scale=scale)
@@ -212,19 +211,8 @@ def _attend_cache(q, k_cache, v_cache, allowed, *, scale, layout):
         return _out_of_layout(
             _attend(q5, k_cache, v_cache, allowed, scale, "cache"), "cache", q.dtype
         )
-    if t > 1:
-        out = _attend(q5.transpose(0, 2, 3, 1, 4), k_cache, v_cache, allowed, scale, "heads")
-        return _out_of_layout(out, "heads", q.dtype)
-    # One query per row on CPU: two broadcast-multiply-reduce loops over the cache, which XLA
-    # fuses, instead of two batched [1 x H] @ [H x S] dots (dispatch-bound at T == 1).
-    q1 = q5[:, 0].astype(jnp.float32)  # [B, K, g, H]
-    scores = jnp.sum(q1[:, :, :, None, :] * k_cache[:, :, None].astype(jnp.float32), -1)
-    scores = scores * jnp.float32(scale)  # [B, K, g, S]
-    allowed = allowed[:, None]  # [B, 1, 1, S]
-    probs = jax.nn.softmax(jnp.where(allowed, scores, _NEG), axis=-1)
-    probs = jnp.where(allowed, probs, 0.0).astype(v_cache.dtype)  # empty rows -> exact zeros
-    out = jnp.sum(probs[..., None] * v_cache[:, :, None], axis=3)  # [B, K, g, H]
-    return out.reshape(b, t, n, h).astype(q.dtype)
+    out = _attend(q5.transpose(0, 2, 3, 1, 4), k_cache, v_cache, allowed, scale, "heads")
+    return _out_of_layout(out, "heads", q.dtype)
 
 
 # Causal self-attention of T >= 2 * CAUSAL_BLOCK_MIN queries on the "xla" path runs as
