@@ -98,6 +98,27 @@ class _Prepared:
     requests: list[Request]
 
 
+# VideoMMMU's image cap if `eval.videommmu_image="capped"`: the max_pixels upstream gives the
+# processor it uses only for the chat template (eval/models/model_vllm.py).
+CAPPED_IMAGE_PIXELS = 854 * 480
+
+
+def _second_per_grid(ev) -> float | None:
+    """None: 2 / sample fps ("sampled"); 1.0: what upstream's vLLM used ("upstream": frames
+    handed over without fps, so the processor's default fps 2.0 set 1.0 s per grid)."""
+    mode = ev.get("second_per_grid", "upstream")
+    if mode not in ("upstream", "sampled"):
+        raise ValueError(f"eval.second_per_grid must be 'upstream' or 'sampled', got {mode!r}")
+    return 1.0 if mode == "upstream" else None
+
+
+def _videommmu_image_max_pixels(ev) -> int:
+    mode = ev.get("videommmu_image", "upstream")
+    if mode not in ("upstream", "capped"):
+        raise ValueError(f"eval.videommmu_image must be 'upstream' or 'capped', got {mode!r}")
+    return ev.image_max_pixels if mode == "upstream" else CAPPED_IMAGE_PIXELS
+
+
 def _load_media(name: str, item: dict, ev) -> media.Media:
     if name == "vstar":
         return media.vstar_frames(
@@ -118,10 +139,13 @@ def _load_media(name: str, item: dict, ev) -> media.Media:
         max_frames=ev.max_frames,
         min_pixels=ev.video_min_pixels,
         max_pixels=ev.video_max_pixels,
+        second_per_grid=_second_per_grid(ev),
     )
     if item.get("image_bytes") is not None:  # VideoMMMU Adaptation: the video, then the image
         img = media.decode_image(
-            item["image_bytes"], min_pixels=ev.image_min_pixels, max_pixels=ev.image_max_pixels
+            item["image_bytes"],
+            min_pixels=ev.image_min_pixels,
+            max_pixels=_videommmu_image_max_pixels(ev),
         )
         m = dataclasses.replace(m, items=m.items + (img,))
     return m
@@ -379,7 +403,9 @@ def evaluate(
                 continue
             try:
                 preps.append(_prepare(name, entry, ev, ev.think, tokenizer, gen, config.seed))
-            except (media.MediaError, OverBudget) as e:
+            except OverBudget as e:  # scored as a failure inside n (upstream scores every item)
+                recs_bad[str(key)] = summary.failed_record(name, entry, e.reason, str(e))
+            except media.MediaError as e:
                 recs_bad[str(key)] = _bad_record(
                     benchmarks.BadItem(entry["key"], entry["id"], e.reason, str(e))
                 )
@@ -427,16 +453,33 @@ def write_summary(config, workdir: str, processes: int = 1) -> dict:
     """Summary of every process's records -> summary.md / summary.json / report.md."""
     name = config.eval.benchmark
     recs = all_records(workdir, processes)
-    s = summary.summarize(name, recs)
+    ev = config.eval
+    # With a judge configured, items finished before it was (no `vqa_score`) are judged here.
+    judge = (
+        make_judge(ev.judge_url, ev.judge_model, ev.judge_api_key_env) if name == "vstar" else None
+    )
+    s = summary.summarize(name, recs, judge)
     title = f"{name}{' (think)' if config.eval.think else ''}"
-    results_lib.write_summary(workdir, "summary", s, summary.table_columns(name), echo=True)
-    bad = s["bad"]
+    columns = summary.table_columns(
+        "vstar_exact_match" if s.get("what_scoring") in ("exact_match", "mixed") else name
+    )
+    results_lib.write_summary(workdir, "summary", s, columns, echo=True)
+    bad, failed = s["bad"], s.get("failed", [])
     if bad:
         print(
             f"{len(bad)} bad item(s): " + ", ".join(f"{b['key']} ({b['reason']})" for b in bad[:20])
         )
+    if failed:
+        print(
+            f"{len(failed)} item(s) scored as failures (inside n): "
+            + ", ".join(f"{b['key']} ({b['reason']})" for b in failed[:20])
+        )
+    if s.get("what_note"):
+        print(s["what_note"])
     report = [f"# {title}: {len(recs) - len(bad)} items, {len(bad)} bad", ""]
-    report.append(results_lib.summary_table(s, summary.table_columns(name)))
+    if s.get("what_note"):
+        report += [s["what_note"], ""]
+    report.append(results_lib.summary_table(s, columns))
     pngs = sorted(
         (f for f in os.listdir(os.path.join(workdir, "report")) if f.endswith(".png")),
         key=lambda f: int(f.split(".")[0]),
