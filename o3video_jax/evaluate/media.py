@@ -6,7 +6,8 @@
   Each frame is one image at qwen_vl_utils' image budget (near native resolution).
 - VideoMME / WorldSense / VideoMMMU: one native video as qwen_vl_utils reads it (2 fps, at
   least 4 and at most `max_frames` frames, even, `linspace(...).round()` indices), every frame
-  resized to smart_resize(min_pixels=128*28*28, max_pixels=the benchmark's video_max_pixels).
+  resized to smart_resize(min_pixels=128*28*28, max_pixels=the benchmark's video_max_pixels);
+  1.0 s per temporal grid step by default (upstream's vLLM got no fps: its processor's 2.0).
 - TVG: the training frame layout (2 fps, at most 16 frames, ~128 tokens per frame).
 
 Failures raise `MediaError` (reason "decode"), which the runner counts as a bad item.
