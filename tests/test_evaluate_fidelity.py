@@ -118,3 +118,19 @@ def test_tvg_prompt_is_upstreams_temporal_qa_prompt():
     assert p.system == train_prompts.RL_SYSTEM_PROMPTS["temporal QA"]
     assert p.system.startswith("A conversation between user and assistant. The user provides")
     assert p.text.endswith("The video is in total 2 seconds.\nperson sits down.")
+
+
+def test_relevance_scorer_questions_per_benchmark():
+    """test_videomme.py: q + "\\n" + options; test_worldsense.py: 'Question: {}\\n'.format(q +
+    "\\n" + candidates); test_videommmu.py: q + "\\n" + parse_options(options) (letters added
+    when missing)."""
+    q = runner._scorer_question
+    assert q("videomme", {"question": "Q?", "options": ["A. x", "B. y"]}) == "Q?\nA. x\nB. y"
+    assert q("worldsense", {"question": "Q?", "candidates": ["A. x", "B. y"]}) == (
+        "Question: Q?\nA. x\nB. y\n"
+    )
+    assert q("videommmu", {"question": "Q?", "options": ["x", "y"]}) == "Q?\nA. x\nB. y"
+    text = prompts.relevance_messages(
+        q("worldsense", {"question": "Q?", "candidates": ["A. x"]}), 1
+    )
+    assert text[1]["content"][0]["text"].endswith("Question: Question: Q?\nA. x\n")

@@ -74,6 +74,9 @@ def get_config(arg=None):
     e.samples = 1  # N paths per question (test-time scaling, multiple-choice benchmarks)
     e.vote = "majority"  # majority | confidence (§5.4)
     e.relevance_max_new_tokens = 8  # the rating must be exactly one digit
+    # relevance ratings: greedy | generation (eval.temperature/top_p, as upstream's scorer,
+    # which reuses the generation's sampling parameters)
+    e.relevance_sampling = "greedy"
     e.batch_size = 8  # prompts per sampler call (a multiple of the data-parallel shards)
     e.chunk_items = 0  # items per resume unit (0 = batch_size)
     e.prompt_buckets = buckets

@@ -227,8 +227,11 @@ class _Collect:
 
 
 def _scorer_question(name: str, item: dict) -> str:
+    """The question the relevance scorer sees, per upstream's test scripts: WorldSense wraps it
+    as "Question: ...\n" (so the rubric reads "Question: Question: ..."), VideoMMMU letters
+    the options, VideoMME joins them as given."""
     if name == "worldsense":
-        return item["question"] + "\n" + "\n".join(item["candidates"])
+        return "Question: {}\n".format(item["question"] + "\n" + "\n".join(item["candidates"]))
     if name == "videommmu":
         return item["question"] + "\n" + prompts._lettered(item["options"])
     return item["question"] + "\n" + "\n".join(item["options"])
@@ -370,9 +373,14 @@ def evaluate(
     )  # fmt: skip
     scorer = relevance_scorer
     if scorer is None and ev.vote == "confidence" and ev.think and name in summary.CATEGORIES:
+        # "greedy" (default) or "generation": upstream rates with the generation's sampling
+        # parameters (the yaml's temperature 0.0, i.e. greedy, unless changed for TTS)
+        mode = ev.get("relevance_sampling", "greedy")
+        if mode not in ("greedy", "generation"):
+            raise ValueError(f"eval.relevance_sampling must be greedy|generation, got {mode!r}")
         rel = Generator(
             mc, params, tokenizer,
-            _sampling(ev, tokenizer, 1, ev.relevance_max_new_tokens, greedy=True),
+            _sampling(ev, tokenizer, 1, ev.relevance_max_new_tokens, greedy=mode == "greedy"),
             batch_size=ev.batch_size, buckets=ev.prompt_buckets, max_patches=ev.max_patches,
             patch_buckets=list(ev.get("patch_buckets", [])), mesh=sampler_mesh, rules=rules,
         )  # fmt: skip
