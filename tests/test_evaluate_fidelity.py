@@ -134,3 +134,19 @@ def test_relevance_scorer_questions_per_benchmark():
         q("worldsense", {"question": "Q?", "candidates": ["A. x"]}), 1
     )
     assert text[1]["content"][0]["text"].endswith("Question: Question: Q?\nA. x\n")
+
+
+def test_videommmu_missing_question_type_is_open_as_upstream(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    write_video(str(tmp_path / "Art" / "test_Art_1.mp4"))
+    d = tmp_path / "Perception"
+    d.mkdir()
+    rows = [{"id": "test_Art_1", "question": "Q?", "options": ["x"], "answer": "4"}]
+    pq.write_table(pa.Table.from_pylist(rows), d / "test-00000-of-00001.parquet")
+    got = benchmarks.read_benchmark("videommmu", str(tmp_path), str(tmp_path))
+    assert [it["question_type"] for it in got.items] == ["None"]  # doc.get(..., "None")
+    assert prompts.videommmu_prompt(got.items[0], think=True).text.endswith(
+        "In the answer part, respond with only the final answer."
+    )

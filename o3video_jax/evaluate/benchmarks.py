@@ -192,7 +192,8 @@ def videommmu_subject_dir(item_id: str) -> str:
 
 def _videommmu(row: Mapping, media_root: str, cache: dict) -> dict:
     _need(row, ("id", "question", "options", "answer", "category"))
-    qtype = str(row.get("question_type") or "multiple-choice")
+    # upstream: doc.get("question_type", "None"); anything but "multiple-choice" is open
+    qtype = str(row.get("question_type", "None"))
     options = _options(row["options"]) if qtype == "multiple-choice" else list(row["options"] or [])
     if qtype == "multiple-choice" and len(options) > 10:
         raise _ItemError("record", f"{len(options)} options; VideoMMMU letters stop at J")
