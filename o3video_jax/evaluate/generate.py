@@ -10,8 +10,8 @@ compile per (prompt bucket, patch bucket) pair that occurs.
 
 Patch buckets: by default powers of two from 64 up to `max_patches` (and `max_patches`
 itself), so a batch of small frames does not run the vision tower over the whole per-row
-budget (V-STaR's is 81,920 patches; a row of 16 frames at 448x252 needs 9,216). Pass
-`patch_buckets=[max_patches]` for a single vision shape (one compile per prompt bucket).
+budget (V-STaR's is 172,224 patches, 16 frames of 1080p; a row of 16 frames at 448x252 needs
+9,216). Pass `patch_buckets=[max_patches]` for a single vision shape (one compile per prompt bucket).
 """
 
 from __future__ import annotations
