@@ -137,6 +137,24 @@ def test_rl_visual_qa_chat(tok):
     assert _render(tok, rec) == _chat(RL_SYS[R.VISUAL_QA], IMG + "Where is the dog?")
 
 
+def test_sft_visual_qa_chat(tok):
+    # boxes rescaled from the 200x400 original to the 56x112 image fed: factor 0.28
+    rec = _record(
+        "sft", R.VISUAL_QA, question="Where is the dog?", image_path="i.jpg",
+        image_size=(200, 400), reasoning_process="the dog <box>[10,20,110,220]</box>",
+        answer="<obj>dog</obj><box>[10,20,110,220]</box>",
+    )  # fmt: skip
+    target = P.sft_target(rec, (56, 112), clip=False).text
+    assistant = (
+        "<think>the dog <box>[3,6,31,62]</box></think>\n"
+        "<answer><obj>dog</obj><box>[3,6,31,62]</box></answer>"
+    )
+    assert target == assistant
+    assert _render(tok, rec, assistant=target) == _chat(
+        SFT_SYS[R.VISUAL_QA], IMG + "Where is the dog?", assistant
+    )
+
+
 @pytest.mark.parametrize("task", [R.TEMPORAL_QA, R.GENERAL_MCQ, R.GENERAL_FREE_FORM])
 def test_sft_video_chat_no_s_and_question_prefix(tok, task):
     rec = _record("sft", task, reasoning_process="think", answer="B")
