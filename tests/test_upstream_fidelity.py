@@ -115,7 +115,7 @@ RL_FRAMES = (
 )
 
 
-def _render(tok, record, split_layout=True, assistant=None, quirks="original"):
+def _render(tok, record, assistant=None, quirks="original"):
     if record.task == R.VISUAL_QA:
         content = [{"type": "image"}]
     else:
