@@ -150,3 +150,13 @@ def test_videommmu_missing_question_type_is_open_as_upstream(tmp_path):
     assert prompts.videommmu_prompt(got.items[0], think=True).text.endswith(
         "In the answer part, respond with only the final answer."
     )
+
+
+def test_relevance_reply_must_be_exactly_one_digit():
+    from o3video_jax.eval import tts
+
+    # model_vllm.py run_images_scorer: `text in ["0", "1", "2"]`, else -1 (weight 0.2)
+    assert [tts.parse_relevance_reply(r) for r in ("2", "1", "0", " 2", "2\n", "2.", "3")] == [
+        2, 1, 0, -1, -1, -1, -1
+    ]  # fmt: skip
+    assert tts.relevance_weight(" 2") == 0.2 and tts.relevance_weight("2") == 1.0

@@ -188,8 +188,6 @@ TYPE_TEMPLATE = {
 # The opening every video system prompt shares (= the SFT General free-form prompt).
 R1_PREAMBLE = SFT_SYSTEM_PROMPTS[GENERAL_FREE_FORM]
 _GROUNDED = "`<obj>object_name</obj><box>bounding_box</box>at<t>time_in_seconds</t>s`"
-# The video placeholder upstream renders and then replaces with the frame block.
-VIDEO_PLACEHOLDER = "<|vision_start|><|video_pad|><|vision_end|>"
 
 
 def system_prompt(task: str, split: str) -> str:

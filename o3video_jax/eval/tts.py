@@ -137,10 +137,11 @@ def crop_evidence(frames: np.ndarray, fps: float, claims: Sequence[Claim]) -> li
 
 
 def parse_relevance_reply(reply) -> int:
-    """0, 1 or 2 for a reply that is exactly that digit (surrounding whitespace ok), else -1."""
+    """0, 1 or 2 for a reply that is exactly that digit, else -1 (upstream's
+    `text in ["0", "1", "2"]`: a reply with whitespace around the digit is -1 too)."""
     if isinstance(reply, (int, np.integer)) and not isinstance(reply, bool):
         return int(reply) if reply in (0, 1, 2) else -1
-    text = str(reply).strip()
+    text = str(reply)
     return int(text) if text in ("0", "1", "2") else -1
 
 
