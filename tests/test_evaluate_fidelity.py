@@ -160,3 +160,33 @@ def test_relevance_reply_must_be_exactly_one_digit():
         2, 1, 0, -1, -1, -1, -1
     ]  # fmt: skip
     assert tts.relevance_weight(" 2") == 0.2 and tts.relevance_weight("2") == 1.0
+
+
+@pytest.mark.parametrize(
+    "reply, bench, options, expected",
+    [
+        # "DNA." -> "DNA" after stripping, padded " ... DNA ": holds "A " -> A (ours: none)
+        ("The answer is DNA.", "videomme", ["A. x", "B. y", "C. z", "D. w"], "A"),
+        # "A:" at 1 and "B:" at 8 (padded): the later one wins
+        ("A: no, B: yes", "videomme", ["A. x", "B. y", "C. z", "D. w"], "B"),
+        ("", "videomme", ["A. x", "B. y"], None),
+        # > 5 words, no letter piece: the option text that occurs ("b. yellow" is option B)
+        ("i think it is b. yellow here", "videomme", ["A. red", "B. yellow"], "B"),
+        ("i cannot tell at all", "videomme", ["A. red", "B. yellow"], None),
+        # WorldSense: no candidate -> random.choice after random.seed(42) = "A"
+        ("i cannot tell at all", "worldsense", [], "A"),
+        ("", "worldsense", [], None),
+        ("**C**", "worldsense", [], "C"),
+        # VideoMMMU: "C." found first, so "(B)" is never looked at
+        ("(B) because C. is wrong", "videommmu", ["p", "q", "r"], "C"),
+        ("(B) is it", "videommmu", ["p", "q", "r"], "B"),
+        # letters A-J follow the options: E is not a choice with 3 options
+        ("E.", "videommmu", ["p", "q", "r"], None),
+    ],
+)
+def test_upstream_letter_parsers(reply, bench, options, expected):
+    from o3video_jax.eval import letter_parsers, mcq
+
+    assert letter_parsers.upstream_letter(reply, bench, options) == expected
+    if reply == "The answer is DNA.":
+        assert mcq.extract_letter(reply, "ABCD") is None  # ours: no letter inside a word

@@ -21,7 +21,7 @@ from evaluate_fixtures import (
     write_worldsense,
 )
 
-from o3video_jax.eval import grounding, mcq, mmmu, vstar
+from o3video_jax.eval import grounding, letter_parsers, mmmu, vstar
 from o3video_jax.evaluate import read_log, runner
 from o3video_jax.evaluate.prompts import VSTAR_CALLS
 from o3video_jax.evaluate.summary import WHAT_KEYS
@@ -108,9 +108,11 @@ def test_other_benchmarks_end_to_end(ckpt, tmp_path, name):
         assert op["correct"] == mmmu.eval_open("4", mmmu.parse_open_response(op["outputs"][0]))
     for r in recs:
         if r.get("pred") is not None:
-            # non-think, N=1: the letter parsed from the one output; unparseable -> A (upstream)
-            assert r["pred"] == (mcq.extract_letter(r["outputs"][0], mcq.LETTERS_A_TO_J
-                                 if name == "videommmu" else "ABCD") or "A")  # fmt: skip
+            # non-think, N=1: the letter upstream's parser reads from the one output
+            # (eval.letter_parser="upstream"); unparseable -> A (upstream)
+            opts = r["options"] if name != "worldsense" else []
+            assert r["pred"] == (letter_parsers.upstream_letter(r["outputs"][0], name, opts)
+                                 or "A")  # fmt: skip
             assert r["correct"] == (r["pred"] == r["answer"])
     assert summary["correct"] == sum(r["correct"] for r in recs)
     assert summary["acc"] == sum(r["correct"] for r in recs) / 2

@@ -77,6 +77,9 @@ def get_config(arg=None):
     # relevance ratings: greedy | generation (eval.temperature/top_p, as upstream's scorer,
     # which reuses the generation's sampling parameters)
     e.relevance_sampling = "greedy"
+    # non-think option letters: upstream (its per-benchmark substring parsers) | ours
+    # (word-bounded: "DNA." holds no answer "A")
+    e.letter_parser = "upstream"
     e.batch_size = 8  # prompts per sampler call (a multiple of the data-parallel shards)
     e.chunk_items = 0  # items per resume unit (0 = batch_size)
     e.prompt_buckets = buckets

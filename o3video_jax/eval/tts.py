@@ -150,9 +150,12 @@ def relevance_weight(score) -> float:
     return _RELEVANCE_WEIGHTS.get(parse_relevance_reply(score), NO_EVIDENCE_WEIGHT)
 
 
-def _path_vote(completion, mode, letters, think_mode, frames, fps, scorer, question) -> PathVote:
+def _path_vote(
+    completion, mode, letters, think_mode, frames, fps, scorer, question, parse_letter
+) -> PathVote:
     if not think_mode:
-        letter = extract_letter(completion, letters)
+        letter = parse_letter(completion) if parse_letter else extract_letter(completion, letters)
+        letter = letter if letter in tuple(letters) else None
         return PathVote(letter, 1.0) if letter is not None else PathVote(None, 0.0)
     answer = _ANSWER_RE.search(completion)
     letter = answer.group(1).strip() if answer else None
@@ -179,6 +182,7 @@ def vote(
     fps: float | None = None,
     scorer: RelevanceScorer | None = None,
     question: str = "",
+    parse_letter: Callable[[str], str | None] | None = None,
 ) -> VoteResult:
     """Aggregate N sampled completions into one letter.
 
@@ -191,6 +195,8 @@ def vote(
         (confidence mode only).
       scorer: `scorer(crops, question) -> 0/1/2 or reply text` (confidence mode only).
       question: question text plus options, passed to the scorer.
+      parse_letter: reads the letter of a non-think reply (default `mcq.extract_letter`;
+        the evaluation passes upstream's parser, `eval.letter_parsers`).
     """
     if mode not in ("majority", "confidence"):
         raise ValueError(f"mode must be 'majority' or 'confidence', got {mode!r}")
@@ -201,7 +207,8 @@ def vote(
     if not letters or not letters.isupper() or len(set(letters)) != len(letters):
         raise ValueError(f"letters must be distinct upper-case letters, got {letters!r}")
     paths = tuple(
-        _path_vote(c, mode, letters, think_mode, frames, fps, scorer, question) for c in completions
+        _path_vote(c, mode, letters, think_mode, frames, fps, scorer, question, parse_letter)
+        for c in completions
     )
     weights = dict.fromkeys(letters, 0.0)
     for p in paths:

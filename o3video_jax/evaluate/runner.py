@@ -19,6 +19,7 @@ process's own devices); process 0 waits for all, then reads every file and write
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -35,8 +36,8 @@ from o3video_jax.checkpoints import hf
 from o3video_jax.data import vision
 from o3video_jax.data.model_inputs import Segment, VisionItem
 from o3video_jax.data.tokenizer import Tokenizer
+from o3video_jax.eval import letter_parsers, tts
 from o3video_jax.eval import results as results_lib
-from o3video_jax.eval import tts
 from o3video_jax.evaluate import benchmarks, media, prompts, summary
 from o3video_jax.evaluate.generate import Generator, OverBudget, Request, request_key
 from o3video_jax.evaluate.judge import make_judge
@@ -226,6 +227,20 @@ class _Collect:
         return 0 if self.replies is None else self.replies[len(self.calls) - 1]
 
 
+def _letter_parser(name: str, item: dict, letters: str, ev):
+    """The non-think letter parser: upstream's per-benchmark substring search ("upstream",
+    default) or `mcq.extract_letter` ("ours": word-bounded, no letter inside a word)."""
+    mode = ev.get("letter_parser", "upstream")
+    if mode not in letter_parsers.LETTER_PARSERS:
+        raise ValueError(f"eval.letter_parser must be one of {letter_parsers.LETTER_PARSERS}")
+    if mode == "ours":
+        return None
+    options = item.get("candidates" if name == "worldsense" else "options") or ()
+    return functools.partial(
+        letter_parsers.upstream_letter, benchmark=name, options=list(options), letters=letters
+    )
+
+
 def _scorer_question(name: str, item: dict) -> str:
     """The question the relevance scorer sees, per upstream's test scripts: WorldSense wraps it
     as "Question: ...\n" (so the rubric reads "Question: Question: ..."), VideoMMMU letters
@@ -266,7 +281,8 @@ def _records(name, preps, outputs, ev, think, scorer: BatchScorer | None, judge)
         letters = summary.mcq_letters(name, p.item)
         col = _Collect()
         kw = dict(mode=mode, letters=letters, think_mode=think, frames=p.media.frames,
-                  fps=p.media.sample_fps, question=_scorer_question(name, p.item))  # fmt: skip
+                  fps=p.media.sample_fps, question=_scorer_question(name, p.item),
+                  parse_letter=_letter_parser(name, p.item, letters, ev))  # fmt: skip
         tts.vote(completions, scorer=col, **kw)
         votes.append((completions, kw))
         firsts.append(col.calls)
