@@ -8,8 +8,9 @@ scorer (the policy model itself in the paper; any callable here) rates the crops
 Per path (think mode): no `<answer>` or an answer that is not exactly one allowed letter ->
 letter NA, weight 0; no `<think>` -> its letter counts with weight 0; majority voting ->
 weight 1; confidence voting -> relevance 2/1/0 -> 1.0/0.6/0.2 (anything else 0.2), and 0.2
-without a scorable crop (none, or more than MAX_CROPS). Non-think mode: the letter parsed by
-`mcq.extract_letter`, weight 1. The vote is the letter with the largest weight sum; ties go
+without a scorable crop (none, or more than MAX_CROPS). Non-think mode: the letter read by
+`parse_letter` (default `mcq.extract_letter`; the evaluation passes upstream's parser from
+`eval.letter_parsers`), weight 1. The vote is the letter with the largest weight sum; ties go
 to the earliest letter (A first), and all-NA gives the first letter.
 """
 
