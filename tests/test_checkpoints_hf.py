@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import json
@@ -331,3 +332,47 @@ def test_special_ids_outside_a_small_vocabulary_load_with_a_warning(tmp_path):
     transformers = pytest.importorskip("transformers")
     hf_cfg = transformers.AutoConfig.from_pretrained(path)
     assert hf_cfg.text_config.bos_token_id == 151643
+
+
+def test_export_keeps_the_source_config_exactly_and_loads_in_transformers(tmp_path):
+    """A config.json without pad_token_id and a 300-token vocabulary: the export's config.json
+    equals the source's (no pad id invented: Qwen's 151643 made transformers refuse the
+    export, "Padding_idx must be within num_embeddings"), and transformers runs it."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    source = json.loads((UNTIED / "config.json").read_text())
+    text = source["text_config"]
+    del text["pad_token_id"]
+    text.update(vocab_size=300, bos_token_id=151643, eos_token_id=151645)
+    source.update(image_token_id=292, video_token_id=293, vision_start_token_id=289,
+                  vision_end_token_id=290, extra_key_kept="as is")  # fmt: skip
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps(source))
+    with pytest.warns(UserWarning, match="outside the vocabulary"):
+        config = Qwen25VLConfig.from_hf_json(src)
+    assert config.vocab_size == 300
+    hf.save(src, config, _random_params(config, seed=3), progress=False)
+    assert json.loads((src / "config.json").read_text()) == source
+
+    with pytest.warns(UserWarning, match="outside the vocabulary"):
+        loaded_config, params = hf.load(src, progress=False)
+    hf.save(tmp_path / "out", loaded_config, params, progress=False)
+    exported = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert exported == source and "pad_token_id" not in exported["text_config"]
+    # An edited config no longer matches its source: a generated config without the pad id.
+    edited = loaded_config.replace(text=dataclasses.replace(loaded_config.text, vocab_size=320))
+    assert "pad_token_id" not in edited.to_hf_dict()["text_config"]
+    assert edited.to_hf_dict()["text_config"]["vocab_size"] == 320
+
+    model = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        tmp_path / "out", attn_implementation="eager", dtype=torch.float32
+    ).eval()
+    assert model.config.text_config.pad_token_id is None
+    ids = np.array([[5, 9, 33, 7, 299, 1]], np.int64)
+    with torch.no_grad():
+        expected = model(input_ids=torch.from_numpy(ids)).logits.numpy()
+    assert expected.shape == (1, 6, 300)
+    inputs = inputs_from_hf(loaded_config, input_ids=ids, attention_mask=np.ones_like(ids))
+    got = np.asarray(Qwen25VL(loaded_config).apply({"params": params}, inputs))
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)

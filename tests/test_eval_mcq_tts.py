@@ -161,7 +161,7 @@ def test_confidence_vote_table():
 
 @pytest.mark.parametrize(
     "score, weight",
-    [(2, 1.0), (1, 0.6), (0, 0.2), ("2", 1.0), (" 1\n", 0.6), ("3", 0.2), (-1, 0.2), ("2.", 0.2)],
+    [(2, 1.0), (1, 0.6), (0, 0.2), ("2", 1.0), (" 1\n", 0.2), ("3", 0.2), (-1, 0.2), ("2.", 0.2)],
 )
 def test_relevance_weight(score, weight):
     assert tts.relevance_weight(score) == weight

@@ -91,9 +91,29 @@ def test_balance_brackets():
     assert vstar.balance_brackets("0, 1]}") == "{[0, 1]}"
 
 
-@pytest.mark.parametrize("reply, score", [("2", 2), (" 3\n", 3), ("0", 0), ("5", -1), ("two", -1)])
+# upstream's int(reply): out-of-range integers are kept, anything else is -1
+@pytest.mark.parametrize(
+    "reply, score",
+    [("2", 2), (" 3\n", 3), ("0", 0), ("5", 5), ("-2", -2), ("two", -1), ("2.0", -1)],
+)
 def test_parse_judge_reply(reply, score):
     assert vstar.parse_judge_reply(reply) == score
+
+
+def test_out_of_range_judge_scores_and_failed_items_count_as_upstream():
+    """Scores 5 (correct: >= 2) and -2 count as written; -1 is 0 in avg_score and out of the
+    valid mean (eval_vstar.py). A failed (not run) item is rated 0 with zero IoUs: inside n."""
+    a, b, _, d = _items()
+    items = [dict(a, vqa_score=5), dict(b, vqa_score=-2), dict(d, vqa_score=-1)]  # fmt: skip
+    failed = dict(a, status="failed", answer_vqa="", vqa_score=None)
+    m = vstar.metrics(items + [failed])
+    assert m["n"] == 4 and m["n_rated"] == 4
+    assert m["acc"] == pytest.approx(1 / 4)
+    assert m["avg_score"] == pytest.approx((5 - 2 + 0 + 0) / 4)
+    assert m["avg_valid_score"] == pytest.approx((5 - 2 + 0) / 3)
+    three = vstar.metrics(items)
+    assert m["tiou_1"] == pytest.approx(three["tiou_1"] * 3 / 4)
+    assert m["viou_2"] == pytest.approx(three["viou_2"] * 3 / 4)
 
 
 # ------------------------------------------------------------------------- item formulas
@@ -285,7 +305,7 @@ def test_metrics_bad_input():
     with pytest.raises(ValueError, match="timestamps"):
         vstar.metrics([item])
     item = _items()[1]
-    item["vqa_score"] = 7
+    item["vqa_score"] = "7"  # a stored score must be an int (7 itself counts, as upstream)
     with pytest.raises(ValueError, match="judge score"):
         vstar.metrics([item])
     item = _items()[0]

@@ -168,7 +168,7 @@ def test_tvg_and_relevance_prompts():
         "the square moves"
     )
     # the RL temporal-QA system prompt the model was trained with (§1.3)
-    assert got.system.startswith("A conversation between User and Assistant")
+    assert got.system.startswith("A conversation between user and assistant. The user provides")
     assert "From <t>start_time</t>s to <t>end_time</t>s" in got.system
     msgs = P.relevance_messages("Q?\nA. x", 2)
     assert msgs[0]["content"] == (

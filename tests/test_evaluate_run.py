@@ -21,9 +21,10 @@ from evaluate_fixtures import (
     write_worldsense,
 )
 
-from o3video_jax.eval import grounding, mcq, mmmu, vstar
+from o3video_jax.eval import grounding, letter_parsers, mmmu, vstar
 from o3video_jax.evaluate import read_log, runner
 from o3video_jax.evaluate.prompts import VSTAR_CALLS
+from o3video_jax.evaluate.summary import WHAT_KEYS
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +54,38 @@ def test_vstar_end_to_end(ckpt, tmp_path):
             assert isinstance(r[field], str)
         assert r["answer_temporal"] == vstar.parse_temporal_answer(r["answer_temporal_pre"])
         assert "resolution of 64x48" in r["prompts"]["temporal_2"]
-    # the summary is the V-STaR metrics of the per-item file
+    # the summary is the V-STaR metrics of the per-item file; without a judge the What-based
+    # figures are named exact-match (JSON keys and table columns) and the summary says how to
+    # get judge scores
     again = vstar.metrics(_ok(recs))
-    assert _scalars(summary) == {**_scalars(again), "n_bad": 1}
+    exact = {(k + "_exact_match" if k in WHAT_KEYS or k.startswith("vqa&") else k): v
+             for k, v in _scalars(again).items()}  # fmt: skip
+    assert "mAM" not in summary and summary["what_scoring"] == "exact_match"
+    assert "judge_url" in summary["what_note"]
+    assert _scalars(summary) == {**exact, "n_bad": 1, "n_failed": 0,
+                                 "what_scoring": "exact_match", "what_note": summary["what_note"]}  # fmt: skip
     assert summary["bad"] == [{"key": "2", "id": "gone0", "reason": "missing_video"}]
-    assert json.load(open(os.path.join(wd, "summary.json")))["mAM"] == pytest.approx(again["mAM"])
+    on_disk = json.load(open(os.path.join(wd, "summary.json")))
+    assert on_disk["mAM_exact_match"] == pytest.approx(again["mAM"])
+    table = open(os.path.join(wd, "summary.md")).read()
+    assert "| acc_exact_match |" in table and "| mAM_exact_match |" in table
     assert os.path.exists(os.path.join(wd, "report", "0.png"))
     assert os.path.exists(os.path.join(wd, "report", "0.gif"))
     assert "report/0.png" in open(os.path.join(wd, "report.md")).read()
+
+
+def test_over_budget_items_are_failures_inside_n(ckpt, tmp_path):
+    """An item the budgets cannot hold is not dropped: it is scored as a failure (What wrong,
+    IoUs 0) inside n and listed under `failed`; a missing video stays a bad item."""
+    data, media = write_vstar(str(tmp_path / "b"), n=2, missing=1)
+    wd = str(tmp_path / "wd")
+    summary = runner.evaluate(eval_config("vstar", ckpt, data, media, max_patches=32), wd)
+    recs = read_log(os.path.join(wd, "items.jsonl"))
+    assert [r["status"] for r in recs] == ["failed", "failed", "bad"]
+    assert recs[0]["reason"] == "over_budget" and "patches" in recs[0]["detail"]
+    assert summary["n"] == 2 and summary["n_failed"] == 2 and summary["n_bad"] == 1
+    assert [f["key"] for f in summary["failed"]] == ["0", "1"]
+    assert summary["acc_exact_match"] == 0 and summary["tiou_1"] == summary["viou_2"] == 0
 
 
 @pytest.mark.parametrize("name", ["videomme", "worldsense", "videommmu", "tvg"])
@@ -74,7 +99,7 @@ def test_other_benchmarks_end_to_end(ckpt, tmp_path, name):
     assert len(recs) == 2 and summary["n_bad"] == 0
     if name == "tvg":
         again = grounding.metrics([r["span"] for r in recs], [r["pred_span"] for r in recs])
-        assert _scalars(summary) == {**again, "n_bad": 0}
+        assert _scalars(summary) == {**again, "n_bad": 0, "n_failed": 0}
         return
     if name == "videommmu":
         mc, op = recs
@@ -83,9 +108,11 @@ def test_other_benchmarks_end_to_end(ckpt, tmp_path, name):
         assert op["correct"] == mmmu.eval_open("4", mmmu.parse_open_response(op["outputs"][0]))
     for r in recs:
         if r.get("pred") is not None:
-            # non-think, N=1: the letter parsed from the one output; unparseable -> A (upstream)
-            assert r["pred"] == (mcq.extract_letter(r["outputs"][0], mcq.LETTERS_A_TO_J
-                                 if name == "videommmu" else "ABCD") or "A")  # fmt: skip
+            # non-think, N=1: the letter upstream's parser reads from the one output
+            # (eval.letter_parser="upstream"); unparseable -> A (upstream)
+            opts = r["options"] if name != "worldsense" else []
+            assert r["pred"] == (letter_parsers.upstream_letter(r["outputs"][0], name, opts)
+                                 or "A")  # fmt: skip
             assert r["correct"] == (r["pred"] == r["answer"])
     assert summary["correct"] == sum(r["correct"] for r in recs)
     assert summary["acc"] == sum(r["correct"] for r in recs) / 2

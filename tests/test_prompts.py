@@ -89,15 +89,13 @@ def test_plain_video_layout_sft_has_no_s_and_total_line_uses_floor():
 
 
 def test_system_prompts_and_user_text():
+    # (the strings themselves are checked against upstream's in test_upstream_fidelity.py)
     for task in R.TASKS:
-        rl = P.system_prompt(task, "rl")
-        assert rl.startswith(P.R1_PREAMBLE)
-        if task != R.TEMPORAL_QA_MCQ:
-            assert P.system_prompt(task, "sft").startswith(P.R1_PREAMBLE)
+        assert P.system_prompt(task, "rl").startswith("A conversation between user and")
     with pytest.raises(ValueError):
         P.system_prompt(R.TEMPORAL_QA_MCQ, "sft")
     assert "Correct Option:" in P.system_prompt(R.TEMPORAL_QA_MCQ, "rl")
-    assert "<obj>" not in P.system_prompt(R.GENERAL_FREE_FORM, "sft")  # preamble only
+    assert P.system_prompt(R.GENERAL_FREE_FORM, "sft") == P.R1_PREAMBLE  # preamble only
     base = dict(id="x", source="s", question="Why?", answer="a", video_path="v.mp4")
     sft = R.STGRRecord(split="sft", task=R.TEMPORAL_QA, **base)
     rl = R.STGRRecord(split="rl", task=R.TEMPORAL_QA, **base)

@@ -5,7 +5,15 @@ think=true|false (default true: the grounded think prompts), runlocal (tiny budg
 Per-benchmark settings are the reference's (open_o3_video.md §5.1): V-STaR 2048 new tokens,
 16 frames at 1 fps near native resolution (qwen_vl_utils image budget 16384*28*28 px);
 VideoMME / WorldSense / VideoMMMU 8192 new tokens, native video at 2 fps, <= 64 frames of
-<= 512*512 px; greedy, repetition penalty 1.05 (vLLM's, as the reference engine).
+<= 512*512 px, 1.0 s per temporal grid step (`eval.second_per_grid="upstream"`: upstream hands
+the frames to vLLM without an fps, so the processor's default 2.0 applied; "sampled" uses
+2 / sample fps), the VideoMMMU image at qwen_vl_utils' defaults (`eval.videommmu_image=
+"upstream"`; "capped" = 854x480); greedy, repetition penalty 1.05 (vLLM's, as the reference
+engine); think mode everywhere, as upstream's eval_all.sh.
+Budgets: V-STaR's admit 16 frames of 1920x1080 (smart_resize 1932x1092: 10,764 patches, 2,691
+tokens a frame; 172,224 patches and 43,056 image tokens per call); VideoMMMU's add an image of
+up to ~3.2 Mpx. An item over the budgets is scored as a failure inside n and listed under
+`failed` in the summary (lower `eval.batch_size` if a 1080p batch does not fit in memory).
 Test-time scaling: --config.eval.samples=8 --config.eval.vote=confidence
 --config.eval.temperature=1.0 (the reference's TTS temperature is unknown).
 
@@ -32,11 +40,12 @@ import common  # noqa: E402
 
 _PX = 28 * 28
 # (max_new_tokens, max_frames, prompt buckets, max_patches per row)
+_VSTAR_1080P = 16 * (1092 // 14) * (1932 // 14)  # 16 frames of 1920x1080 at native size
 _SETTINGS = {
-    "vstar": (2048, 16, [4096, 8192, 16384, 24576], 16 * 4 * 1280),
+    "vstar": (2048, 16, [4096, 8192, 16384, 24576, 32768, 49152], _VSTAR_1080P),
     "videomme": (8192, 64, [4096, 8192, 12288, 16384], 32 * 4 * 336),
     "worldsense": (8192, 64, [4096, 8192, 12288, 16384], 32 * 4 * 336),
-    "videommmu": (8192, 64, [4096, 8192, 12288, 16384], 32 * 4 * 336 + 4 * 1024),
+    "videommmu": (8192, 64, [4096, 8192, 12288, 16384, 20480], 32 * 4 * 336 + 4 * 4096),
     "tvg": (1024, 16, [1024, 2048, 4096], 16 * 4 * 136),
 }
 
@@ -65,6 +74,12 @@ def get_config(arg=None):
     e.samples = 1  # N paths per question (test-time scaling, multiple-choice benchmarks)
     e.vote = "majority"  # majority | confidence (§5.4)
     e.relevance_max_new_tokens = 8  # the rating must be exactly one digit
+    # relevance ratings: greedy | generation (eval.temperature/top_p, as upstream's scorer,
+    # which reuses the generation's sampling parameters)
+    e.relevance_sampling = "greedy"
+    # non-think option letters: upstream (its per-benchmark substring parsers) | ours
+    # (word-bounded: "DNA." holds no answer "A")
+    e.letter_parser = "upstream"
     e.batch_size = 8  # prompts per sampler call (a multiple of the data-parallel shards)
     e.chunk_items = 0  # items per resume unit (0 = batch_size)
     e.prompt_buckets = buckets
@@ -81,8 +96,11 @@ def get_config(arg=None):
     e.judge_url = ""  # OpenAI-compatible endpoint for V-STaR "What" ("" = exact match)
     e.judge_model = ""
     e.judge_api_key_env = "OPENAI_API_KEY"
-    if a.benchmark == "videommmu":
-        e.image_max_pixels = 854 * 480  # the reference processor's max_pixels for the image
+    # native-video benchmarks: upstream (1.0 s per grid, vLLM's default) | sampled (2 / fps)
+    e.second_per_grid = "upstream"
+    # VideoMMMU image: upstream (qwen_vl_utils' image defaults above) | capped (854x480, the
+    # max_pixels upstream gives the processor it uses only for the chat template)
+    e.videommmu_image = "upstream"
     if a.runlocal:
         c.model.dtype = "float32"
         c.model.param_dtype = "float32"

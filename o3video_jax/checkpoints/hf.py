@@ -238,6 +238,9 @@ def save(
 ) -> None:
     """Writes config.json and safetensors in the Hub key layout (`from_pretrained` reads it).
 
+    config.json is `config.to_hf_dict()`: the source checkpoint's config.json unchanged when
+    the config was loaded from one (only a declared dtype follows `dtype`), else generated.
+
     Tensors above `max_shard_size` in total are split into model-0000k-of-0000n.safetensors
     with a model.safetensors.index.json. Arrays are gathered one tensor at a time; `dtype`
     casts on the way out (default: keep each param's dtype). Every process must call this in
@@ -268,8 +271,11 @@ def save(
     if writer:
         io.makedirs(path)
         hf_config = config.to_hf_dict()
-        if dtype is not None:
-            hf_config["dtype"] = hf_config["text_config"]["dtype"] = np.dtype(dtype).name
+        if dtype is not None:  # the declared dtype follows a cast; no key is added
+            for d in (hf_config, hf_config.get("text_config") or {}):
+                for key in ("dtype", "torch_dtype"):
+                    if key in d:
+                        d[key] = np.dtype(dtype).name
         (path / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
         for stale in [*path.glob("model*.safetensors"), path / INDEX_FILE]:
             stale.unlink(missing_ok=True)

@@ -221,13 +221,7 @@ class ExampleBuilder:
                 clip.duration,
             )
         key_frames = getattr(record, "key_frames", ())
-        layout = prompts.frame_layout(
-            len(frames),
-            clip.sample_fps,
-            [k.time for k in key_frames],
-            split="sft" if cfg.kind == "sft" else "rl",
-            quirks=cfg.quirks,
-        )
+        layout = prompts.record_frame_layout(record, len(frames), clip.sample_fps, cfg.quirks)
         flags[KEY_FRAME_DROPPED] += len(layout.dropped_key_frames)
         items = []
         for slot in layout.slots:
@@ -263,9 +257,11 @@ class ExampleBuilder:
         else:
             target = None
             if cfg.kind == "sft":
-                t = prompts.sft_target(record, frame_size or (1, 1))
+                t = prompts.sft_target(record, frame_size or (1, 1), clip=cfg.quirks != "original")
                 flags[records.BOX_CLIPPED] += t.num_clipped
                 target = t.text
+                # upstream rewrites boxes in the whole rendered chat, the question included
+                record = dataclasses.replace(record, question=t.question)
             messages = prompts.build_messages(record, content, target, cfg.system_prompt)
             gt = records.ground_truth(record, frame_size or (1, 1), duration)
             flags.update(gt.flags)

@@ -168,13 +168,7 @@ class Planner:
                 v.height, v.width, min_pixels=cfg.frame_min_pixels, max_pixels=cfg.frame_max_pixels
             )
             kfs = record.key_frames
-            layout = prompts.frame_layout(
-                n,
-                sample_fps,
-                [k.time for k in kfs],
-                split="sft" if cfg.kind == "sft" else "rl",
-                quirks=cfg.quirks,
-            )
+            layout = prompts.record_frame_layout(record, n, sample_fps, cfg.quirks)
             for slot in layout.slots:
                 if slot.kind == "key_frame":
                     key_frames += 1
@@ -186,7 +180,9 @@ class Planner:
 
         target = None
         if cfg.kind == "sft":
-            target = prompts.sft_target(record, frame_size or (1, 1)).text
+            t = prompts.sft_target(record, frame_size or (1, 1), clip=cfg.quirks != "original")
+            target = t.text
+            record = dataclasses.replace(record, question=t.question)
         messages = prompts.build_messages(record, content, target, cfg.system_prompt)
         tok = self.tokenizer.tokenize_chat(
             messages,

@@ -57,7 +57,7 @@ class RecordError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class KeyFrame:
     """An annotated key frame. `time` keeps the JSON number type (int or float): the SFT
-    prompt prints it through `round(time, 1)`, which keeps ints as ints."""
+    prompt prints it as it is (`47` vs `47.0`), as upstream does."""
 
     time: float
     path: str

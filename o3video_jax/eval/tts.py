@@ -8,8 +8,9 @@ scorer (the policy model itself in the paper; any callable here) rates the crops
 Per path (think mode): no `<answer>` or an answer that is not exactly one allowed letter ->
 letter NA, weight 0; no `<think>` -> its letter counts with weight 0; majority voting ->
 weight 1; confidence voting -> relevance 2/1/0 -> 1.0/0.6/0.2 (anything else 0.2), and 0.2
-without a scorable crop (none, or more than MAX_CROPS). Non-think mode: the letter parsed by
-`mcq.extract_letter`, weight 1. The vote is the letter with the largest weight sum; ties go
+without a scorable crop (none, or more than MAX_CROPS). Non-think mode: the letter read by
+`parse_letter` (default `mcq.extract_letter`; the evaluation passes upstream's parser from
+`eval.letter_parsers`), weight 1. The vote is the letter with the largest weight sum; ties go
 to the earliest letter (A first), and all-NA gives the first letter.
 """
 
@@ -137,10 +138,11 @@ def crop_evidence(frames: np.ndarray, fps: float, claims: Sequence[Claim]) -> li
 
 
 def parse_relevance_reply(reply) -> int:
-    """0, 1 or 2 for a reply that is exactly that digit (surrounding whitespace ok), else -1."""
+    """0, 1 or 2 for a reply that is exactly that digit, else -1 (upstream's
+    `text in ["0", "1", "2"]`: a reply with whitespace around the digit is -1 too)."""
     if isinstance(reply, (int, np.integer)) and not isinstance(reply, bool):
         return int(reply) if reply in (0, 1, 2) else -1
-    text = str(reply).strip()
+    text = str(reply)
     return int(text) if text in ("0", "1", "2") else -1
 
 
@@ -149,9 +151,12 @@ def relevance_weight(score) -> float:
     return _RELEVANCE_WEIGHTS.get(parse_relevance_reply(score), NO_EVIDENCE_WEIGHT)
 
 
-def _path_vote(completion, mode, letters, think_mode, frames, fps, scorer, question) -> PathVote:
+def _path_vote(
+    completion, mode, letters, think_mode, frames, fps, scorer, question, parse_letter
+) -> PathVote:
     if not think_mode:
-        letter = extract_letter(completion, letters)
+        letter = parse_letter(completion) if parse_letter else extract_letter(completion, letters)
+        letter = letter if letter in tuple(letters) else None
         return PathVote(letter, 1.0) if letter is not None else PathVote(None, 0.0)
     answer = _ANSWER_RE.search(completion)
     letter = answer.group(1).strip() if answer else None
@@ -178,6 +183,7 @@ def vote(
     fps: float | None = None,
     scorer: RelevanceScorer | None = None,
     question: str = "",
+    parse_letter: Callable[[str], str | None] | None = None,
 ) -> VoteResult:
     """Aggregate N sampled completions into one letter.
 
@@ -190,6 +196,8 @@ def vote(
         (confidence mode only).
       scorer: `scorer(crops, question) -> 0/1/2 or reply text` (confidence mode only).
       question: question text plus options, passed to the scorer.
+      parse_letter: reads the letter of a non-think reply (default `mcq.extract_letter`;
+        the evaluation passes upstream's parser, `eval.letter_parsers`).
     """
     if mode not in ("majority", "confidence"):
         raise ValueError(f"mode must be 'majority' or 'confidence', got {mode!r}")
@@ -200,7 +208,8 @@ def vote(
     if not letters or not letters.isupper() or len(set(letters)) != len(letters):
         raise ValueError(f"letters must be distinct upper-case letters, got {letters!r}")
     paths = tuple(
-        _path_vote(c, mode, letters, think_mode, frames, fps, scorer, question) for c in completions
+        _path_vote(c, mode, letters, think_mode, frames, fps, scorer, question, parse_letter)
+        for c in completions
     )
     weights = dict.fromkeys(letters, 0.0)
     for p in paths:

@@ -26,6 +26,9 @@ Returned keys (chain k in {1, 2}; "chain 1" = When then Where with GT time given
 
 Faithful to the original: an item with an empty predicted answer is "not rated": it is left
 out of every mean but still counts in the overall accuracy and joint-rate denominator `n`.
+A judge rating outside 0..3 counts as written (upstream's `int(reply)`); only an unparseable
+reply is -1. An item with `status: "failed"` (not run: over the evaluation budgets) is rated
+0 with zero IoUs, so it counts inside every mean.
 Per-group denominators are the group's rated items. Groups with no rated item are omitted.
 """
 
@@ -165,9 +168,9 @@ def _answer_score(item: Mapping, judge: Judge | None) -> tuple[int, str]:
     else:
         same = normalize_answer(item["answer_vqa"]) == normalize_answer(item["answer"])
         return (3 if same else 0), "exact"
-    if isinstance(score, bool) or score not in (-1, 0, 1, 2, 3):
-        raise ValueError(f"judge score must be an int in -1..3, got {score!r}")
-    return int(score), source
+    if isinstance(score, bool) or not isinstance(score, (int, np.integer)):
+        raise ValueError(f"judge score must be an int (0..3, -1 unparseable), got {score!r}")
+    return int(score), source  # out-of-range integers count as written, as upstream
 
 
 def _duration_seconds(item: Mapping) -> float:
@@ -191,6 +194,13 @@ def score_item(item: Mapping, judge: Judge | None = None) -> dict:
         "duration": duration_bucket(seconds),
         "rated": bool(str(item.get("answer_vqa") or "").strip()),
     }
+    if item.get("status") == "failed":  # not run (over budget): zero everywhere, inside n
+        out.update(rated=True, score=0, score_source="failed")
+        for chain in (1, 2):
+            out[f"pred_temporal_{chain}"] = []
+            out[f"tiou_{chain}"] = out[f"viou_{chain}"] = 0.0
+            out[f"aps_{chain}"] = [0.0] * len(SPATIAL_THRESHOLDS)
+        return out
     if not out["rated"]:
         return out
     out["score"], out["score_source"] = _answer_score(item, judge)
@@ -246,8 +256,10 @@ def _aggregate(scored: Sequence[dict], n: int) -> dict:
         "n": n,
         "n_rated": len(rated),
         "acc": float(correct.sum()) / n,
-        "avg_score": _mean(np.maximum(scores, 0)),  # -1 (judge reply unparseable) counts as 0
-        "avg_valid_score": _mean(scores[scores >= 0]),
+        # upstream: -1 (judge reply not an int) counts as 0 here and is left out of the valid
+        # mean; any other integer counts as written
+        "avg_score": _mean(np.where(scores == -1, 0, scores)),
+        "avg_valid_score": _mean(scores[scores != -1]),
     }
     for k in (1, 2):
         tious = np.asarray([s[f"tiou_{k}"] for s in rated])

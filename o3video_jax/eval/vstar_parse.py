@@ -102,13 +102,10 @@ def parse_spatial_answer(text: str) -> dict | list | None:
 
 
 def parse_judge_reply(text: str) -> int:
-    """The 0-3 rating of the LLM judge; -1 for anything that is not an integer in 0..3.
-
-    The original used `int(reply)` (whitespace tolerated) and kept out-of-range integers;
-    we map those to -1 too, since a "5" is no more valid than "five".
-    """
+    """The LLM judge's rating as upstream reads it: `int(reply)` (whitespace tolerated), -1
+    for a reply that is not an integer. Out-of-range integers are kept as upstream keeps them
+    (a "5" counts as correct there, a "-2" lowers the average score)."""
     try:
-        score = int(str(text).strip())
+        return int(str(text).strip())
     except ValueError:
         return -1
-    return score if 0 <= score <= 3 else -1

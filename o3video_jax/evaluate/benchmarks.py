@@ -6,7 +6,7 @@
 | videomme   | videomme/test-00000-of-00001.parquet                 | data/<videoID>.mp4 (.MP4, .mkv)   |
 | worldsense | WorldSense.tsv                                       | <video>.mp4                       |
 | videommmu  | a directory of {Perception,Comprehension,Adaptation}/test-00000-of-00001.parquet, or one such parquet | <Art|Science|...>/<id>.mp4 |
-| tvg        | a JSON list of {video, query, span: [s, e], [duration]} (Charades-STA / TVGBench style; aliases vid/sentence/timestamps) | <video> (".mp4" added if it has no extension) |
+| tvg        | a JSON list of {video, query, span: [s, e], [duration]} (TVGBench style; aliases vid/sentence/timestamps), or Charades-STA's native `vid start end##sentence` lines (charades_sta_test.txt) | <video> (".mp4" added if it has no extension) |
 
 Every item is a dict with `key` (its position in the file, the resume key), `video` (resolved
 path) and the benchmark's own fields. An item whose fields are malformed or whose video is
@@ -192,7 +192,8 @@ def videommmu_subject_dir(item_id: str) -> str:
 
 def _videommmu(row: Mapping, media_root: str, cache: dict) -> dict:
     _need(row, ("id", "question", "options", "answer", "category"))
-    qtype = str(row.get("question_type") or "multiple-choice")
+    # upstream: doc.get("question_type", "None"); anything but "multiple-choice" is open
+    qtype = str(row.get("question_type", "None"))
     options = _options(row["options"]) if qtype == "multiple-choice" else list(row["options"] or [])
     if qtype == "multiple-choice" and len(options) > 10:
         raise _ItemError("record", f"{len(options)} options; VideoMMMU letters stop at J")
@@ -233,6 +234,27 @@ def _read_json_list(path: str) -> list:
     return data
 
 
+def _read_tvg(path: str) -> list:
+    """A JSON list, or Charades-STA's native annotation lines `vid start end##sentence` (blank
+    lines skipped; a malformed line becomes an item without fields, counted as bad)."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if text.lstrip().startswith("["):
+        return _read_json_list(path)
+    rows: list = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        head, sep, sentence = line.partition("##")
+        parts = head.split()
+        if not sep or len(parts) != 3 or not sentence.strip():
+            rows.append({"line": line})
+            continue
+        vid, start, end = parts
+        rows.append({"id": vid, "video": vid, "query": sentence.strip(), "span": [start, end]})
+    return rows
+
+
 def _read_parquet(path: str) -> list[dict]:
     import pyarrow.parquet as pq  # optional dependency (setup.py extra "eval")
 
@@ -266,7 +288,7 @@ _READERS: dict[str, tuple[Callable[[str], list], Callable, str]] = {
     "videomme": (_read_parquet, _videomme, "question_id"),
     "worldsense": (_read_tsv, _worldsense, "index"),
     "videommmu": (_read_videommmu, _videommmu, "id"),
-    "tvg": (_read_json_list, _tvg, "id"),
+    "tvg": (_read_tvg, _tvg, "id"),
 }
 
 

@@ -10,8 +10,8 @@ compile per (prompt bucket, patch bucket) pair that occurs.
 
 Patch buckets: by default powers of two from 64 up to `max_patches` (and `max_patches`
 itself), so a batch of small frames does not run the vision tower over the whole per-row
-budget (V-STaR's is 81,920 patches; a row of 16 frames at 448x252 needs 9,216). Pass
-`patch_buckets=[max_patches]` for a single vision shape (one compile per prompt bucket).
+budget (V-STaR's is 172,224 patches, 16 frames of 1080p; a row of 16 frames at 448x252 needs
+9,216). Pass `patch_buckets=[max_patches]` for a single vision shape (one compile per prompt bucket).
 """
 
 from __future__ import annotations
@@ -28,7 +28,14 @@ from o3video_jax.models.qwen2_5_vl import Qwen25VL, Qwen25VLConfig
 from o3video_jax.rl import rollouts
 from o3video_jax.rl import sampler as sampler_lib
 
-__all__ = ["Generator", "OverBudget", "Request", "default_patch_buckets", "request_key"]
+__all__ = [
+    "Generator",
+    "OverBudget",
+    "Request",
+    "check_budget",
+    "default_patch_buckets",
+    "request_key",
+]
 
 
 class OverBudget(Exception):
@@ -56,6 +63,16 @@ def default_patch_buckets(max_patches: int, unit: int = 4, smallest: int = 64) -
             out.append(b)
         b *= 2
     return out + [int(max_patches)]
+
+
+def check_budget(segment: Segment, buckets: Sequence[int], max_patches: int) -> None:
+    """Raises OverBudget when a request exceeds the largest prompt bucket or the patch budget."""
+    n = len(segment.input_ids)
+    if n > max(buckets):
+        raise OverBudget(f"{n} prompt tokens exceed the largest bucket {max(buckets)}")
+    p = sum(v.num_patches for v in segment.vision)
+    if p > max_patches:
+        raise OverBudget(f"{p} vision patches exceed eval.max_patches {max_patches}")
 
 
 class Generator:
@@ -104,12 +121,7 @@ class Generator:
 
     def check(self, segment: Segment) -> None:
         """Raises OverBudget when a request cannot fit the largest bucket / patch budget."""
-        n = len(segment.input_ids)
-        if n > self.buckets[-1]:
-            raise OverBudget(f"{n} prompt tokens exceed the largest bucket {self.buckets[-1]}")
-        p = sum(v.num_patches for v in segment.vision)
-        if p > self.max_patches:
-            raise OverBudget(f"{p} vision patches exceed eval.max_patches {self.max_patches}")
+        check_budget(segment, self.buckets, self.max_patches)
 
     def __call__(self, requests: Sequence[Request]) -> list[list[str]]:
         # Longest first, so each batch pads to a bucket close to its own lengths; the order is

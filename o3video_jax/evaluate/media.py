@@ -6,7 +6,8 @@
   Each frame is one image at qwen_vl_utils' image budget (near native resolution).
 - VideoMME / WorldSense / VideoMMMU: one native video as qwen_vl_utils reads it (2 fps, at
   least 4 and at most `max_frames` frames, even, `linspace(...).round()` indices), every frame
-  resized to smart_resize(min_pixels=128*28*28, max_pixels=the benchmark's video_max_pixels).
+  resized to smart_resize(min_pixels=128*28*28, max_pixels=the benchmark's video_max_pixels);
+  1.0 s per temporal grid step by default (upstream's vLLM got no fps: its processor's 2.0).
 - TVG: the training frame layout (2 fps, at most 16 frames, ~128 tokens per frame).
 
 Failures raise `MediaError` (reason "decode"), which the runner counts as a bad item.
@@ -102,13 +103,25 @@ def _sampled(path: str, fps: float, max_frames: int, min_pixels: int, max_pixels
 
 
 def native_video(
-    path: str, *, fps: float = 2.0, max_frames: int, min_pixels: int, max_pixels: int
+    path: str,
+    *,
+    fps: float = 2.0,
+    max_frames: int,
+    min_pixels: int,
+    max_pixels: int,
+    second_per_grid: float | None = None,
 ) -> Media:
-    """One video item as qwen_vl_utils + the Qwen processor build it (module docstring)."""
+    """One video item as qwen_vl_utils + the Qwen processor build it (module docstring).
+
+    second_per_grid: seconds per temporal grid step (M-RoPE time positions); None: 2 / the
+    sample fps. Upstream handed the frames to vLLM without an fps, so its processor's default
+    (fps 2.0: 1.0 s per grid) applied whatever the sampling; pass 1.0 for that.
+    """
     clip, frames, h, w = _sampled(path, fps, max_frames, min_pixels, max_pixels)
     frames = np.stack(frames)
     pv, grid = vision.preprocess_video(frames, h * w, h * w)
-    item = VisionItem(pv, tuple(grid), "video", vision.second_per_grid(clip.sample_fps))
+    spg = vision.second_per_grid(clip.sample_fps) if second_per_grid is None else second_per_grid
+    item = VisionItem(pv, tuple(grid), "video", float(spg))
     times = tuple(float(t) for t in clip.o3_labels)
     return Media(frames, times, float(clip.sample_fps), (item,), (w, h))
 

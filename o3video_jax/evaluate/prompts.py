@@ -245,9 +245,10 @@ def videommmu_prompt(item: Mapping, think: bool) -> Prompt:
 def tvg_prompt(
     item: Mapping, frame_times: Sequence[float], sample_fps: float, num_frames: int
 ) -> Prompt:
-    """Temporal grounding: the training prompt of a `temporal QA` record (§1.3/§1.5a, RL
-    split), since upstream ships no TVG script: its system prompt, the frame lines, the
-    `The video is in total N seconds.` line, then the query."""
+    """Temporal grounding: upstream ships no TVG script, so this is the RL prompt of a
+    `temporal QA` record: upstream's temporal-QA system prompt verbatim (data_loader.py
+    SYSTEM_PROMPT["temporal QA"]), the frame lines, `The video is in total N seconds.`, then
+    the query as the question."""
     block = "".join(
         f"Frame {i + 1} at {round(i / sample_fps, 1)}s: {VISION_TAG}\n" for i in range(num_frames)
     )

@@ -19,6 +19,7 @@ process's own devices); process 0 waits for all, then reads every file and write
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -35,8 +36,8 @@ from o3video_jax.checkpoints import hf
 from o3video_jax.data import vision
 from o3video_jax.data.model_inputs import Segment, VisionItem
 from o3video_jax.data.tokenizer import Tokenizer
+from o3video_jax.eval import letter_parsers, tts
 from o3video_jax.eval import results as results_lib
-from o3video_jax.eval import tts
 from o3video_jax.evaluate import benchmarks, media, prompts, summary
 from o3video_jax.evaluate.generate import Generator, OverBudget, Request, request_key
 from o3video_jax.evaluate.judge import make_judge
@@ -98,6 +99,27 @@ class _Prepared:
     requests: list[Request]
 
 
+# VideoMMMU's image cap if `eval.videommmu_image="capped"`: the max_pixels upstream gives the
+# processor it uses only for the chat template (eval/models/model_vllm.py).
+CAPPED_IMAGE_PIXELS = 854 * 480
+
+
+def _second_per_grid(ev) -> float | None:
+    """None: 2 / sample fps ("sampled"); 1.0: what upstream's vLLM used ("upstream": frames
+    handed over without fps, so the processor's default fps 2.0 set 1.0 s per grid)."""
+    mode = ev.get("second_per_grid", "upstream")
+    if mode not in ("upstream", "sampled"):
+        raise ValueError(f"eval.second_per_grid must be 'upstream' or 'sampled', got {mode!r}")
+    return 1.0 if mode == "upstream" else None
+
+
+def _videommmu_image_max_pixels(ev) -> int:
+    mode = ev.get("videommmu_image", "upstream")
+    if mode not in ("upstream", "capped"):
+        raise ValueError(f"eval.videommmu_image must be 'upstream' or 'capped', got {mode!r}")
+    return ev.image_max_pixels if mode == "upstream" else CAPPED_IMAGE_PIXELS
+
+
 def _load_media(name: str, item: dict, ev) -> media.Media:
     if name == "vstar":
         return media.vstar_frames(
@@ -118,10 +140,13 @@ def _load_media(name: str, item: dict, ev) -> media.Media:
         max_frames=ev.max_frames,
         min_pixels=ev.video_min_pixels,
         max_pixels=ev.video_max_pixels,
+        second_per_grid=_second_per_grid(ev),
     )
     if item.get("image_bytes") is not None:  # VideoMMMU Adaptation: the video, then the image
         img = media.decode_image(
-            item["image_bytes"], min_pixels=ev.image_min_pixels, max_pixels=ev.image_max_pixels
+            item["image_bytes"],
+            min_pixels=ev.image_min_pixels,
+            max_pixels=_videommmu_image_max_pixels(ev),
         )
         m = dataclasses.replace(m, items=m.items + (img,))
     return m
@@ -202,9 +227,26 @@ class _Collect:
         return 0 if self.replies is None else self.replies[len(self.calls) - 1]
 
 
+def _letter_parser(name: str, item: dict, letters: str, ev):
+    """The non-think letter parser: upstream's per-benchmark substring search ("upstream",
+    default) or `mcq.extract_letter` ("ours": word-bounded, no letter inside a word)."""
+    mode = ev.get("letter_parser", "upstream")
+    if mode not in letter_parsers.LETTER_PARSERS:
+        raise ValueError(f"eval.letter_parser must be one of {letter_parsers.LETTER_PARSERS}")
+    if mode == "ours":
+        return None
+    options = item.get("candidates" if name == "worldsense" else "options") or ()
+    return functools.partial(
+        letter_parsers.upstream_letter, benchmark=name, options=list(options), letters=letters
+    )
+
+
 def _scorer_question(name: str, item: dict) -> str:
+    """The question the relevance scorer sees, per upstream's test scripts: WorldSense wraps it
+    as "Question: ...\n" (so the rubric reads "Question: Question: ..."), VideoMMMU letters
+    the options, VideoMME joins them as given."""
     if name == "worldsense":
-        return item["question"] + "\n" + "\n".join(item["candidates"])
+        return "Question: {}\n".format(item["question"] + "\n" + "\n".join(item["candidates"]))
     if name == "videommmu":
         return item["question"] + "\n" + prompts._lettered(item["options"])
     return item["question"] + "\n" + "\n".join(item["options"])
@@ -239,7 +281,8 @@ def _records(name, preps, outputs, ev, think, scorer: BatchScorer | None, judge)
         letters = summary.mcq_letters(name, p.item)
         col = _Collect()
         kw = dict(mode=mode, letters=letters, think_mode=think, frames=p.media.frames,
-                  fps=p.media.sample_fps, question=_scorer_question(name, p.item))  # fmt: skip
+                  fps=p.media.sample_fps, question=_scorer_question(name, p.item),
+                  parse_letter=_letter_parser(name, p.item, letters, ev))  # fmt: skip
         tts.vote(completions, scorer=col, **kw)
         votes.append((completions, kw))
         firsts.append(col.calls)
@@ -346,9 +389,14 @@ def evaluate(
     )  # fmt: skip
     scorer = relevance_scorer
     if scorer is None and ev.vote == "confidence" and ev.think and name in summary.CATEGORIES:
+        # "greedy" (default) or "generation": upstream rates with the generation's sampling
+        # parameters (the yaml's temperature 0.0, i.e. greedy, unless changed for TTS)
+        mode = ev.get("relevance_sampling", "greedy")
+        if mode not in ("greedy", "generation"):
+            raise ValueError(f"eval.relevance_sampling must be greedy|generation, got {mode!r}")
         rel = Generator(
             mc, params, tokenizer,
-            _sampling(ev, tokenizer, 1, ev.relevance_max_new_tokens, greedy=True),
+            _sampling(ev, tokenizer, 1, ev.relevance_max_new_tokens, greedy=mode == "greedy"),
             batch_size=ev.batch_size, buckets=ev.prompt_buckets, max_patches=ev.max_patches,
             patch_buckets=list(ev.get("patch_buckets", [])), mesh=sampler_mesh, rules=rules,
         )  # fmt: skip
@@ -379,7 +427,9 @@ def evaluate(
                 continue
             try:
                 preps.append(_prepare(name, entry, ev, ev.think, tokenizer, gen, config.seed))
-            except (media.MediaError, OverBudget) as e:
+            except OverBudget as e:  # scored as a failure inside n (upstream scores every item)
+                recs_bad[str(key)] = summary.failed_record(name, entry, e.reason, str(e))
+            except media.MediaError as e:
                 recs_bad[str(key)] = _bad_record(
                     benchmarks.BadItem(entry["key"], entry["id"], e.reason, str(e))
                 )
@@ -427,16 +477,33 @@ def write_summary(config, workdir: str, processes: int = 1) -> dict:
     """Summary of every process's records -> summary.md / summary.json / report.md."""
     name = config.eval.benchmark
     recs = all_records(workdir, processes)
-    s = summary.summarize(name, recs)
+    ev = config.eval
+    # With a judge configured, items finished before it was (no `vqa_score`) are judged here.
+    judge = (
+        make_judge(ev.judge_url, ev.judge_model, ev.judge_api_key_env) if name == "vstar" else None
+    )
+    s = summary.summarize(name, recs, judge)
     title = f"{name}{' (think)' if config.eval.think else ''}"
-    results_lib.write_summary(workdir, "summary", s, summary.table_columns(name), echo=True)
-    bad = s["bad"]
+    columns = summary.table_columns(
+        "vstar_exact_match" if s.get("what_scoring") in ("exact_match", "mixed") else name
+    )
+    results_lib.write_summary(workdir, "summary", s, columns, echo=True)
+    bad, failed = s["bad"], s.get("failed", [])
     if bad:
         print(
             f"{len(bad)} bad item(s): " + ", ".join(f"{b['key']} ({b['reason']})" for b in bad[:20])
         )
+    if failed:
+        print(
+            f"{len(failed)} item(s) scored as failures (inside n): "
+            + ", ".join(f"{b['key']} ({b['reason']})" for b in failed[:20])
+        )
+    if s.get("what_note"):
+        print(s["what_note"])
     report = [f"# {title}: {len(recs) - len(bad)} items, {len(bad)} bad", ""]
-    report.append(results_lib.summary_table(s, summary.table_columns(name)))
+    if s.get("what_note"):
+        report += [s["what_note"], ""]
+    report.append(results_lib.summary_table(s, columns))
     pngs = sorted(
         (f for f in os.listdir(os.path.join(workdir, "report")) if f.endswith(".png")),
         key=lambda f: int(f.split(".")[0]),

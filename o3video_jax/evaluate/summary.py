@@ -5,7 +5,15 @@ the printed table from the file alone. Field names follow the reference scripts:
 records carry the item's fields plus `answer_vqa`, `answer_temporal(_pre)(_2)`,
 `answer_spatial(_pre)(_2)` as `eval.vstar.metrics` reads them; multiple-choice records carry
 `pred` (the voted letter) and the benchmark's category fields; TVG records `span`/`pred_span`.
-Bad items are records with `status: "bad"` (reason, detail): counted, listed, not scored.
+Bad items are records with `status: "bad"` (reason, detail: the item or its video cannot be
+read): counted, listed, not scored. Failed items are records with `status: "failed"` (an item
+over the evaluation's token/patch budgets): scored as wrong / zero inside n (upstream scores
+every item it can read) and listed under `failed`.
+
+V-STaR "What" scored without a judge is exact match of normalised strings, not the paper's
+Qwen2.5-72B judge: the summary then says so (`what_scoring`, `what_note`) and every figure that
+depends on it carries the suffix `_exact_match` (acc_exact_match, mAM_exact_match, ...), in the
+JSON and the table, so it cannot pass for a paper number.
 """
 
 from __future__ import annotations
@@ -18,7 +26,14 @@ import numpy as np
 from o3video_jax.eval import grounding, mcq, mmmu, vstar
 from o3video_jax.eval.vstar_parse import answer_content, parse_spatial_answer, parse_temporal_answer
 
-__all__ = ["CATEGORIES", "mcq_record", "summarize", "tvg_record", "vstar_record"]
+__all__ = [
+    "CATEGORIES",
+    "failed_record",
+    "mcq_record",
+    "summarize",
+    "tvg_record",
+    "vstar_record",
+]
 
 CATEGORIES = {
     "videomme": ("duration", "domain", "sub_category", "task_type"),
@@ -88,6 +103,21 @@ def tvg_record(item: Mapping, prompt: str, output: str) -> dict:
     return rec
 
 
+def failed_record(benchmark: str, item: Mapping, reason: str, detail: str) -> dict:
+    """An item that could not be run (e.g. over the budgets), scored as a failure inside n."""
+    rec = _base(item) | {"status": "failed", "reason": reason, "detail": detail}
+    if benchmark == "vstar":
+        rec.update(answer_vqa="", answer_temporal=[], answer_temporal_2=[],
+                   answer_spatial=None, answer_spatial_2=None)  # fmt: skip
+    elif benchmark == "tvg":
+        rec["pred_span"], rec["iou"] = [], 0.0
+    else:
+        rec["pred"], rec["correct"] = None, False
+        if benchmark == "videommmu":
+            rec["subdomain"] = "_".join(str(item["id"]).split("_")[1:-1])
+    return rec
+
+
 def _acc_by(records: Sequence[Mapping], fields: Sequence[str]) -> dict:
     def acc(rs):
         c = sum(bool(r["correct"]) for r in rs)
@@ -111,12 +141,24 @@ def summarize(benchmark: str, records: Sequence[Mapping], judge: Callable | None
     videomme / worldsense / videommmu: accuracy overall and per category (VideoMMMU counts
     open questions by MMMU's open-answer rule); tvg: `eval.grounding.metrics`.
     """
-    ok = [r for r in records if r.get("status", "ok") == "ok"]
+    ok = [r for r in records if r.get("status", "ok") in ("ok", "failed")]
     bad = [r for r in records if r.get("status") == "bad"]
+    failed = [r for r in ok if r.get("status") == "failed"]
     if not ok:
         summary: dict[str, Any] = {"n": 0}
     elif benchmark == "vstar":
-        summary = vstar.metrics(ok, judge)
+        scored = [vstar.score_item(r, judge) for r in ok]
+        summary = vstar.metrics(ok, scored=scored)
+        exact = sum(s.get("score_source") == "exact" for s in scored)
+        judged = any(s.get("score_source") == "judge" for s in scored) or (
+            judge is not None and not exact
+        )
+        if exact or not judged:
+            summary = _exact_named(summary)
+            summary["what_scoring"] = "mixed" if judged else "exact_match"
+            summary["what_note"] = WHAT_NOTE.format(exact=exact, n=len(ok))
+        else:
+            summary["what_scoring"] = "judge"
     elif benchmark in CATEGORIES:
         summary = _acc_by(ok, CATEGORIES[benchmark])
     elif benchmark == "tvg":
@@ -125,13 +167,48 @@ def summarize(benchmark: str, records: Sequence[Mapping], judge: Callable | None
         raise ValueError(f"unknown benchmark {benchmark!r}")
     summary["n_bad"] = len(bad)
     summary["bad"] = [{"key": r["key"], "id": r.get("id"), "reason": r["reason"]} for r in bad]
+    summary["n_failed"] = len(failed)
+    summary["failed"] = [
+        {"key": r["key"], "id": r.get("id"), "reason": r["reason"]} for r in failed
+    ]
     return summary
+
+
+WHAT_NOTE = (
+    "V-STaR What: {exact} of {n} answers scored by exact match of normalised strings, not by "
+    "the paper's Qwen2.5-72B-Instruct judge (score >= 2 correct); the figures that depend on it "
+    "end in _exact_match. For judge scores serve the judge with an OpenAI-compatible API (e.g. "
+    "`vllm serve Qwen/Qwen2.5-72B-Instruct --tensor-parallel-size 8`) and rerun the same command "
+    "with --config.eval.judge_url=http://HOST:8000/v1 "
+    "--config.eval.judge_model=Qwen/Qwen2.5-72B-Instruct (finished items are judged from "
+    "items.jsonl)."
+)
+# V-STaR figures that depend on the What score.
+WHAT_KEYS = ("acc", "avg_score", "avg_valid_score", "AM1", "AM2", "mAM", "LGM1", "LGM2", "mLGM")
+
+
+def _exact_named(summary: Mapping) -> dict:
+    def rename(d: Mapping) -> dict:
+        out = {}
+        for k, v in d.items():
+            if k.startswith("by_") and isinstance(v, Mapping):
+                out[k] = {g: rename(m) for g, m in v.items()}
+            elif k in WHAT_KEYS or k.startswith("vqa&"):
+                out[k + "_exact_match"] = v
+            else:
+                out[k] = v
+        return out
+
+    return rename(summary)
 
 
 def table_columns(benchmark: str) -> list[str] | None:
     """The markdown table's columns (None: every scalar of the overall row)."""
     if benchmark == "vstar":
         return ["n", "acc", "tiou_1", "tiou_2", "viou_1", "viou_2", "mAM", "mLGM"]
+    if benchmark == "vstar_exact_match":
+        return ["n", "acc_exact_match", "tiou_1", "tiou_2", "viou_1", "viou_2",
+                "mAM_exact_match", "mLGM_exact_match"]  # fmt: skip
     if benchmark == "tvg":
         return ["n", "miou", "r1@0.3", "r1@0.5", "r1@0.7"]
     return ["n", "correct", "acc"]

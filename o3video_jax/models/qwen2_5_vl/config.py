@@ -214,6 +214,10 @@ class Qwen25VLConfig:
     param_dtype: str = "float32"
     remat: str = "none"
     attention: str = "xla"
+    # The HF config.json this config was parsed from (JSON text; None when built here). Export
+    # writes it back unchanged while it still describes this config, so the exported file
+    # keeps exactly the source's keys and values (a pad_token_id absent stays absent).
+    hf_source: str | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         if self.vision.out_hidden_size != self.text.hidden_size:
@@ -405,6 +409,7 @@ class Qwen25VLConfig:
             bos_token_id=bos,
             eos_token_id=eos,
             pad_token_id=bos if pad is None else pad,
+            hf_source=json.dumps(d),
             **runtime,
         )
         outside = config.special_ids_outside_vocab()
@@ -419,8 +424,20 @@ class Qwen25VLConfig:
         return config
 
     def to_hf_dict(self) -> dict[str, Any]:
-        """A nested config.json that transformers 5.x `Qwen2_5_VLConfig` / `from_pretrained` reads."""
+        """A config.json that transformers 5.x `Qwen2_5_VLConfig` / `from_pretrained` reads.
+
+        A config parsed from a config.json returns that dict unchanged (keys, values, layout)
+        as long as it still parses to this config; otherwise (presets, edited configs) a
+        nested 5.x dict is generated, with `pad_token_id` only when it indexes the vocabulary
+        (transformers refuses a padding index outside the embedding table).
+        """
+        source = self._source_dict()
+        if source is not None:
+            return source
         t, v = self.text, self.vision
+        text_ids = {"bos_token_id": self.bos_token_id, "eos_token_id": self.eos_token_id}
+        if self.pad_token_id < t.vocab_size:
+            text_ids["pad_token_id"] = self.pad_token_id
         return {
             "architectures": [ARCHITECTURE],
             "model_type": MODEL_TYPE,
@@ -442,9 +459,7 @@ class Qwen25VLConfig:
                 },
                 "use_sliding_window": False,
                 "attention_dropout": 0.0,
-                "bos_token_id": self.bos_token_id,
-                "eos_token_id": self.eos_token_id,
-                "pad_token_id": self.pad_token_id,
+                **text_ids,
                 "tie_word_embeddings": self.tie_word_embeddings,
                 "dtype": self.param_dtype,
             },
@@ -472,6 +487,16 @@ class Qwen25VLConfig:
             "tie_word_embeddings": self.tie_word_embeddings,
             "dtype": self.param_dtype,
         }
+
+    def _source_dict(self) -> dict[str, Any] | None:
+        if self.hf_source is None:
+            return None
+        source = json.loads(self.hf_source)
+        runtime = {k: getattr(self, k) for k in ("dtype", "param_dtype", "remat", "attention")}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            still = Qwen25VLConfig.from_hf_dict(source, **runtime) == self
+        return source if still else None
 
     def to_hf_json(self, path: str | os.PathLike) -> None:
         io.write_text(path, json.dumps(self.to_hf_dict(), indent=2))
