@@ -1,11 +1,18 @@
 """The preemption decision (`checkpoints.preemption.PreemptionWatch`) in one process, with real
 SIGTERMs sent to this process. The cross-process agreement runs for real in
-tests/test_multiprocess.py (-k sigterm); the CLI end to end in tests/test_train_loop.py."""
+tests/test_multiprocess.py (-k sigterm); the CLI end to end in tests/test_train_loop.py, and
+here with grain worker processes and the signal sent to the whole process group."""
 
+import json
 import os
+import re
 import signal
+import subprocess
+import sys
+import time
 
 import pytest
+from loop_fixtures import REPO, base_flags
 
 from o3video_jax.checkpoints import orbax, preemption
 
@@ -143,3 +150,110 @@ def test_before_save_runs_before_the_commit_only_when_a_save_is_due(tmp_path, re
     assert not ckpt.save(3, state, force=True, before_save=flush)  # already saved: no flush
     assert seen == [[], [2]]
     ckpt.close()
+
+
+# ---- the CLI with grain worker processes, signalled as stop.sh and a VM shutdown do ----------
+
+
+def _group_members(pgid):
+    """Live (non-zombie) processes of a process group, from /proc."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            out.append(int(entry))
+    return out
+
+
+@pytest.mark.slow  # three CLI runs, about 2 minutes on 2 cores
+def test_sigterm_to_the_process_group_with_data_workers(tmp_path, loop_env, loop_data):
+    """The whole group (the run and its two grain workers) gets SIGTERM, as from stop.sh or a
+    VM shutdown. Before the workers ignored it, the run logged its save and then hung in
+    grain's close on the dead workers' queue (or failed with "Worker process was terminated
+    unexpectedly" before the agreed step). Now: the agreed step is saved, the process and its
+    workers are gone within seconds with status 0, and the resumed run equals an uninterrupted
+    one."""
+    config = os.path.join(REPO, "experiments", "configs", "synthetic.py")
+
+    def cli(workdir, total):
+        flags = {
+            **base_flags(loop_data, "sft"),
+            "data.workers": 2,
+            "ckpt.save_every": 0,  # the only checkpoint can come from the signal
+            "ckpt.save_every_minutes": 0,
+            "log.every": 1,
+            "total_steps": total,
+        }
+        return [
+            sys.executable,
+            "-m",
+            "o3video_jax.train",
+            f"--config={config}:size=tiny,stage=sft",
+            f"--workdir={workdir}",
+            *(f"--config.{k}={v}" for k, v in flags.items()),
+        ]
+
+    def rows(workdir):
+        p = workdir / "metrics.jsonl"
+        if not p.exists():
+            return []
+        return [json.loads(x) for x in p.read_text().splitlines() if x.endswith("}")]
+
+    def steady(rs):
+        return [
+            {k: v for k, v in r.items() if k not in ("step_time", "data_time", "tokens_per_s")}
+            for r in rs
+        ]
+
+    run_dir, ref_dir, log = tmp_path / "stopped", tmp_path / "ref", tmp_path / "stopped.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            cli(run_dir, 10_000),
+            env=loop_env,
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, as launch.sh's setsid
+        )
+        try:
+            deadline = time.time() + 180
+            while len(rows(run_dir)) < 2:
+                assert proc.poll() is None, log.read_text()[-3000:]
+                assert time.time() < deadline, "no step logged within 180 s"
+                time.sleep(0.05)
+            workers = [p for p in _group_members(proc.pid) if p != proc.pid]
+            assert len(workers) >= 2, "the grain workers share the run's process group"
+            os.killpg(proc.pid, signal.SIGTERM)
+            t0 = time.time()
+            code = proc.wait(timeout=60)
+            exit_s = time.time() - t0
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    text = log.read_text()
+    assert code == 0, text[-3000:]
+    assert exit_s < 30, f"exited {exit_s:.0f} s after the signal"
+    assert "terminated unexpectedly" not in text
+    assert _group_members(proc.pid) == [], "grain workers outlived the run"
+    found = re.findall(r"preempted at step (\d+): checkpoint saved", text)
+    assert len(found) == 1, text[-3000:]
+    k = int(found[0])
+    assert sorted(int(n) for n in os.listdir(run_dir / "ckpt") if n.isdigit()) == [k]
+    assert not (run_dir / "COMPLETE.json").exists()  # stopped, not finished
+
+    total = k + 2
+    for workdir in (run_dir, ref_dir):
+        p = subprocess.run(
+            cli(workdir, total), env=loop_env, cwd=REPO, capture_output=True, text=True, timeout=240
+        )
+        assert p.returncode == 0, p.stderr[-3000:]
+        assert json.loads((workdir / "COMPLETE.json").read_text())["step"] == total
+    assert [r["step"] for r in rows(run_dir)] == list(range(1, total + 1))
+    assert steady(rows(run_dir)) == steady(rows(ref_dir))

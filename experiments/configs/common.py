@@ -137,6 +137,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.ckpt = ml_collections.ConfigDict()
     c.ckpt.save_every = 500
+    # Also a save at least this often (a 7B GSPO step takes ~22 s or more: 500 steps are hours).
+    c.ckpt.save_every_minutes = 30.0
     c.ckpt.keep = 3
     c.ckpt.async_save = True
     c.ckpt.export_hf = True

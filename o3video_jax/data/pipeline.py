@@ -28,6 +28,11 @@ Batches:
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
+import os
+import signal
+import threading
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -369,6 +374,48 @@ def sft_targets(
     return np.concatenate(ts), np.concatenate(ms)
 
 
+def worker_init(worker_index: int, num_workers: int) -> None:
+    """Runs first in each grain worker process: stop and preemption belong to the parent.
+
+    `stop.sh` and a VM shutdown signal the run's whole process group. A worker killed by that
+    SIGTERM dies mid-write of a queue message: the parent then raises "Worker process was
+    terminated unexpectedly" before the agreed save step, or hangs for ever in grain's close
+    (reading the half-written message). Ignoring SIGTERM and SIGINT here leaves the parent to
+    finish the agreed step, save, and shut the workers down through grain's stop event; the
+    worker exits when its parent is gone (so a SIGKILLed run leaves no orphans).
+    """
+    del worker_index, num_workers
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
+
+    def exit_with_parent():  # a SIGKILLed parent never sets grain's stop event
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=exit_with_parent, daemon=True, name="exit-with-parent").start()
+
+
+def close(it: grain.DatasetIterator, timeout_s: float = 30.0) -> None:
+    """Closes a pipeline iterator and its worker processes, in bounded time.
+
+    grain's close reads what its workers left in the queue; a worker that died mid-write (the
+    OOM killer, a signal sent to it alone) leaves a half message that blocks that read for
+    ever. So the close runs in a thread that is given `timeout_s`, and any grain worker still
+    alive after it is killed: a stopping run must never hang here.
+    """
+    closer = threading.Thread(target=it.close, daemon=True, name="close-data-iterator")
+    closer.start()
+    closer.join(timeout_s)
+    if closer.is_alive():
+        print(f"data: the iterator did not close within {timeout_s:.0f} s", flush=True)
+    for p in multiprocessing.active_children():
+        if p.name.startswith("grain-"):
+            p.kill()
+            p.join(5.0)
+
+
 # ---- public constructors ---------------------------------------------------------------------
 
 
@@ -413,7 +460,8 @@ def make_dataset(
         it = it.mp_prefetch(
             grain.MultiprocessingOptions(
                 num_workers=cfg.num_workers, per_worker_buffer_size=cfg.worker_buffer_size
-            )
+            ),
+            worker_init_fn=worker_init,
         )
     return _BatchDataset(it, _Batcher(mode, cfg, model_config))
 

@@ -568,6 +568,10 @@ def main(argv):
     only = tuple(s for s in flags.FLAGS.only.split(",") if s)
     result = plan(config, devices, topology, only, log=lambda s: print(s, flush=True))
     print(table(result), flush=True)
+    # The roofline of every program compiled: a GSPO run with several prompt buckets runs one
+    # prefill per step, so this overstates its step floor (and understates saves per minute).
+    floor = sum(result.roofline(prog).seconds for prog in result.programs)
+    print(preflight.save_plan(config, floor, "AOT roofline, programs summed"), flush=True)
     for prog in result.programs:
         print(f"\n{prog.name}: {report(prog.compiled, result.num_devices)}")
     if not fits(result):

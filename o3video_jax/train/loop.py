@@ -29,7 +29,8 @@ from jax.experimental import multihost_utils
 
 from o3video_jax import io
 from o3video_jax.checkpoints import hf
-from o3video_jax.train import evaluation, experiment, preflight, sharding, steps
+from o3video_jax.data import pipeline
+from o3video_jax.train import completion, evaluation, experiment, preflight, sharding, steps
 from o3video_jax.train.metrics_log import MetricsWriter
 from o3video_jax.train.state import make_schedule, update_count
 
@@ -139,6 +140,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     data_state = exp.data_state
     # Optimiser updates applied so far (the schedule's step; skipped steps do not count).
     updates = int(jax.device_get(update_count(state.opt_state)))
+    if step < total:  # more to do: an earlier, shorter run's marker no longer holds
+        completion.clear(workdir)
     try:
         while step < total:
             t0 = time.perf_counter()
@@ -168,6 +171,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             if evaluated:
                 metrics.update(evaluate(state.params))
             last = metrics
+            if step == exp.start_step + 2 and jax.process_index() == 0:  # past compilation
+                print(preflight.save_plan(config, t2 - t0, "measured"), flush=True)
             if step % config.log.every == 0 or step == total or metrics["skipped"] or evaluated:
                 writer.write(step, metrics)
             writer.advance()
@@ -178,9 +183,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 print(f"preempted at step {step}: checkpoint saved, exiting", flush=True)
                 return last
         exp.checkpointer.save(step, state, data_state, force=True, before_save=writer.flush)
-        if config.ckpt.export_hf:
-            export_hf(exp, state.params)
+        exported = export_hf(exp, state.params) if config.ckpt.export_hf else None
+        exp.checkpointer.wait()  # the final checkpoint has landed, then the marker
+        writer.flush()
+        completion.mark(workdir, step, total, exported)
         return last
     finally:
         writer.close()
         exp.checkpointer.close()
+        pipeline.close(it)
