@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from loop_fixtures import REPO, base_flags
 
@@ -257,3 +258,101 @@ def test_sigterm_to_the_process_group_with_data_workers(tmp_path, loop_env, loop
         assert json.loads((workdir / "COMPLETE.json").read_text())["step"] == total
     assert [r["step"] for r in rows(run_dir)] == list(range(1, total + 1))
     assert steady(rows(run_dir)) == steady(rows(ref_dir))
+
+
+def test_time_based_saves_follow_the_clock(tmp_path, restore_sigterm):
+    import jax.numpy as jnp
+
+    ckpt = orbax.Checkpointer(str(tmp_path), save_every=0, save_every_minutes=1.0, async_save=False)
+    now = [0.0]
+    ckpt._clock = lambda: now[0]
+    ckpt._last_save = 0.0  # the run started at t = 0
+    state = {"w": jnp.arange(3.0)}
+    saved = []
+    for step, t in [(1, 30.0), (2, 61.0), (3, 100.0), (4, 121.0), (5, 170.0)]:
+        now[0] = t
+        if ckpt.save(step, state):
+            saved.append(step)
+    assert saved == [2, 4]  # 61 s after the start, then 60 s after the save at 61 s
+    ckpt.close()
+
+
+def test_time_based_saves_take_process_0s_decision(monkeypatch, tmp_path, restore_sigterm):
+    """Hosts' clocks and step start times differ; a save is a collective, so every process
+    follows process 0's decision (a broadcast), whatever its own clock says."""
+    ckpt = orbax.Checkpointer(str(tmp_path), save_every=10, save_every_minutes=1.0)
+    sent, answer = [], [0]
+
+    def broadcast(x):
+        sent.append(int(x))
+        return np.int32(answer[0])
+
+    monkeypatch.setattr(orbax.jax, "process_count", lambda: 2)
+    monkeypatch.setattr(orbax.multihost_utils, "broadcast_one_to_all", broadcast)
+    monkeypatch.setattr(preemption, "_mode", lambda: "local")
+    ckpt._clock = lambda: ckpt._last_save + 90.0  # this host: due
+    assert not ckpt._minutes_due() and sent == [1]  # process 0 says not yet
+    ckpt._clock = lambda: ckpt._last_save + 5.0  # this host: not due
+    answer[0] = 1
+    assert ckpt._minutes_due() and sent == [1, 0]  # process 0 says save
+    assert ckpt.should_save(10) and sent == [1, 0]  # a step-based save needs no broadcast
+    monkeypatch.undo()
+    ckpt.close()
+
+
+CLOSE_DRIVER = """
+import multiprocessing, os, signal, sys, time
+import grain
+import numpy as np
+from absl import flags
+from o3video_jax.data import pipeline
+
+if __name__ == "__main__":
+    flags.FLAGS.mark_as_parsed()
+    if sys.argv[1] == "kill":  # pickled through the pipe: a worker can die mid-message
+        element = lambda i: bytes(1 << 20)
+    else:  # arrays travel in shared memory, as the pipeline's batches of arrays
+        element = lambda i: np.zeros(1 << 18, np.float32)
+    ds = grain.MapDataset.range(10_000).map(element).to_iter_dataset()
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=2, per_worker_buffer_size=2),
+                        worker_init_fn=pipeline.worker_init)
+    it = iter(ds)
+    next(it), next(it)
+    time.sleep(2)  # the workers fill their queues (bytes: blocked mid-write, 1 MiB > a pipe)
+    workers = [p for p in multiprocessing.active_children() if p.name.startswith("grain-")]
+    print("workers", len(workers), flush=True)
+    for p in workers:
+        os.kill(p.pid, signal.SIGTERM)
+    time.sleep(0.5)
+    print("alive after SIGTERM", sum(p.is_alive() for p in workers), flush=True)
+    if sys.argv[1] == "kill":  # as an OOM kill or a signal sent to a worker alone
+        for p in workers:
+            os.kill(p.pid, signal.SIGKILL)
+    t = time.time()
+    pipeline.close(it, timeout_s=3.0)
+    print(f"closed in {time.time() - t:.1f} s", flush=True)
+    print("alive after close", sum(p.is_alive() for p in workers), flush=True)
+"""
+
+
+@pytest.mark.parametrize("how", ["alive", "kill"])
+def test_pipeline_close_with_live_and_dead_workers(how):
+    """Workers ignore SIGTERM; the close returns in bounded time even when the workers died
+    mid-write (grain's own close then blocks for ever on the half message, in the call and
+    again in its exit finalizer), and the process exits."""
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    t0 = time.time()
+    p = subprocess.run(
+        [sys.executable, "-c", CLOSE_DRIVER, how],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = p.stdout
+    assert "workers 2" in out and "alive after SIGTERM 2" in out, out
+    assert "alive after close 0" in out, out
+    closed = float(re.search(r"closed in ([\d.]+) s", out).group(1))
+    assert closed < (5.0 if how == "alive" else 6.0), out  # grain: ~1 s per live worker
+    assert time.time() - t0 < 45

@@ -410,6 +410,14 @@ def close(it: grain.DatasetIterator, timeout_s: float = 30.0) -> None:
     closer.join(timeout_s)
     if closer.is_alive():
         print(f"data: the iterator did not close within {timeout_s:.0f} s", flush=True)
+        # grain also closes its iterators from a multiprocessing exit finalizer, which would
+        # block the interpreter's exit on the same half-written message: drop those.
+        from multiprocessing import util
+
+        for finalizer in list(util._finalizer_registry.values()):
+            callback = getattr(finalizer, "_callback", None)
+            if getattr(callback, "__module__", "").startswith("grain."):
+                finalizer.cancel()
     for p in multiprocessing.active_children():
         if p.name.startswith("grain-"):
             p.kill()
