@@ -10,6 +10,7 @@ goes on.
 
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -34,21 +35,44 @@ if home and argv[:4] == ["compute", "tpus", "tpu-vm", "scp"]:
     shutil.copy(src, os.path.join(home, dest))
 elif home and argv[:4] == ["compute", "tpus", "tpu-vm", "ssh"]:
     command = next(a for a in argv if a.startswith("--command="))[len("--command="):]
+    # The worker starts without uv (as a TPU VM image): setup_workers.sh must install it.
+    path = [p for p in os.environ["PATH"].split(os.pathsep)
+            if not os.path.exists(os.path.join(p, "uv"))]
     env = dict(os.environ, HOME=home,
-               PATH=os.environ["FAKE_WORKER_BIN"] + os.pathsep + os.environ["PATH"])
+               PATH=os.pathsep.join([os.environ["FAKE_WORKER_BIN"], *path]))
     sys.exit(subprocess.run(["bash", "-c", command], cwd=home, env=env).returncode)
 """
 
 FAKE_PYTHON3 = """\
 #!{python}
-import json, os, signal, sys, time
+import json, os, shutil, signal, sys, time
 with open(os.path.join(os.environ["HOME"], "python3_calls.jsonl"), "a") as f:
     f.write(json.dumps(sys.argv[1:]) + "\\n")
+with open(os.path.join(os.environ["HOME"], "python3_argv0.jsonl"), "a") as f:
+    f.write(json.dumps(sys.argv) + "\\n")
+if sys.argv[1:] == ["-m", "pip", "install", "-q", "--user", "uv"]:
+    os.makedirs(os.path.join(os.environ["HOME"], ".local", "bin"), exist_ok=True)
+    shutil.copy(os.path.join(os.environ["FAKE_WORKER_BIN"], "fake_uv"),
+                os.path.join(os.environ["HOME"], ".local", "bin", "uv"))
 if sys.argv[1:3] == ["-m", "o3video_jax.train"]:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(7))  # as the train loop: save, exit
     print("training", flush=True)
     time.sleep(60)
     sys.exit(1)
+"""
+
+# uv as setup_workers.sh uses it: `venv ... DIR` makes DIR/bin/python{,3} (the fake python3).
+FAKE_UV = """\
+#!{python}
+import json, os, shutil, sys
+with open(os.path.join(os.environ["HOME"], "uv_calls.jsonl"), "a") as f:
+    f.write(json.dumps(sys.argv[1:]) + "\\n")
+if sys.argv[1] == "venv":
+    bin_dir = os.path.join(sys.argv[-1], "bin")
+    os.makedirs(bin_dir, exist_ok=True)
+    for name in ("python", "python3"):
+        shutil.copy(os.path.join(os.environ["FAKE_WORKER_BIN"], "python3"),
+                    os.path.join(bin_dir, name))
 """
 
 
@@ -57,7 +81,11 @@ def fake(tmp_path):
     bin_dir, worker_bin, home = tmp_path / "bin", tmp_path / "worker_bin", tmp_path / "home"
     for d in (bin_dir, worker_bin, home):
         d.mkdir()
-    for path, text in ((bin_dir / "gcloud", FAKE_GCLOUD), (worker_bin / "python3", FAKE_PYTHON3)):
+    for path, text in (
+        (bin_dir / "gcloud", FAKE_GCLOUD),
+        (worker_bin / "python3", FAKE_PYTHON3),
+        (worker_bin / "fake_uv", FAKE_UV),
+    ):
         path.write_text(text.format(python=sys.executable))
         path.chmod(0o755)
     log = tmp_path / "gcloud.jsonl"
@@ -93,8 +121,24 @@ def fake(tmp_path):
             return [json.loads(line) for line in self.log.read_text().splitlines()]
 
         def python3_calls(self):
-            p = self.home / "python3_calls.jsonl"
+            return self._jsonl("python3_calls.jsonl")
+
+        def python3_argv(self):  # argv[0] included: which python ran
+            return self._jsonl("python3_argv0.jsonl")
+
+        def uv_calls(self):
+            return self._jsonl("uv_calls.jsonl")
+
+        def _jsonl(self, name):
+            p = self.home / name
             return [json.loads(line) for line in p.read_text().splitlines()] if p.exists() else []
+
+        def make_venv(self):  # what setup_workers.sh leaves: ~/o3video_venv/bin/python{,3}
+            bin_dir = self.home / "o3video_venv" / "bin"
+            bin_dir.mkdir(parents=True, exist_ok=True)
+            for name in ("python", "python3"):
+                (bin_dir / name).write_text((worker_bin / "python3").read_text())
+                (bin_dir / name).chmod(0o755)
 
     f = Fake()
     yield f
@@ -241,8 +285,18 @@ def test_setup_replaces_the_workers_copy(fake):
         "o3video_jax"
     ]  # no leftover tarball or temporary folder
     assert not any(p.name in (".git", ".venv") for p in code.iterdir())
-    installs = [c for c in fake.python3_calls() if c[:3] == ["-m", "pip", "install"]]
-    assert installs.count(["-m", "pip", "install", "-q", "-e", ".[tpu]"]) == 2
+    # uv is installed once (the second run finds it), then the same venv and pinned install.
+    home = str(fake.home)
+    venv = f"{home}/o3video_venv"
+    pip = [c for c in fake.python3_argv() if "pip" in c]
+    assert [c[1:] for c in pip] == [["-m", "pip", "install", "-q", "--user", "uv"]]
+    assert pip[0][0].endswith("worker_bin/python3")  # the image's python3, not the venv's
+    make = ["venv", "-q", "--allow-existing", "--python", "3.11", venv]
+    install = ["pip", "install", "-q", "--python", f"{venv}/bin/python"]
+    install += ["-c", "tpu_scripts/constraints-tpu.txt", "-e", ".[tpu]"]
+    assert fake.uv_calls() == [make, install] * 2
+    checks = [c for c in fake.python3_argv() if c[0] == f"{venv}/bin/python"]
+    assert len(checks) == 2 and checks[0][1] == "-c" and "jax.__version__" in checks[0][2]
     calls = fake.calls()
     assert [c[:4] for c in calls] == [
         ["compute", "tpus", "tpu-vm", "scp"],
@@ -251,6 +305,55 @@ def test_setup_replaces_the_workers_copy(fake):
     assert "--worker=all" in calls[0] and "--worker=all" in calls[1]
     r = fake.run("setup_workers.sh", *args, "--remote_dir", "/", check=False)
     assert r.returncode == 2 and "--remote_dir" in r.stderr
+    for bad, message in [
+        (["--python", "3.10"], "3.11 or newer"),
+        (["--python", "python3"], "3.11 or newer"),
+        (["--constraints", "nope.txt"], "not a file"),
+        (["--venv", "a b"], "--venv"),
+    ]:
+        r = fake.run("setup_workers.sh", *args, *bad, check=False)
+        assert r.returncode == 2 and message in r.stderr, (bad, r.stderr)
+
+
+def test_setup_python_and_venv_choices(fake):
+    fake.run(
+        "setup_workers.sh",
+        *"--name o3v --zone z --python 3.12 --venv /opt/env --extra tpu,test".split(),
+        worker=True,
+    )
+    assert fake.uv_calls()[:2] == [
+        ["venv", "-q", "--allow-existing", "--python", "3.12", "/opt/env"],
+        [
+            "pip",
+            "install",
+            "-q",
+            "--python",
+            "/opt/env/bin/python",
+            "-c",
+            "tpu_scripts/constraints-tpu.txt",
+            "-e",
+            ".[tpu,test]",
+        ],
+    ]
+
+
+def test_constraints_pin_the_versions_the_aot_rows_were_checked_with():
+    """tpu_scripts/constraints-tpu.txt pins what README's AOT rows name (libtpu) and what this
+    checkout's tests run (jax, jaxlib: tests/test_versions.py checks the floors)."""
+    from importlib.metadata import version
+
+    pins = {}
+    with open(os.path.join(SCRIPTS, "constraints-tpu.txt")) as f:
+        for line in f:
+            line = line.split("#")[0].strip()
+            if line:
+                name, _, v = line.partition("==")
+                pins[name] = v
+    assert set(pins) == {"jax", "jaxlib", "libtpu"}
+    with open(os.path.join(REPO, "README.md")) as f:
+        readme_libtpu = set(re.findall(r"libtpu (\d+\.\d+\.\d+(?:\.\d+)?)", f.read()))
+    assert readme_libtpu == {pins["libtpu"]}
+    assert pins["jax"] == pins["jaxlib"] == version("jax") == version("jaxlib")
 
 
 def _pid(fake, run):
@@ -280,6 +383,7 @@ def _wait_for(predicate, timeout=20.0):
 
 def test_launch_detaches_quotes_exactly_and_stops(fake):
     (fake.home / "o3video_jax").mkdir()  # the code folder setup_workers.sh makes
+    fake.make_venv()
     workdir = """gs://bucket/it's a "run" $HOME `x` \\n"""
     program = ["python3", "-m", "o3video_jax.train", "--workdir", workdir, "--config.x=a b"]
     common = ["--name", "o3v", "--zone", "z", "--run", "sft1"]
@@ -298,6 +402,9 @@ def test_launch_detaches_quotes_exactly_and_stops(fake):
     assert [c for c in fake.python3_calls() if c[:2] == ["-m", "o3video_jax.train"]] == [
         program[1:]
     ]
+    # `python3` on the command line is the venv's (launch.sh puts its bin/ first on PATH).
+    ran = [c for c in fake.python3_argv() if c[1:3] == ["-m", "o3video_jax.train"]]
+    assert [c[0] for c in ran] == [str(fake.home / "o3video_venv" / "bin" / "python3")]
     pid = _pid(fake, "sft1")
     assert _alive(pid), "the run must outlive the ssh command"
     assert launch_s < 30  # the fake program sleeps 60 s: launch did not wait for it
@@ -318,6 +425,29 @@ def test_launch_detaches_quotes_exactly_and_stops(fake):
     logs = fake.run("logs.sh", *common, "--lines", "50", worker=True).stdout
     assert "training" in logs and "exit status 7" in logs and logs.startswith("[")
     assert "is not running" in fake.run("stop.sh", *common, worker=True).stdout
+
+
+def test_launch_without_the_venv_says_so(fake):
+    (fake.home / "o3video_jax").mkdir()
+    fake.run(
+        "launch.sh",
+        "--name",
+        "o3v",
+        "--zone",
+        "z",
+        "--run",
+        "r",
+        "--",
+        "python3",
+        "-V",
+        worker=True,
+    )
+    run_dir = fake.home / "o3video_runs" / "r"
+    assert _wait_for(lambda: list(run_dir.glob("*.exit")))
+    assert [f.read_text().strip() for f in run_dir.glob("*.exit")] == ["127"]
+    log = "".join(f.read_text() for f in run_dir.glob("*.log"))
+    assert "no Python environment" in log and "setup_workers.sh" in log
+    assert fake.python3_calls() == []
 
 
 def test_launch_bad_inputs(fake):

@@ -2,6 +2,8 @@
 # Start a command on every worker of a TPU VM, detached: it keeps running when the ssh session
 # ends (setsid + nohup, stdin from /dev/null), each worker logs to its own file, and the
 # arguments reach the workers exactly as given here (each one shell-quoted into a run script).
+# The command runs in the workers' Python environment (~/o3video_venv, made by
+# setup_workers.sh; --venv): its bin/ comes first on PATH, so `python3 -m ...` is its Python.
 # The persistent XLA compilation cache is on (JAX_COMPILATION_CACHE_DIR), so a relaunch after a
 # preemption skips compilation. A run is named (--run); the same name cannot start twice on a
 # worker while it still runs. Then: tpu_scripts/logs.sh, status.sh, stop.sh with the same --run.
@@ -10,7 +12,8 @@
 #   --worker W          all (default; multi-host runs need every worker) or one index
 #   --cache_dir DIR     compilation cache (default ~/jax_cache on each worker; gs://... works)
 #   --env KEY=VALUE     exported for the command (repeatable)
-#   plus the common options of tpu_scripts/_common.sh (--remote_dir, --project, --iap, --dry_run)
+#   plus the common options of tpu_scripts/_common.sh (--remote_dir, --venv, --project, --iap,
+#   --dry_run)
 # e.g. tpu_scripts/launch.sh --name o3v --zone us-east5-a --run sft7b -- python3 -m \
 #        o3video_jax.train --config experiments/configs/sft_qwen2_5_vl.py:size=7b \
 #        --workdir gs://BUCKET/runs/sft7b
@@ -37,6 +40,7 @@ done
 require_name_zone
 VARS=$(remote_run_vars)
 DIR=$(remote_dir_expr)
+VENV=$(venv_expr)
 
 # The run script, one line per element; every user-given word is quoted for the shell.
 lines=(
@@ -45,6 +49,12 @@ lines=(
   'trap : TERM  # stop.sh signals the whole group: the command exits, this shell records it'
   'd=$(cd "$(dirname "$0")" && pwd); h=$(hostname)'
   "cd $DIR || exit 1"
+  "venv=$VENV"
+  'if [ ! -x "$venv/bin/python" ]; then'
+  '  echo "[launch] $h: no Python environment in $venv: run tpu_scripts/setup_workers.sh"'
+  '  echo 127 > "$d/$h.exit"; exit 127'
+  'fi'
+  'export VIRTUAL_ENV="$venv" PATH="$venv/bin:$PATH"'
   "export JAX_COMPILATION_CACHE_DIR=$CACHE_DIR"
 )
 for kv in "${ENVS[@]+"${ENVS[@]}"}"; do
