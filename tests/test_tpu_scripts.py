@@ -202,6 +202,37 @@ CREATE_CASES = [
 ]
 
 
+CREATE_CASES += [
+    (  # anything else goes to gcloud as given, after our flags
+        "--type v5p-16 --reserved --network net-a --subnetwork sub-a --internal-ips "
+        "--service-account sa@p.iam.gserviceaccount.com --scopes=cloud-platform "
+        "--boot-disk-size 200GB --labels team=o3v".split(),
+        [
+            "compute tpus tpu-vm create o3v --zone=us-east5-a --accelerator-type=v5p-16 "
+            "--version=v2-alpha-tpuv5 --reserved --network net-a --subnetwork sub-a "
+            "--internal-ips --service-account sa@p.iam.gserviceaccount.com "
+            "--scopes=cloud-platform --boot-disk-size 200GB --labels team=o3v"
+        ],
+    ),
+    (
+        "--type v6e-64 --queued --spot --internal-ips --labels=a=b".split(),
+        [
+            "compute tpus queued-resources create o3v-qr --zone=us-east5-a --node-id=o3v "
+            "--accelerator-type=v6e-64 --runtime-version=v2-alpha-tpuv6e --spot "
+            "--internal-ips --labels=a=b"
+        ],
+    ),
+    (  # multislice: the nodes are named by prefix (o3v-0, o3v-1), not --node-id
+        "--type v5p-64 --queued --node-count 2 --node-prefix o3v".split(),
+        [
+            "compute tpus queued-resources create o3v-qr --zone=us-east5-a "
+            "--accelerator-type=v5p-64 --runtime-version=v2-alpha-tpuv5 --node-count 2 "
+            "--node-prefix o3v"
+        ],
+    ),
+]
+
+
 @pytest.mark.parametrize("args,expected", CREATE_CASES)
 def test_create_commands(fake, args, expected):
     calls = _dry_and_real(fake, "create_tpu_vm.sh", "--name", "o3v", "--zone", "us-east5-a", *args)
@@ -222,7 +253,7 @@ def test_create_from_environment_and_bad_inputs(fake):
         (["--name", "n", "--zone", "z"], "no accelerator type"),
         (["--name", "n", "--zone", "z", "--type", "v9x-8"], "no default runtime"),
         (["--name", "n", "--zone", "z", "--type", "v5p-8", "--wait"], "apply to --queued"),
-        (["--name", "n", "--zone", "z", "--type", "v5p-8", "--bogus"], "unknown argument"),
+        (["--name", "n", "--zone", "z", "--type", "v5p-8", "--spot", "x"], "unexpected argument"),
     ]:
         r = fake.run("create_tpu_vm.sh", *args, check=False)
         assert r.returncode == 2 and message in r.stderr, (args, r.stderr)
@@ -255,6 +286,34 @@ def test_queued_wait_polls_until_active(fake, tmp_path):
         ["compute", "tpus", "queued-resources", "describe"]
     ] * 2
     assert "ACTIVE" in r.stdout
+
+
+def test_queued_wait_rerun_polls_the_existing_request(fake, tmp_path):
+    """A rerun of `--queued --wait` (a dropped terminal, run_until_done.sh) finds the request
+    already there: it polls it instead of failing."""
+    (tmp_path / "bin" / "gcloud").write_text(
+        f"#!{sys.executable}\n"
+        + textwrap.dedent("""\
+        import json, os, sys
+        with open(os.environ["FAKE_GCLOUD_LOG"], "a") as f:
+            f.write(json.dumps(sys.argv[1:]) + "\\n")
+        if "create" in sys.argv:
+            print("ERROR: (gcloud.compute.tpus.queued-resources.create) Resource "
+                  "'projects/p/locations/z/queuedResources/o3v-qr' already exists",
+                  file=sys.stderr)
+            sys.exit(1)
+        if "describe" in sys.argv:
+            print("ACTIVE")
+        """)
+    )
+    args = "--name o3v --zone z --type v5p-64 --queued --wait".split()
+    r = fake.run("create_tpu_vm.sh", *args, TPU_POLL_S="0")
+    assert "o3v-qr already exists: waiting for it" in r.stdout and "ACTIVE" in r.stdout
+    assert [c[3] for c in fake.calls()] == ["create", "describe"]
+    # Without --wait, or with another error, the failure stands.
+    fake.log.unlink()
+    r = fake.run("create_tpu_vm.sh", *args[:-1], check=False)
+    assert r.returncode == 1 and [c[3] for c in fake.calls()] == ["create"]
 
 
 def test_delete_and_status_commands(fake):
