@@ -54,6 +54,9 @@ if sys.argv[1:] == ["-m", "pip", "install", "-q", "--user", "uv"]:
     os.makedirs(os.path.join(os.environ["HOME"], ".local", "bin"), exist_ok=True)
     shutil.copy(os.path.join(os.environ["FAKE_WORKER_BIN"], "fake_uv"),
                 os.path.join(os.environ["HOME"], ".local", "bin", "uv"))
+if sys.argv[1:3] == ["-m", "o3video_jax.train.supervise"]:  # the real one
+    os.environ["PYTHONPATH"] = os.environ["FAKE_REPO"]
+    os.execv(os.environ["FAKE_REAL_PYTHON"], ["python", *sys.argv[1:]])
 if sys.argv[1:3] == ["-m", "o3video_jax.train"]:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(7))  # as the train loop: save, exit
     print("training", flush=True)
@@ -94,6 +97,8 @@ def fake(tmp_path):
         PATH=f"{bin_dir}{os.pathsep}{env['PATH']}",
         FAKE_GCLOUD_LOG=str(log),
         FAKE_WORKER_BIN=str(worker_bin),
+        FAKE_REPO=REPO,
+        FAKE_REAL_PYTHON=sys.executable,
     )
 
     class Fake:
@@ -447,7 +452,17 @@ def test_launch_detaches_quotes_exactly_and_stops(fake):
     program = ["python3", "-m", "o3video_jax.train", "--workdir", workdir, "--config.x=a b"]
     common = ["--name", "o3v", "--zone", "z", "--run", "sft1"]
     t0 = time.monotonic()
-    r = fake.run("launch.sh", *common, "--env", "MY_FLAG=1 2", "--", *program, worker=True)
+    r = fake.run(
+        "launch.sh",
+        *common,
+        "--logs_to",
+        "none",
+        "--env",
+        "MY_FLAG=1 2",
+        "--",
+        *program,
+        worker=True,
+    )
     launch_s = time.monotonic() - t0
     assert "started sft1" in r.stdout
     ssh = fake.calls()[-1]
@@ -470,7 +485,9 @@ def test_launch_detaches_quotes_exactly_and_stops(fake):
     run_sh = (fake.home / "o3video_runs" / "sft1" / "run.sh").read_text()
     assert "export JAX_COMPILATION_CACHE_DIR=" in run_sh and "export MY_FLAG='1 2'" in run_sh
 
-    again = fake.run("launch.sh", *common, "--", *program, worker=True, check=False)
+    again = fake.run(
+        "launch.sh", *common, "--logs_to", "none", "--", *program, worker=True, check=False
+    )
     assert again.returncode != 0 and "still running" in again.stderr
 
     status = fake.run("status.sh", *common, worker=True)
@@ -484,6 +501,29 @@ def test_launch_detaches_quotes_exactly_and_stops(fake):
     logs = fake.run("logs.sh", *common, "--lines", "50", worker=True).stdout
     assert "training" in logs and "exit status 7" in logs and logs.startswith("[")
     assert "is not running" in fake.run("stop.sh", *common, worker=True).stdout
+
+
+def test_launch_mirrors_the_log_into_the_workdir_and_records_the_exit(fake, tmp_path):
+    """The command's --workdir gets logs/LAUNCH_ID/HOST.log while it runs and HOST.exit at the
+    end (o3video_jax.train.supervise, run for real on the fake worker)."""
+    (fake.home / "o3video_jax").mkdir()
+    fake.make_venv()
+    workdir = tmp_path / "bucket" / "run 1"
+    program = ["python3", "-m", "o3video_jax.train", "--workdir", str(workdir), "--x=1"]
+    common = ["--name", "o3v", "--zone", "z", "--run", "r2"]
+    fake.run("launch.sh", *common, "--watch_every", "1", "--", *program, worker=True)
+    assert _wait_for(lambda: list(workdir.glob("logs/*/*.log")), timeout=60)
+    (log,) = workdir.glob("logs/*/*.log")
+    assert re.fullmatch(r"\d{8}T\d{6}Z", log.parent.name)
+    assert _wait_for(lambda: "training" in log.read_text(), timeout=30)
+    trains = [c for c in fake.python3_calls() if c[:2] == ["-m", "o3video_jax.train"]]
+    assert trains == [program[1:]]  # the quoting survives the wrapper
+    assert not list(workdir.glob("logs/*/*.exit"))
+    fake.run("stop.sh", *common, "--grace", "30", worker=True)
+    exit_file = log.with_suffix(".exit")
+    assert _wait_for(exit_file.exists, timeout=30)
+    assert exit_file.read_text().strip() == "7"  # the program's own SIGTERM exit
+    assert "[launch]" in log.read_text()
 
 
 def test_launch_without_the_venv_says_so(fake):

@@ -7,11 +7,19 @@
 # The persistent XLA compilation cache is on (JAX_COMPILATION_CACHE_DIR), so a relaunch after a
 # preemption skips compilation. A run is named (--run); the same name cannot start twice on a
 # worker while it still runs. Then: tpu_scripts/logs.sh, status.sh, stop.sh with the same --run.
+# When the command has a --workdir (or with --logs_to), it runs under o3video_jax.train.supervise:
+# each worker's log is copied to WORKDIR/logs/LAUNCH_ID/HOST.log while it runs (gs:// included;
+# LAUNCH_ID is this launch's UTC time), its exit status to HOST.exit, and when one worker exits
+# non-zero the others are stopped (SIGTERM, SIGKILL a minute later) instead of hanging in
+# their next collective.
 # Usage: tpu_scripts/launch.sh --name NAME --zone ZONE [options] -- COMMAND [ARG...]
 #   --run RUN           run name (env TPU_RUN, default o3video): files in ~/o3video_runs/RUN
 #   --worker W          all (default; multi-host runs need every worker) or one index
 #   --cache_dir DIR     compilation cache (default ~/jax_cache on each worker; gs://... works)
 #   --env KEY=VALUE     exported for the command (repeatable)
+#   --logs_to DIR       where the logs go (default WORKDIR/logs from the command's --workdir);
+#                       none: no mirroring and no watchdog
+#   --watch_every S     seconds between log copies and checks of the other workers (default 30)
 #   plus the common options of tpu_scripts/_common.sh (--remote_dir, --venv, --project, --iap,
 #   --dry_run)
 # e.g. tpu_scripts/launch.sh --name o3v --zone us-east5-a --run sft7b -- python3 -m \
@@ -20,7 +28,7 @@
 # shellcheck source=_common.sh
 source "$(dirname "$0")/_common.sh"
 
-WORKER=all; CACHE_DIR='"$HOME"/jax_cache'; ENVS=()
+WORKER=all; CACHE_DIR='"$HOME"/jax_cache'; ENVS=(); LOGS_TO=""; WATCH_EVERY=30
 parse_common "$@"
 take_positional TPU_NAME TPU_ZONE
 set -- "${ARGS[@]+"${ARGS[@]}"}"
@@ -32,12 +40,27 @@ while [ $# -gt 0 ]; do
     --env)
       [[ "${2:-}" =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die "--env needs KEY=VALUE, got '${2:-}'"
       ENVS+=("$2"); shift 2 ;;
+    --logs_to) LOGS_TO=${2:?--logs_to needs a folder or none}; shift 2 ;;
+    --watch_every) WATCH_EVERY=${2:?--watch_every needs seconds}; shift 2 ;;
     --) shift; break ;;
     *) die "unknown argument '$1': put the command after -- (see --help)" ;;
   esac
 done
 [ $# -gt 0 ] || die "no command: tpu_scripts/launch.sh ... -- python3 -m o3video_jax.train ..."
 require_name_zone
+if ! [[ "$WATCH_EVERY" =~ ^[0-9]+$ ]] || [ "$WATCH_EVERY" -eq 0 ]; then
+  die "--watch_every needs whole seconds > 0, got '$WATCH_EVERY'"
+fi
+if [ -z "$LOGS_TO" ]; then  # the run's workdir, from the command's own flags
+  prev=""
+  for word in "$@"; do
+    case "$word" in --workdir=*) LOGS_TO=${word#--workdir=}/logs ;; esac
+    if [ "$prev" = --workdir ]; then LOGS_TO=$word/logs; fi
+    prev=$word
+  done
+fi
+if [ "$LOGS_TO" = none ]; then LOGS_TO=""; fi
+LAUNCH_ID=$(date -u +%Y%m%dT%H%M%SZ)
 VARS=$(remote_run_vars)
 DIR=$(remote_dir_expr)
 VENV=$(venv_expr)
@@ -62,6 +85,10 @@ for kv in "${ENVS[@]+"${ENVS[@]}"}"; do
 done
 command_q=$(sq "$1")
 for word in "${@:2}"; do command_q+=" $(sq "$word")"; done
+if [ -n "$LOGS_TO" ]; then
+  command_q="python3 -m o3video_jax.train.supervise --logs $(sq "${LOGS_TO%/}/$LAUNCH_ID") \
+--host \"\$h\" --log \"\$d/\$h.log\" --every $WATCH_EVERY -- $command_q"
+fi
 lines+=(
   "cmd=($command_q)"
   'echo "[launch] $(date -u +%FT%TZ) $h:$(printf " %q" "${cmd[@]}")"'
