@@ -57,6 +57,21 @@ if sys.argv[1:] == ["-m", "pip", "install", "-q", "--user", "uv"]:
 if sys.argv[1:3] == ["-m", "o3video_jax.train.supervise"]:  # the real one
     os.environ["PYTHONPATH"] = os.environ["FAKE_REPO"]
     os.execv(os.environ["FAKE_REAL_PYTHON"], ["python", *sys.argv[1:]])
+if sys.argv[1:3] == ["-m", "o3video_jax.train"] and os.environ.get("FAKE_TRAIN_FINISHES_ON"):
+    # run_until_done.sh: launch k finishes (the completion marker), earlier ones train on.
+    runs = os.path.join(os.environ["HOME"], "train_runs")
+    with open(runs, "a") as f:
+        f.write("x")
+    k = os.path.getsize(runs)
+    print(f"training, launch {{k}}", flush=True)
+    if k >= int(os.environ["FAKE_TRAIN_FINISHES_ON"]):
+        workdir = sys.argv[sys.argv.index("--workdir") + 1]
+        with open(os.path.join(workdir, "COMPLETE.json"), "w") as f:
+            f.write(json.dumps({{"step": 10}}))
+        sys.exit(0)
+    open(os.path.join(os.environ["HOME"], "training_started"), "w").close()
+    time.sleep(120)
+    sys.exit(1)
 if sys.argv[1:3] == ["-m", "o3video_jax.train"]:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(7))  # as the train loop: save, exit
     print("training", flush=True)
@@ -597,3 +612,97 @@ def test_older_positional_form_still_works(fake):
     assert calls[0][:7] == "compute tpus tpu-vm ssh o3v --zone=us-east5-a --worker=all".split()
     r = fake.run("stop.sh", "o3v", "z", "extra", check=False)
     assert r.returncode == 2 and "unexpected argument 'extra'" in r.stderr
+
+
+# A cloud with one TPU VM whose state lives in a file: create/describe/delete, and scp/ssh to its
+# one worker (as FAKE_GCLOUD) while it exists. The first time `describe` finds a run training,
+# the VM is deleted under it (its processes SIGKILLed), as a preemption or an operator would.
+FAKE_CLOUD = """\
+#!{python}
+import glob, json, os, shutil, signal, subprocess, sys
+argv = sys.argv[1:]
+with open(os.environ["FAKE_GCLOUD_LOG"], "a") as f:
+    f.write(json.dumps(argv) + "\\n")
+state_file = os.environ["FAKE_CLOUD_STATE"]
+st = json.load(open(state_file)) if os.path.exists(state_file) else {{"vm": None, "deleted": 0}}
+home = os.environ["FAKE_GCLOUD_WORKER"]
+def save():
+    json.dump(st, open(state_file, "w"))
+def gone():
+    print("ERROR: (gcloud) NOT_FOUND: node not found", file=sys.stderr)
+    sys.exit(1)
+what = argv[:4]
+if what == ["compute", "tpus", "tpu-vm", "create"]:
+    st["vm"] = "READY"; save()
+elif what == ["compute", "tpus", "tpu-vm", "delete"]:
+    st["vm"] = None; save()
+elif what == ["compute", "tpus", "tpu-vm", "describe"]:
+    if st["vm"] and st["deleted"] < int(os.environ.get("FAKE_DELETIONS", "1")) and \\
+            os.path.exists(os.path.join(home, "training_started")):
+        for pid_file in glob.glob(os.path.join(home, "o3video_runs", "*", "*.pid")):
+            try:
+                os.killpg(int(open(pid_file).read()), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        os.remove(os.path.join(home, "training_started"))
+        for d in ("o3video_runs", "o3video_jax", "o3video_venv", ".local"):  # a new VM's disk
+            shutil.rmtree(os.path.join(home, d), ignore_errors=True)
+        st["vm"] = None; st["deleted"] += 1; save()
+    if not st["vm"]:
+        gone()
+    print(st["vm"])
+elif what[:3] == ["compute", "tpus", "tpu-vm"]:
+    if not st["vm"]:
+        gone()
+    if argv[3] == "scp":
+        shutil.copy(argv[4], os.path.join(home, argv[5].split(":", 1)[1]))
+    else:
+        command = next(a for a in argv if a.startswith("--command="))[len("--command="):]
+        path = [p for p in os.environ["PATH"].split(os.pathsep)
+                if not os.path.exists(os.path.join(p, "uv"))]
+        env = dict(os.environ, HOME=home,
+                   PATH=os.pathsep.join([os.environ["FAKE_WORKER_BIN"], *path]))
+        sys.exit(subprocess.run(["bash", "-c", command], cwd=home, env=env).returncode)
+else:
+    sys.exit(f"fake cloud: unexpected {{argv}}")
+"""
+
+
+@pytest.mark.parametrize("max_attempts", [3, 1])
+def test_run_until_done_recreates_a_deleted_slice_and_relaunches(fake, tmp_path, max_attempts):
+    (tmp_path / "bin" / "gcloud").write_text(FAKE_CLOUD.format(python=sys.executable))
+    workdir = tmp_path / "workdir"
+    workdir.mkdir()
+    program = ["python3", "-m", "o3video_jax.train", "--config", "c.py", "--workdir", str(workdir)]
+    r = fake.run(
+        "run_until_done.sh",
+        *"--name o3v --zone z --type v6e-8 --spot --run sft --max_attempts".split(),
+        str(max_attempts),
+        "--",
+        *program,
+        worker=True,
+        check=False,
+        TPU_POLL_S="1",
+        FAKE_CLOUD_STATE=str(tmp_path / "cloud.json"),
+        FAKE_TRAIN_FINISHES_ON="2",
+    )
+    kinds = [" ".join(c[2:4]) for c in fake.calls()]
+    creates = [c for c in fake.calls() if c[2:4] == ["tpu-vm", "create"]]
+    assert creates[0] == (
+        "compute tpus tpu-vm create o3v --zone=z --accelerator-type=v6e-8 "
+        "--version=v2-alpha-tpuv6e --spot".split()
+    )
+    trains = [c for c in fake.python3_calls() if c[:2] == ["-m", "o3video_jax.train"]]
+    if max_attempts == 1:  # the slice went away under the only launch allowed
+        assert r.returncode == 1 and "gave up after 1 launches" in r.stdout, r.stdout + r.stderr
+        assert len(creates) == 1 and len(trains) == 1
+        assert not (workdir / "COMPLETE.json").exists()
+        return
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "(preempted or deleted): relaunching" in r.stdout
+    assert "done:" in r.stdout and (workdir / "COMPLETE.json").exists()
+    assert len(creates) == 2 and trains == [program[1:]] * 2  # recreated once, launched twice
+    assert kinds.count("tpu-vm scp") == 2, (kinds, r.stdout)  # set up on each new slice
+    assert "launch failed" not in r.stdout
+    # The launches' logs reached the workdir (launch.sh's supervise wrapper).
+    assert len(list(workdir.glob("logs/*/*.log"))) >= 1
