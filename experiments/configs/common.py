@@ -47,6 +47,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
     c.sharding = ml_collections.ConfigDict()
     c.sharding.rules = [list(r) for r in DEFAULT_RULES]
+    # A mesh that cannot follow the slice's topology is an error; True takes the devices in
+    # plain order instead (slower collectives).
+    c.sharding.mesh_fallback = False
 
     c.data = ml_collections.ConfigDict()
     c.data.train_json = ""

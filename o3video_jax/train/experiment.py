@@ -226,7 +226,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
     io.makedirs(workdir)
     synthetic = prepare_synthetic(config, workdir)
     rules = [tuple(r) for r in config.sharding.rules]
-    mesh = sharding.make_mesh(dict(config.mesh))
+    mesh = sharding.make_mesh(dict(config.mesh), allow_fallback=config.sharding.mesh_fallback)
     mc = model_config(config)
     model = Qwen25VL(mc)
     tok_dir = config.data.tokenizer_dir or config.model.hf_checkpoint
