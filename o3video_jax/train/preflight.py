@@ -128,6 +128,14 @@ def check(config: ml_collections.ConfigDict, num_devices: int, num_processes: in
         raise PreflightError(f"stage must be 'sft' or 'gspo', got {config.stage!r}")
     gspo = config.stage == "gspo"
 
+    # ---- the booked slice (configs' slice= arg)
+    booked = config.get("slice")
+    if booked is not None and int(booked.devices) and int(booked.devices) != num_devices:
+        errors.append(
+            f"the config is for {booked.name} ({booked.devices} devices) but {num_devices} "
+            "devices are here: pick the slice= of this slice (or another slice)"
+        )
+
     # ---- mesh
     unknown = [a for a in config.mesh if a not in MESH_AXES]
     if unknown:
