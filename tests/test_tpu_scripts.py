@@ -706,3 +706,48 @@ def test_run_until_done_recreates_a_deleted_slice_and_relaunches(fake, tmp_path,
     assert "launch failed" not in r.stdout
     # The launches' logs reached the workdir (launch.sh's supervise wrapper).
     assert len(list(workdir.glob("logs/*/*.log"))) >= 1
+
+
+def test_multislice_launch_sets_megascale_on_every_slice(fake, tmp_path):
+    """--slices 2: the nodes o3v-0 and o3v-1 of a --node-count 2 queued resource, each with the
+    coordinator (slice 0's worker 0, from describe), the slice count and its own slice id."""
+    (tmp_path / "bin" / "gcloud").write_text(
+        f"#!{sys.executable}\n"
+        + textwrap.dedent("""\
+        import json, os, sys
+        with open(os.environ["FAKE_GCLOUD_LOG"], "a") as f:
+            f.write(json.dumps(sys.argv[1:]) + "\\n")
+        if "describe" in sys.argv:
+            print("10.130.0.7")
+        """)
+    )
+    program = ["python3", "-m", "o3video_jax.train", "--workdir", "gs://b/r"]
+    fake.run("launch.sh", "--name", "o3v", "--zone", "z", "--slices", "2", "--", *program)
+    calls = fake.calls()
+    assert calls[0] == [
+        "compute",
+        "tpus",
+        "tpu-vm",
+        "describe",
+        "o3v-0",
+        "--zone=z",
+        "--format=value(networkEndpoints[0].ipAddress)",
+    ]
+    ssh = calls[1:]
+    assert [c[:5] for c in ssh] == [
+        ["compute", "tpus", "tpu-vm", "ssh", f"o3v-{i}"] for i in (0, 1)
+    ]
+    for i, c in enumerate(ssh):
+        assert "--worker=all" in c
+        command = next(a for a in c if a.startswith("--command="))
+        for line in (
+            "export MEGASCALE_COORDINATOR_ADDRESS=10.130.0.7:8080",
+            "export MEGASCALE_NUM_SLICES=2",
+            f"export MEGASCALE_SLICE_ID={i}",
+        ):
+            assert line in command, (i, line)
+        assert f"MEGASCALE_SLICE_ID={1 - i}" not in command
+    r = fake.run(
+        "launch.sh", "--name", "o3v", "--zone", "z", "--slices", "0", "--", "x", check=False
+    )
+    assert r.returncode == 2 and "--slices" in r.stderr
