@@ -4,7 +4,9 @@ One jitted, donated step per batch (`steps.make_sft_step`); everything else happ
 after an explicit `device_get`: metrics to metrics.jsonl / TensorBoard / the progress bar, the
 NaN policy, Orbax checkpoints (params, optimiser state, step, rng and the grain iterator state)
 every `ckpt.save_every` steps and on SIGTERM (then the loop returns cleanly), and at the end an
-HF export (`WORKDIR/hf`, with the tokenizer files) that transformers can load. With
+HF export (`WORKDIR/hf`, with the tokenizer files) that transformers can load, and then the
+completion marker `WORKDIR/COMPLETE.json` (`train.completion`; a preempted run never writes it).
+Checkpoints are also saved every `ckpt.save_every_minutes`. With
 `log.eval_every` > 0, every that many steps and after the last one the held-out loss and token
 accuracy on `data.eval_json` (`train.evaluation`) join that step's metrics row as `eval/*`.
 
