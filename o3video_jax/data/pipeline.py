@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import os
+import queue
 import signal
 import threading
 import time
@@ -397,17 +398,67 @@ def worker_init(worker_index: int, num_workers: int) -> None:
     threading.Thread(target=exit_with_parent, daemon=True, name="exit-with-parent").start()
 
 
+def _worker_queues(it: grain.DatasetIterator) -> list:
+    """The result queues of the grain worker processes under `it` (grain internals; [] if
+    this grain version has none by that name)."""
+    try:
+        from grain._src.python.dataset.transformations.process_prefetch import (
+            ProcessPrefetchDatasetIterator,
+        )
+    except ImportError:
+        return []
+    out, seen, stack = [], set(), [it]
+    while stack:
+        o = stack.pop()
+        if id(o) in seen:
+            continue
+        seen.add(id(o))
+        if isinstance(o, ProcessPrefetchDatasetIterator):
+            buffer = getattr(o, "_buffer", None)
+            if buffer is not None:
+                out.append(buffer)
+        elif isinstance(o, grain.DatasetIterator):
+            stack += [v for v in vars(o).values() if isinstance(v, grain.DatasetIterator | list)]
+        elif isinstance(o, list | tuple):
+            stack += [v for v in o if isinstance(v, grain.DatasetIterator | list | tuple)]
+    return out
+
+
+def _drain(queues: list, closing: threading.Event) -> None:
+    """Reads the workers' queues while grain closes them. A worker stops only between elements,
+    and one blocked writing a large element into a full pipe (examples are pickled through it)
+    never gets there while nobody reads: grain's close then waits 25 s per worker before it
+    kills them. Reading lets each worker finish its write, see the stop event and exit."""
+    from grain._src.python import shared_memory_array
+
+    while not closing.is_set():
+        for q in queues:
+            try:
+                shared_memory_array.unlink_shm(q.get(timeout=0.05))
+            except queue.Empty:
+                pass
+            except Exception:  # noqa: BLE001  closing: nothing left to keep
+                pass
+
+
 def close(it: grain.DatasetIterator, timeout_s: float = 30.0) -> None:
     """Closes a pipeline iterator and its worker processes, in bounded time.
 
     grain's close reads what its workers left in the queue; a worker that died mid-write (the
     OOM killer, a signal sent to it alone) leaves a half message that blocks that read for
-    ever. So the close runs in a thread that is given `timeout_s`, and any grain worker still
+    ever. So the close runs in a thread that is given `timeout_s`, while another one keeps
+    reading the workers' queues (see `_drain`; blocked on a half message it holds the queue's
+    read lock, so that grain's own non-blocking reads move on), and any grain worker still
     alive after it is killed: a stopping run must never hang here.
     """
+    closing = threading.Event()
+    queues = _worker_queues(it)
+    if queues:
+        threading.Thread(target=_drain, args=(queues, closing), daemon=True).start()
     closer = threading.Thread(target=it.close, daemon=True, name="close-data-iterator")
     closer.start()
     closer.join(timeout_s)
+    closing.set()
     if closer.is_alive():
         print(f"data: the iterator did not close within {timeout_s:.0f} s", flush=True)
         # grain also closes its iterators from a multiprocessing exit finalizer, which would
