@@ -69,3 +69,39 @@ def test_the_sft_step_compiles_for_two_slices():
         c.data.max_patches = 16
     compiled = aot.compile_step(c, aot.topology_devices("v5p:2x2x1", num_slices=2))
     assert compiled.memory_analysis().argument_size_in_bytes > 0
+
+
+@pytest.mark.slow  # a subprocess that loads libtpu and compiles: about a minute on 2 cores
+def test_aot_cli_num_slices_and_the_save_plan():
+    import subprocess
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = os.path.join(repo, "experiments", "configs", "sft_qwen2_5_vl.py")
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "o3video_jax.train.aot",
+            f"--config={cfg}:runlocal",
+            "--topology=v5p:2x2x1",
+            "--num_slices=2",
+            "--only=sft_step",
+            "--config.mesh.data=2",
+            "--config.mesh.fsdp=4",
+            "--config.data.batch_size=8",
+            "--config.data.max_seq_len=64",
+            "--config.data.max_patches=16",
+            "--config.ckpt.save_every=500",
+            "--config.ckpt.save_every_minutes=30",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", "")),
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "2 slices of v5p:2x2x1: 8 devices" in p.stdout
+    assert "mesh {'data': 2, 'fsdp': 4, 'tensor': 1}" in p.stdout
+    plan = [x for x in p.stdout.splitlines() if x.startswith("checkpoints:")]
+    assert len(plan) == 1 and "every 500 steps and every 30 min; at " in plan[0], plan
+    assert "(AOT roofline, programs summed)" in plan[0]

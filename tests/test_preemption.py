@@ -240,7 +240,7 @@ def test_sigterm_to_the_process_group_with_data_workers(tmp_path, loop_env, loop
                 proc.wait()
     text = log.read_text()
     assert code == 0, text[-3000:]
-    assert exit_s < 30, f"exited {exit_s:.0f} s after the signal"
+    assert exit_s < 20, f"exited {exit_s:.0f} s after the signal"  # grain alone: 25 s+
     assert "terminated unexpectedly" not in text
     assert _group_members(proc.pid) == [], "grain workers outlived the run"
     found = re.findall(r"preempted at step (\d+): checkpoint saved", text)
