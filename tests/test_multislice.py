@@ -71,7 +71,6 @@ def test_the_sft_step_compiles_for_two_slices():
     assert compiled.memory_analysis().argument_size_in_bytes > 0
 
 
-@pytest.mark.slow  # a subprocess that loads libtpu and compiles: about a minute on 2 cores
 def test_aot_cli_num_slices_and_the_save_plan():
     import subprocess
 
