@@ -301,7 +301,7 @@ def test_time_based_saves_take_process_0s_decision(monkeypatch, tmp_path, restor
 
 
 CLOSE_DRIVER = """
-import multiprocessing, os, signal, sys, time
+import argparse, multiprocessing, os, signal, sys, time
 import grain
 import numpy as np
 from absl import flags
@@ -309,8 +309,9 @@ from o3video_jax.data import pipeline
 
 if __name__ == "__main__":
     flags.FLAGS.mark_as_parsed()
-    if sys.argv[1] in ("kill", "alive_bytes"):  # pickled through the pipe (as our examples)
-        element = lambda i: bytes(1 << 20)
+    if sys.argv[1] == "kill":  # pickled through the pipe, as our examples: grain moves
+        # arrays (in dicts, lists) to shared memory, not inside other objects
+        element = lambda i: argparse.Namespace(pixels=np.zeros(1 << 18, np.float32))
     else:  # arrays travel in shared memory, as the pipeline's batches of arrays
         element = lambda i: np.zeros(1 << 18, np.float32)
     ds = grain.MapDataset.range(10_000).map(element).to_iter_dataset()
@@ -335,7 +336,7 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.parametrize("how", ["alive", "alive_bytes", "kill"])
+@pytest.mark.parametrize("how", ["alive", "kill"])
 def test_pipeline_close_with_live_and_dead_workers(how):
     """Workers ignore SIGTERM; the close returns in bounded time even when the workers died
     mid-write (grain's own close then blocks for ever on the half message, in the call and
@@ -354,7 +355,5 @@ def test_pipeline_close_with_live_and_dead_workers(how):
     assert "workers 2" in out and "alive after SIGTERM 2" in out, out
     assert "alive after close 0" in out, out
     closed = float(re.search(r"closed in ([\d.]+) s", out).group(1))
-    # Live workers blocked writing 1 MiB into a full pipe took grain 25 s each to stop; drained,
-    # they stop at once (~1 s per worker for grain's stop event).
-    assert closed < (5.0 if how.startswith("alive") else 6.0), out
+    assert closed < (5.0 if how == "alive" else 6.0), out  # grain: ~1 s per live worker
     assert time.time() - t0 < 45
