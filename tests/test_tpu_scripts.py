@@ -65,7 +65,9 @@ if sys.argv[1:3] == ["-m", "o3video_jax.train"] and os.environ.get("FAKE_TRAIN_F
     k = os.path.getsize(runs)
     print(f"training, launch {{k}}", flush=True)
     if k >= int(os.environ["FAKE_TRAIN_FINISHES_ON"]):
-        workdir = sys.argv[sys.argv.index("--workdir") + 1]
+        args = sys.argv[1:]
+        workdir = next((a.split("=", 1)[1] for a in args if a.startswith("--workdir=")), None)
+        workdir = workdir or args[args.index("--workdir") + 1]
         with open(os.path.join(workdir, "COMPLETE.json"), "w") as f:
             f.write(json.dumps({{"step": 10}}))
         sys.exit(0)
@@ -632,6 +634,18 @@ def gone():
     print("ERROR: (gcloud) NOT_FOUND: node not found", file=sys.stderr)
     sys.exit(1)
 what = argv[:4]
+if what[:3] == ["compute", "tpus", "queued-resources"]:  # a queued request NAME-qr for node NAME
+    if argv[3] == "create":
+        if st.get("qr"):
+            print("ERROR: already exists", file=sys.stderr); sys.exit(1)
+        st["qr"], st["vm"] = "ACTIVE", "READY"; save()
+    elif argv[3] == "delete":
+        st["qr"] = st["vm"] = None; save()
+    elif argv[3] == "describe":
+        if not st.get("qr"):
+            gone()
+        print(st["qr"])
+    sys.exit(0)
 if what == ["compute", "tpus", "tpu-vm", "create"]:
     st["vm"] = "READY"; save()
 elif what == ["compute", "tpus", "tpu-vm", "delete"]:
@@ -647,7 +661,10 @@ elif what == ["compute", "tpus", "tpu-vm", "describe"]:
         os.remove(os.path.join(home, "training_started"))
         for d in ("o3video_runs", "o3video_jax", "o3video_venv", ".local"):  # a new VM's disk
             shutil.rmtree(os.path.join(home, d), ignore_errors=True)
-        st["vm"] = None; st["deleted"] += 1; save()
+        st["vm"] = None; st["deleted"] += 1
+        if st.get("qr"):  # a preempted spot request: its node is gone, the request suspended
+            st["qr"] = "SUSPENDED"
+        save()
     if not st["vm"]:
         gone()
     print(st["vm"])
@@ -751,3 +768,35 @@ def test_multislice_launch_sets_megascale_on_every_slice(fake, tmp_path):
         "launch.sh", "--name", "o3v", "--zone", "z", "--slices", "0", "--", "x", check=False
     )
     assert r.returncode == 2 and "--slices" in r.stderr
+
+
+def test_run_until_done_with_a_queued_spot_request(fake, tmp_path):
+    """The BUILD.md walkthrough's path: a preempted queued spot request is deleted and
+    requested again (create_tpu_vm.sh --queued --wait), then the run relaunched."""
+    (tmp_path / "bin" / "gcloud").write_text(FAKE_CLOUD.format(python=sys.executable))
+    workdir = tmp_path / "workdir"
+    workdir.mkdir()
+    program = ["python3", "-m", "o3video_jax.train", f"--workdir={workdir}"]
+    r = fake.run(
+        "run_until_done.sh",
+        *"--name o3v --zone z --type v5p-64 --queued --spot --run sft".split(),
+        "--",
+        *program,
+        worker=True,
+        check=False,
+        TPU_POLL_S="1",
+        FAKE_CLOUD_STATE=str(tmp_path / "cloud.json"),
+        FAKE_TRAIN_FINISHES_ON="2",
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    qr = [c[3] for c in fake.calls() if c[2] == "queued-resources"]
+    # describe (none), create, describe (ACTIVE: --wait); after the preemption: describe
+    # (SUSPENDED), delete, create, describe (ACTIVE).
+    assert qr == ["describe", "create", "describe", "describe", "delete", "create", "describe"], qr
+    creates = [c for c in fake.calls() if c[2:4] == ["queued-resources", "create"]]
+    assert creates[0] == (
+        "compute tpus queued-resources create o3v-qr --zone=z --node-id=o3v "
+        "--accelerator-type=v5p-64 --runtime-version=v2-alpha-tpuv5 --spot".split()
+    )
+    assert "queued resource o3v-qr is SUSPENDED: deleting it" in r.stdout
+    assert (workdir / "COMPLETE.json").exists()
