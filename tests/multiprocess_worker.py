@@ -77,6 +77,9 @@ class _RecordedIterator:
     def stats(self):  # the loops log the pipeline's skip count (data/skipped)
         return self._it.stats
 
+    def close(self):  # the loops close the pipeline (its grain workers) on the way out
+        self._it.close()
+
 
 class _RecordedDataset:
     def __init__(self, ds, states: list):

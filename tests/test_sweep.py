@@ -18,6 +18,7 @@ from o3video_jax.sweep import product, run_name, runner, spec, sweep
 from o3video_jax.sweep import results as sweep_results
 from o3video_jax.sweep import zip as zip_
 from o3video_jax.sweep.spec import fixed_argv
+from o3video_jax.train import completion
 from o3video_jax.train.loop import TIMING_KEYS
 
 sys.path.insert(0, os.path.join(REPO, "experiments", "configs"))
@@ -114,15 +115,40 @@ def test_status_and_records(tmp_path):
     os.makedirs(os.path.join(run.workdir, "ckpt", "6.orbax-checkpoint-tmp-1"))
     assert runner.status(run) == ("partial", 4)
     os.makedirs(os.path.join(run.workdir, "ckpt", "6"))
-    assert runner.status(run) == ("finished", 6)
+    # A checkpoint at total_steps is not the end (the old rule said "finished"): only the
+    # run's own marker is, written after its final save and export.
+    assert run.total_steps == 6 and runner.status(run) == ("partial", 6)
+    completion.mark(run.workdir, 6, 6, None)
+    assert runner.status(run) == ("done", 6)
     out = io.StringIO()
     assert runner.run_local([run], CONFIG, {"x": 1}, [], out=out) == []  # no training started
-    assert "finished (step 6), marked done" in out.getvalue()
-    assert runner.status(run) == ("done", 6)
+    assert "done (step 6), skipped" in out.getvalue()
+    runner._record(run, {"x": 1}, CONFIG)
     record = json.load(open(os.path.join(run.workdir, runner.RUN_FILE)))
     assert record["overrides"] == {"seed": 3} and record["fixed"] == {"x": 1}
     with pytest.raises(ValueError, match="use another --workdir"):
         runner._record(run, {"x": 2}, CONFIG)
+
+
+def test_a_run_that_exits_0_without_the_marker_is_preempted(tmp_path, monkeypatch):
+    """The sweep launches each run as a subprocess; here the subprocess is a stand-in that
+    either stops cleanly after a checkpoint (SIGTERM: exit 0, no marker) or finishes."""
+    run_a, run_b = runner.plan(_config(), product({"seed": [0, 1]}), str(tmp_path))
+
+    def fake_train(cmd, **kw):
+        workdir = cmd[cmd.index("--workdir") + 1]
+        os.makedirs(os.path.join(workdir, "ckpt", "3"))
+        if workdir == run_b.workdir:
+            completion.mark(workdir, 3, 3, None)
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(runner.subprocess, "run", fake_train)
+    out = io.StringIO()
+    assert runner.run_local([run_a, run_b], CONFIG, {}, [], out=out) == [run_a.name]
+    text = out.getvalue()
+    assert f"{run_a.name}: preempted at step 3" in text and f"{run_b.name}: done (step 3" in text
+    assert runner.status(run_a) == ("partial", 3) and runner.status(run_b) == ("done", 3)
+    assert sweep_results.collect(str(tmp_path))[0].status == "partial (3)"
 
 
 def test_print_launch_commands_reach_launch_sh(tmp_path):

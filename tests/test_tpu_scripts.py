@@ -10,6 +10,7 @@ goes on.
 
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -34,21 +35,64 @@ if home and argv[:4] == ["compute", "tpus", "tpu-vm", "scp"]:
     shutil.copy(src, os.path.join(home, dest))
 elif home and argv[:4] == ["compute", "tpus", "tpu-vm", "ssh"]:
     command = next(a for a in argv if a.startswith("--command="))[len("--command="):]
+    # The worker starts without uv (as a TPU VM image): setup_workers.sh must install it.
+    path = [p for p in os.environ["PATH"].split(os.pathsep)
+            if not os.path.exists(os.path.join(p, "uv"))]
     env = dict(os.environ, HOME=home,
-               PATH=os.environ["FAKE_WORKER_BIN"] + os.pathsep + os.environ["PATH"])
+               PATH=os.pathsep.join([os.environ["FAKE_WORKER_BIN"], *path]))
     sys.exit(subprocess.run(["bash", "-c", command], cwd=home, env=env).returncode)
 """
 
 FAKE_PYTHON3 = """\
 #!{python}
-import json, os, signal, sys, time
+import json, os, shutil, signal, sys, time
 with open(os.path.join(os.environ["HOME"], "python3_calls.jsonl"), "a") as f:
     f.write(json.dumps(sys.argv[1:]) + "\\n")
+with open(os.path.join(os.environ["HOME"], "python3_argv0.jsonl"), "a") as f:
+    f.write(json.dumps(sys.argv) + "\\n")
+if sys.argv[1:] == ["-m", "pip", "install", "-q", "--user", "uv"]:
+    os.makedirs(os.path.join(os.environ["HOME"], ".local", "bin"), exist_ok=True)
+    shutil.copy(os.path.join(os.environ["FAKE_WORKER_BIN"], "fake_uv"),
+                os.path.join(os.environ["HOME"], ".local", "bin", "uv"))
+if sys.argv[1:3] == ["-m", "o3video_jax.train.supervise"]:  # the real one
+    os.environ["PYTHONPATH"] = os.environ["FAKE_REPO"]
+    os.execv(os.environ["FAKE_REAL_PYTHON"], ["python", *sys.argv[1:]])
+if sys.argv[1:3] == ["-m", "o3video_jax.train"] and os.environ.get("FAKE_TRAIN_FINISHES_ON"):
+    # run_until_done.sh: launch k finishes (the completion marker), earlier ones train on.
+    runs = os.path.join(os.environ["HOME"], "train_runs")
+    with open(runs, "a") as f:
+        f.write("x")
+    k = os.path.getsize(runs)
+    print(f"training, launch {{k}}", flush=True)
+    if k >= int(os.environ["FAKE_TRAIN_FINISHES_ON"]):
+        args = sys.argv[1:]
+        workdir = next((a.split("=", 1)[1] for a in args if a.startswith("--workdir=")), None)
+        workdir = workdir or args[args.index("--workdir") + 1]
+        with open(os.path.join(workdir, "COMPLETE.json"), "w") as f:
+            f.write(json.dumps({{"step": 10}}))
+        sys.exit(0)
+    open(os.path.join(os.environ["HOME"], "training_started"), "w").close()
+    time.sleep(120)
+    sys.exit(1)
 if sys.argv[1:3] == ["-m", "o3video_jax.train"]:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(7))  # as the train loop: save, exit
     print("training", flush=True)
     time.sleep(60)
     sys.exit(1)
+"""
+
+# uv as setup_workers.sh uses it: `venv ... DIR` makes DIR/bin/python{,3} (the fake python3).
+FAKE_UV = """\
+#!{python}
+import json, os, shutil, sys
+with open(os.path.join(os.environ["HOME"], "uv_calls.jsonl"), "a") as f:
+    f.write(json.dumps(sys.argv[1:]) + "\\n")
+if sys.argv[1] == "venv":
+    bin_dir = os.path.join(sys.argv[-1], "bin")
+    os.makedirs(bin_dir, exist_ok=True)
+    for name in ("python", "python3"):
+        shutil.copy(os.path.join(os.environ["FAKE_WORKER_BIN"], "python3"),
+                    os.path.join(bin_dir, name))
 """
 
 
@@ -57,7 +101,11 @@ def fake(tmp_path):
     bin_dir, worker_bin, home = tmp_path / "bin", tmp_path / "worker_bin", tmp_path / "home"
     for d in (bin_dir, worker_bin, home):
         d.mkdir()
-    for path, text in ((bin_dir / "gcloud", FAKE_GCLOUD), (worker_bin / "python3", FAKE_PYTHON3)):
+    for path, text in (
+        (bin_dir / "gcloud", FAKE_GCLOUD),
+        (worker_bin / "python3", FAKE_PYTHON3),
+        (worker_bin / "fake_uv", FAKE_UV),
+    ):
         path.write_text(text.format(python=sys.executable))
         path.chmod(0o755)
     log = tmp_path / "gcloud.jsonl"
@@ -66,6 +114,8 @@ def fake(tmp_path):
         PATH=f"{bin_dir}{os.pathsep}{env['PATH']}",
         FAKE_GCLOUD_LOG=str(log),
         FAKE_WORKER_BIN=str(worker_bin),
+        FAKE_REPO=REPO,
+        FAKE_REAL_PYTHON=sys.executable,
     )
 
     class Fake:
@@ -93,8 +143,24 @@ def fake(tmp_path):
             return [json.loads(line) for line in self.log.read_text().splitlines()]
 
         def python3_calls(self):
-            p = self.home / "python3_calls.jsonl"
+            return self._jsonl("python3_calls.jsonl")
+
+        def python3_argv(self):  # argv[0] included: which python ran
+            return self._jsonl("python3_argv0.jsonl")
+
+        def uv_calls(self):
+            return self._jsonl("uv_calls.jsonl")
+
+        def _jsonl(self, name):
+            p = self.home / name
             return [json.loads(line) for line in p.read_text().splitlines()] if p.exists() else []
+
+        def make_venv(self):  # what setup_workers.sh leaves: ~/o3video_venv/bin/python{,3}
+            bin_dir = self.home / "o3video_venv" / "bin"
+            bin_dir.mkdir(parents=True, exist_ok=True)
+            for name in ("python", "python3"):
+                (bin_dir / name).write_text((worker_bin / "python3").read_text())
+                (bin_dir / name).chmod(0o755)
 
     f = Fake()
     yield f
@@ -158,6 +224,37 @@ CREATE_CASES = [
 ]
 
 
+CREATE_CASES += [
+    (  # anything else goes to gcloud as given, after our flags
+        "--type v5p-16 --reserved --network net-a --subnetwork sub-a --internal-ips "
+        "--service-account sa@p.iam.gserviceaccount.com --scopes=cloud-platform "
+        "--boot-disk-size 200GB --labels team=o3v".split(),
+        [
+            "compute tpus tpu-vm create o3v --zone=us-east5-a --accelerator-type=v5p-16 "
+            "--version=v2-alpha-tpuv5 --reserved --network net-a --subnetwork sub-a "
+            "--internal-ips --service-account sa@p.iam.gserviceaccount.com "
+            "--scopes=cloud-platform --boot-disk-size 200GB --labels team=o3v"
+        ],
+    ),
+    (
+        "--type v6e-64 --queued --spot --internal-ips --labels=a=b".split(),
+        [
+            "compute tpus queued-resources create o3v-qr --zone=us-east5-a --node-id=o3v "
+            "--accelerator-type=v6e-64 --runtime-version=v2-alpha-tpuv6e --spot "
+            "--internal-ips --labels=a=b"
+        ],
+    ),
+    (  # multislice: the nodes are named by prefix (o3v-0, o3v-1), not --node-id
+        "--type v5p-64 --queued --node-count 2 --node-prefix o3v".split(),
+        [
+            "compute tpus queued-resources create o3v-qr --zone=us-east5-a "
+            "--accelerator-type=v5p-64 --runtime-version=v2-alpha-tpuv5 --node-count 2 "
+            "--node-prefix o3v"
+        ],
+    ),
+]
+
+
 @pytest.mark.parametrize("args,expected", CREATE_CASES)
 def test_create_commands(fake, args, expected):
     calls = _dry_and_real(fake, "create_tpu_vm.sh", "--name", "o3v", "--zone", "us-east5-a", *args)
@@ -178,7 +275,7 @@ def test_create_from_environment_and_bad_inputs(fake):
         (["--name", "n", "--zone", "z"], "no accelerator type"),
         (["--name", "n", "--zone", "z", "--type", "v9x-8"], "no default runtime"),
         (["--name", "n", "--zone", "z", "--type", "v5p-8", "--wait"], "apply to --queued"),
-        (["--name", "n", "--zone", "z", "--type", "v5p-8", "--bogus"], "unknown argument"),
+        (["--name", "n", "--zone", "z", "--type", "v5p-8", "--spot", "x"], "unexpected argument"),
     ]:
         r = fake.run("create_tpu_vm.sh", *args, check=False)
         assert r.returncode == 2 and message in r.stderr, (args, r.stderr)
@@ -213,6 +310,34 @@ def test_queued_wait_polls_until_active(fake, tmp_path):
     assert "ACTIVE" in r.stdout
 
 
+def test_queued_wait_rerun_polls_the_existing_request(fake, tmp_path):
+    """A rerun of `--queued --wait` (a dropped terminal, run_until_done.sh) finds the request
+    already there: it polls it instead of failing."""
+    (tmp_path / "bin" / "gcloud").write_text(
+        f"#!{sys.executable}\n"
+        + textwrap.dedent("""\
+        import json, os, sys
+        with open(os.environ["FAKE_GCLOUD_LOG"], "a") as f:
+            f.write(json.dumps(sys.argv[1:]) + "\\n")
+        if "create" in sys.argv:
+            print("ERROR: (gcloud.compute.tpus.queued-resources.create) Resource "
+                  "'projects/p/locations/z/queuedResources/o3v-qr' already exists",
+                  file=sys.stderr)
+            sys.exit(1)
+        if "describe" in sys.argv:
+            print("ACTIVE")
+        """)
+    )
+    args = "--name o3v --zone z --type v5p-64 --queued --wait".split()
+    r = fake.run("create_tpu_vm.sh", *args, TPU_POLL_S="0")
+    assert "o3v-qr already exists: waiting for it" in r.stdout and "ACTIVE" in r.stdout
+    assert [c[3] for c in fake.calls()] == ["create", "describe"]
+    # Without --wait, or with another error, the failure stands.
+    fake.log.unlink()
+    r = fake.run("create_tpu_vm.sh", *args[:-1], check=False)
+    assert r.returncode == 1 and [c[3] for c in fake.calls()] == ["create"]
+
+
 def test_delete_and_status_commands(fake):
     assert _dry_and_real(fake, "delete_tpu_vm.sh", "--name", "o3v", "--zone", "z") == [
         "compute tpus tpu-vm delete o3v --zone=z --quiet".split()
@@ -241,8 +366,18 @@ def test_setup_replaces_the_workers_copy(fake):
         "o3video_jax"
     ]  # no leftover tarball or temporary folder
     assert not any(p.name in (".git", ".venv") for p in code.iterdir())
-    installs = [c for c in fake.python3_calls() if c[:3] == ["-m", "pip", "install"]]
-    assert installs.count(["-m", "pip", "install", "-q", "-e", ".[tpu]"]) == 2
+    # uv is installed once (the second run finds it), then the same venv and pinned install.
+    home = str(fake.home)
+    venv = f"{home}/o3video_venv"
+    pip = [c for c in fake.python3_argv() if "pip" in c]
+    assert [c[1:] for c in pip] == [["-m", "pip", "install", "-q", "--user", "uv"]]
+    assert pip[0][0].endswith("worker_bin/python3")  # the image's python3, not the venv's
+    make = ["venv", "-q", "--allow-existing", "--python", "3.11", venv]
+    install = ["pip", "install", "-q", "--python", f"{venv}/bin/python"]
+    install += ["-c", "tpu_scripts/constraints-tpu.txt", "-e", ".[tpu]"]
+    assert fake.uv_calls() == [make, install] * 2
+    checks = [c for c in fake.python3_argv() if c[0] == f"{venv}/bin/python"]
+    assert len(checks) == 2 and checks[0][1] == "-c" and "jax.__version__" in checks[0][2]
     calls = fake.calls()
     assert [c[:4] for c in calls] == [
         ["compute", "tpus", "tpu-vm", "scp"],
@@ -251,6 +386,55 @@ def test_setup_replaces_the_workers_copy(fake):
     assert "--worker=all" in calls[0] and "--worker=all" in calls[1]
     r = fake.run("setup_workers.sh", *args, "--remote_dir", "/", check=False)
     assert r.returncode == 2 and "--remote_dir" in r.stderr
+    for bad, message in [
+        (["--python", "3.10"], "3.11 or newer"),
+        (["--python", "python3"], "3.11 or newer"),
+        (["--constraints", "nope.txt"], "not a file"),
+        (["--venv", "a b"], "--venv"),
+    ]:
+        r = fake.run("setup_workers.sh", *args, *bad, check=False)
+        assert r.returncode == 2 and message in r.stderr, (bad, r.stderr)
+
+
+def test_setup_python_and_venv_choices(fake):
+    fake.run(
+        "setup_workers.sh",
+        *"--name o3v --zone z --python 3.12 --venv /opt/env --extra tpu,test".split(),
+        worker=True,
+    )
+    assert fake.uv_calls()[:2] == [
+        ["venv", "-q", "--allow-existing", "--python", "3.12", "/opt/env"],
+        [
+            "pip",
+            "install",
+            "-q",
+            "--python",
+            "/opt/env/bin/python",
+            "-c",
+            "tpu_scripts/constraints-tpu.txt",
+            "-e",
+            ".[tpu,test]",
+        ],
+    ]
+
+
+def test_constraints_pin_the_versions_the_aot_rows_were_checked_with():
+    """tpu_scripts/constraints-tpu.txt pins what README's AOT rows name (libtpu) and what this
+    checkout's tests run (jax, jaxlib: tests/test_versions.py checks the floors)."""
+    from importlib.metadata import version
+
+    pins = {}
+    with open(os.path.join(SCRIPTS, "constraints-tpu.txt")) as f:
+        for line in f:
+            line = line.split("#")[0].strip()
+            if line:
+                name, _, v = line.partition("==")
+                pins[name] = v
+    assert set(pins) == {"jax", "jaxlib", "libtpu"}
+    with open(os.path.join(REPO, "README.md")) as f:
+        readme_libtpu = set(re.findall(r"libtpu (\d+\.\d+\.\d+(?:\.\d+)?)", f.read()))
+    assert readme_libtpu == {pins["libtpu"]}
+    assert pins["jax"] == pins["jaxlib"] == version("jax") == version("jaxlib")
 
 
 def _pid(fake, run):
@@ -280,11 +464,22 @@ def _wait_for(predicate, timeout=20.0):
 
 def test_launch_detaches_quotes_exactly_and_stops(fake):
     (fake.home / "o3video_jax").mkdir()  # the code folder setup_workers.sh makes
+    fake.make_venv()
     workdir = """gs://bucket/it's a "run" $HOME `x` \\n"""
     program = ["python3", "-m", "o3video_jax.train", "--workdir", workdir, "--config.x=a b"]
     common = ["--name", "o3v", "--zone", "z", "--run", "sft1"]
     t0 = time.monotonic()
-    r = fake.run("launch.sh", *common, "--env", "MY_FLAG=1 2", "--", *program, worker=True)
+    r = fake.run(
+        "launch.sh",
+        *common,
+        "--logs_to",
+        "none",
+        "--env",
+        "MY_FLAG=1 2",
+        "--",
+        *program,
+        worker=True,
+    )
     launch_s = time.monotonic() - t0
     assert "started sft1" in r.stdout
     ssh = fake.calls()[-1]
@@ -298,13 +493,18 @@ def test_launch_detaches_quotes_exactly_and_stops(fake):
     assert [c for c in fake.python3_calls() if c[:2] == ["-m", "o3video_jax.train"]] == [
         program[1:]
     ]
+    # `python3` on the command line is the venv's (launch.sh puts its bin/ first on PATH).
+    ran = [c for c in fake.python3_argv() if c[1:3] == ["-m", "o3video_jax.train"]]
+    assert [c[0] for c in ran] == [str(fake.home / "o3video_venv" / "bin" / "python3")]
     pid = _pid(fake, "sft1")
     assert _alive(pid), "the run must outlive the ssh command"
     assert launch_s < 30  # the fake program sleeps 60 s: launch did not wait for it
     run_sh = (fake.home / "o3video_runs" / "sft1" / "run.sh").read_text()
     assert "export JAX_COMPILATION_CACHE_DIR=" in run_sh and "export MY_FLAG='1 2'" in run_sh
 
-    again = fake.run("launch.sh", *common, "--", *program, worker=True, check=False)
+    again = fake.run(
+        "launch.sh", *common, "--logs_to", "none", "--", *program, worker=True, check=False
+    )
     assert again.returncode != 0 and "still running" in again.stderr
 
     status = fake.run("status.sh", *common, worker=True)
@@ -318,6 +518,52 @@ def test_launch_detaches_quotes_exactly_and_stops(fake):
     logs = fake.run("logs.sh", *common, "--lines", "50", worker=True).stdout
     assert "training" in logs and "exit status 7" in logs and logs.startswith("[")
     assert "is not running" in fake.run("stop.sh", *common, worker=True).stdout
+
+
+def test_launch_mirrors_the_log_into_the_workdir_and_records_the_exit(fake, tmp_path):
+    """The command's --workdir gets logs/LAUNCH_ID/HOST.log while it runs and HOST.exit at the
+    end (o3video_jax.train.supervise, run for real on the fake worker)."""
+    (fake.home / "o3video_jax").mkdir()
+    fake.make_venv()
+    workdir = tmp_path / "bucket" / "run 1"
+    program = ["python3", "-m", "o3video_jax.train", "--workdir", str(workdir), "--x=1"]
+    common = ["--name", "o3v", "--zone", "z", "--run", "r2"]
+    fake.run("launch.sh", *common, "--watch_every", "1", "--", *program, worker=True)
+    assert _wait_for(lambda: list(workdir.glob("logs/*/*.log")), timeout=60)
+    (log,) = workdir.glob("logs/*/*.log")
+    assert re.fullmatch(r"\d{8}T\d{6}Z", log.parent.name)
+    assert _wait_for(lambda: "training" in log.read_text(), timeout=30)
+    trains = [c for c in fake.python3_calls() if c[:2] == ["-m", "o3video_jax.train"]]
+    assert trains == [program[1:]]  # the quoting survives the wrapper
+    assert not list(workdir.glob("logs/*/*.exit"))
+    fake.run("stop.sh", *common, "--grace", "30", worker=True)
+    exit_file = log.with_suffix(".exit")
+    assert _wait_for(exit_file.exists, timeout=30)
+    assert exit_file.read_text().strip() == "7"  # the program's own SIGTERM exit
+    assert "[launch]" in log.read_text()
+
+
+def test_launch_without_the_venv_says_so(fake):
+    (fake.home / "o3video_jax").mkdir()
+    fake.run(
+        "launch.sh",
+        "--name",
+        "o3v",
+        "--zone",
+        "z",
+        "--run",
+        "r",
+        "--",
+        "python3",
+        "-V",
+        worker=True,
+    )
+    run_dir = fake.home / "o3video_runs" / "r"
+    assert _wait_for(lambda: list(run_dir.glob("*.exit")))
+    assert [f.read_text().strip() for f in run_dir.glob("*.exit")] == ["127"]
+    log = "".join(f.read_text() for f in run_dir.glob("*.log"))
+    assert "no Python environment" in log and "setup_workers.sh" in log
+    assert fake.python3_calls() == []
 
 
 def test_launch_bad_inputs(fake):
@@ -368,3 +614,189 @@ def test_older_positional_form_still_works(fake):
     assert calls[0][:7] == "compute tpus tpu-vm ssh o3v --zone=us-east5-a --worker=all".split()
     r = fake.run("stop.sh", "o3v", "z", "extra", check=False)
     assert r.returncode == 2 and "unexpected argument 'extra'" in r.stderr
+
+
+# A cloud with one TPU VM whose state lives in a file: create/describe/delete, and scp/ssh to its
+# one worker (as FAKE_GCLOUD) while it exists. The first time `describe` finds a run training,
+# the VM is deleted under it (its processes SIGKILLed), as a preemption or an operator would.
+FAKE_CLOUD = """\
+#!{python}
+import glob, json, os, shutil, signal, subprocess, sys
+argv = sys.argv[1:]
+with open(os.environ["FAKE_GCLOUD_LOG"], "a") as f:
+    f.write(json.dumps(argv) + "\\n")
+state_file = os.environ["FAKE_CLOUD_STATE"]
+st = json.load(open(state_file)) if os.path.exists(state_file) else {{"vm": None, "deleted": 0}}
+home = os.environ["FAKE_GCLOUD_WORKER"]
+def save():
+    json.dump(st, open(state_file, "w"))
+def gone():
+    print("ERROR: (gcloud) NOT_FOUND: node not found", file=sys.stderr)
+    sys.exit(1)
+what = argv[:4]
+if what[:3] == ["compute", "tpus", "queued-resources"]:  # a queued request NAME-qr for node NAME
+    if argv[3] == "create":
+        if st.get("qr"):
+            print("ERROR: already exists", file=sys.stderr); sys.exit(1)
+        st["qr"], st["vm"] = "ACTIVE", "READY"; save()
+    elif argv[3] == "delete":
+        st["qr"] = st["vm"] = None; save()
+    elif argv[3] == "describe":
+        if not st.get("qr"):
+            gone()
+        print(st["qr"])
+    sys.exit(0)
+if what == ["compute", "tpus", "tpu-vm", "create"]:
+    st["vm"] = "READY"; save()
+elif what == ["compute", "tpus", "tpu-vm", "delete"]:
+    st["vm"] = None; save()
+elif what == ["compute", "tpus", "tpu-vm", "describe"]:
+    if st["vm"] and st["deleted"] < int(os.environ.get("FAKE_DELETIONS", "1")) and \\
+            os.path.exists(os.path.join(home, "training_started")):
+        for pid_file in glob.glob(os.path.join(home, "o3video_runs", "*", "*.pid")):
+            try:
+                os.killpg(int(open(pid_file).read()), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        os.remove(os.path.join(home, "training_started"))
+        for d in ("o3video_runs", "o3video_jax", "o3video_venv", ".local"):  # a new VM's disk
+            shutil.rmtree(os.path.join(home, d), ignore_errors=True)
+        st["vm"] = None; st["deleted"] += 1
+        if st.get("qr"):  # a preempted spot request: its node is gone, the request suspended
+            st["qr"] = "SUSPENDED"
+        save()
+    if not st["vm"]:
+        gone()
+    print(st["vm"])
+elif what[:3] == ["compute", "tpus", "tpu-vm"]:
+    if not st["vm"]:
+        gone()
+    if argv[3] == "scp":
+        shutil.copy(argv[4], os.path.join(home, argv[5].split(":", 1)[1]))
+    else:
+        command = next(a for a in argv if a.startswith("--command="))[len("--command="):]
+        path = [p for p in os.environ["PATH"].split(os.pathsep)
+                if not os.path.exists(os.path.join(p, "uv"))]
+        env = dict(os.environ, HOME=home,
+                   PATH=os.pathsep.join([os.environ["FAKE_WORKER_BIN"], *path]))
+        sys.exit(subprocess.run(["bash", "-c", command], cwd=home, env=env).returncode)
+else:
+    sys.exit(f"fake cloud: unexpected {{argv}}")
+"""
+
+
+@pytest.mark.parametrize("max_attempts", [3, 1])
+def test_run_until_done_recreates_a_deleted_slice_and_relaunches(fake, tmp_path, max_attempts):
+    (tmp_path / "bin" / "gcloud").write_text(FAKE_CLOUD.format(python=sys.executable))
+    workdir = tmp_path / "workdir"
+    workdir.mkdir()
+    program = ["python3", "-m", "o3video_jax.train", "--config", "c.py", "--workdir", str(workdir)]
+    r = fake.run(
+        "run_until_done.sh",
+        *"--name o3v --zone z --type v6e-8 --spot --run sft --max_attempts".split(),
+        str(max_attempts),
+        "--",
+        *program,
+        worker=True,
+        check=False,
+        TPU_POLL_S="1",
+        FAKE_CLOUD_STATE=str(tmp_path / "cloud.json"),
+        FAKE_TRAIN_FINISHES_ON="2",
+    )
+    kinds = [" ".join(c[2:4]) for c in fake.calls()]
+    creates = [c for c in fake.calls() if c[2:4] == ["tpu-vm", "create"]]
+    assert creates[0] == (
+        "compute tpus tpu-vm create o3v --zone=z --accelerator-type=v6e-8 "
+        "--version=v2-alpha-tpuv6e --spot".split()
+    )
+    trains = [c for c in fake.python3_calls() if c[:2] == ["-m", "o3video_jax.train"]]
+    if max_attempts == 1:  # the slice went away under the only launch allowed
+        assert r.returncode == 1 and "gave up after 1 launches" in r.stdout, r.stdout + r.stderr
+        assert len(creates) == 1 and len(trains) == 1
+        assert not (workdir / "COMPLETE.json").exists()
+        return
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "(preempted or deleted): relaunching" in r.stdout
+    assert "done:" in r.stdout and (workdir / "COMPLETE.json").exists()
+    assert len(creates) == 2 and trains == [program[1:]] * 2  # recreated once, launched twice
+    assert kinds.count("tpu-vm scp") == 2, (kinds, r.stdout)  # set up on each new slice
+    assert "launch failed" not in r.stdout
+    # The launches' logs reached the workdir (launch.sh's supervise wrapper).
+    assert len(list(workdir.glob("logs/*/*.log"))) >= 1
+
+
+def test_multislice_launch_sets_megascale_on_every_slice(fake, tmp_path):
+    """--slices 2: the nodes o3v-0 and o3v-1 of a --node-count 2 queued resource, each with the
+    coordinator (slice 0's worker 0, from describe), the slice count and its own slice id."""
+    (tmp_path / "bin" / "gcloud").write_text(
+        f"#!{sys.executable}\n"
+        + textwrap.dedent("""\
+        import json, os, sys
+        with open(os.environ["FAKE_GCLOUD_LOG"], "a") as f:
+            f.write(json.dumps(sys.argv[1:]) + "\\n")
+        if "describe" in sys.argv:
+            print("10.130.0.7")
+        """)
+    )
+    program = ["python3", "-m", "o3video_jax.train", "--workdir", "gs://b/r"]
+    fake.run("launch.sh", "--name", "o3v", "--zone", "z", "--slices", "2", "--", *program)
+    calls = fake.calls()
+    assert calls[0] == [
+        "compute",
+        "tpus",
+        "tpu-vm",
+        "describe",
+        "o3v-0",
+        "--zone=z",
+        "--format=value(networkEndpoints[0].ipAddress)",
+    ]
+    ssh = calls[1:]
+    assert [c[:5] for c in ssh] == [
+        ["compute", "tpus", "tpu-vm", "ssh", f"o3v-{i}"] for i in (0, 1)
+    ]
+    for i, c in enumerate(ssh):
+        assert "--worker=all" in c
+        command = next(a for a in c if a.startswith("--command="))
+        for line in (
+            "export MEGASCALE_COORDINATOR_ADDRESS=10.130.0.7:8080",
+            "export MEGASCALE_NUM_SLICES=2",
+            f"export MEGASCALE_SLICE_ID={i}",
+        ):
+            assert line in command, (i, line)
+        assert f"MEGASCALE_SLICE_ID={1 - i}" not in command
+    r = fake.run(
+        "launch.sh", "--name", "o3v", "--zone", "z", "--slices", "0", "--", "x", check=False
+    )
+    assert r.returncode == 2 and "--slices" in r.stderr
+
+
+def test_run_until_done_with_a_queued_spot_request(fake, tmp_path):
+    """The BUILD.md walkthrough's path: a preempted queued spot request is deleted and
+    requested again (create_tpu_vm.sh --queued --wait), then the run relaunched."""
+    (tmp_path / "bin" / "gcloud").write_text(FAKE_CLOUD.format(python=sys.executable))
+    workdir = tmp_path / "workdir"
+    workdir.mkdir()
+    program = ["python3", "-m", "o3video_jax.train", f"--workdir={workdir}"]
+    r = fake.run(
+        "run_until_done.sh",
+        *"--name o3v --zone z --type v5p-64 --queued --spot --run sft".split(),
+        "--",
+        *program,
+        worker=True,
+        check=False,
+        TPU_POLL_S="1",
+        FAKE_CLOUD_STATE=str(tmp_path / "cloud.json"),
+        FAKE_TRAIN_FINISHES_ON="2",
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    qr = [c[3] for c in fake.calls() if c[2] == "queued-resources"]
+    # describe (none), create, describe (ACTIVE: --wait); after the preemption: describe
+    # (SUSPENDED), delete, create, describe (ACTIVE).
+    assert qr == ["describe", "create", "describe", "describe", "delete", "create", "describe"], qr
+    creates = [c for c in fake.calls() if c[2:4] == ["queued-resources", "create"]]
+    assert creates[0] == (
+        "compute tpus queued-resources create o3v-qr --zone=z --node-id=o3v "
+        "--accelerator-type=v5p-64 --runtime-version=v2-alpha-tpuv5 --spot".split()
+    )
+    assert "queued resource o3v-qr is SUSPENDED: deleting it" in r.stdout
+    assert (workdir / "COMPLETE.json").exists()

@@ -145,6 +145,13 @@ def test_sft_then_gspo_resumes_at_either_stage(tmp_path, loop_env):
         ["resumed", "-", "-", 0, 0],  # both finished: nothing runs
     ], log
     full, resumed = tmp_path / "full", tmp_path / "resumed"
+    for d in (full, resumed):  # the whole run's marker, after GSPO (run_until_done.sh reads it)
+        for marker in (
+            d / "COMPLETE.json",
+            d / "sft" / "COMPLETE.json",
+            d / "gspo" / "COMPLETE.json",
+        ):
+            assert marker.exists(), marker
     for stage in ("sft", "gspo"):
         assert strip(metrics(resumed / stage)) == strip(metrics(full / stage)), stage
     assert [m["step"] for m in metrics(full / "gspo")] == [1, 2]

@@ -7,6 +7,8 @@
 #   --type TYPE       TPU_TYPE         accelerator type, e.g. v5p-64, v6e-8 (create only)
 #   --remote_dir DIR  TPU_REMOTE_DIR   the code's folder on every worker (default o3video_jax,
 #                                      relative to the worker's home)
+#   --venv DIR        TPU_VENV         the Python environment on every worker (default
+#                                      o3video_venv, relative to the worker's home)
 #   --iap                              ssh/scp through Identity-Aware Proxy (no external IPs)
 #   --dry_run                          print the exact gcloud commands instead of running them
 #   -h, --help                         this script's usage
@@ -21,6 +23,7 @@ TPU_ZONE=${TPU_ZONE:-}
 TPU_PROJECT=${TPU_PROJECT:-}
 TPU_TYPE=${TPU_TYPE:-}
 TPU_REMOTE_DIR=${TPU_REMOTE_DIR:-o3video_jax}
+TPU_VENV=${TPU_VENV:-o3video_venv}
 DRY_RUN=0
 IAP=0
 # shellcheck disable=SC2034  # used by setup_workers.sh
@@ -61,11 +64,13 @@ parse_common() {
       --project) TPU_PROJECT=${2:?--project needs a value}; shift 2 ;;
       --type) TPU_TYPE=${2:?--type needs a value}; shift 2 ;;
       --remote_dir) TPU_REMOTE_DIR=${2:?--remote_dir needs a value}; shift 2 ;;
+      --venv) TPU_VENV=${2:?--venv needs a value}; shift 2 ;;
       --name=*) TPU_NAME=${1#*=}; shift ;;
       --zone=*) TPU_ZONE=${1#*=}; shift ;;
       --project=*) TPU_PROJECT=${1#*=}; shift ;;
       --type=*) TPU_TYPE=${1#*=}; shift ;;
       --remote_dir=*) TPU_REMOTE_DIR=${1#*=}; shift ;;
+      --venv=*) TPU_VENV=${1#*=}; shift ;;
       --iap) IAP=1; shift ;;
       --dry_run) DRY_RUN=1; shift ;;
       -h | --help) usage 0 ;;
@@ -146,13 +151,20 @@ remote_run_vars() {
   printf 'd="$HOME"/o3video_runs/%s; h=$(hostname); ' "$TPU_RUN"
 }
 
-# remote_dir_expr: the code folder as a word for the worker's shell.
-remote_dir_expr() {
-  if [[ ! "$TPU_REMOTE_DIR" =~ ^[A-Za-z0-9._/-]+$ ]] || [[ "$TPU_REMOTE_DIR" =~ ^(/|\.|\.\.)/?$ ]]; then
-    die "--remote_dir '$TPU_REMOTE_DIR' must be a plain folder path (letters, digits, . _ - /)"
+# home_path_expr WHAT PATH: PATH as a word for the worker's shell (relative: under $HOME).
+home_path_expr() {
+  local what=$1 p=$2
+  if [[ ! "$p" =~ ^[A-Za-z0-9._/-]+$ ]] || [[ "$p" =~ ^(/|\.|\.\.)/?$ ]]; then
+    die "$what '$p' must be a plain folder path (letters, digits, . _ - /)"
   fi
-  case "$TPU_REMOTE_DIR" in
-    /*) printf '%s' "$TPU_REMOTE_DIR" ;;
-    *) printf '"$HOME"/%s' "$TPU_REMOTE_DIR" ;;
+  case "$p" in
+    /*) printf '%s' "$p" ;;
+    *) printf '"$HOME"/%s' "$p" ;;
   esac
 }
+
+# remote_dir_expr: the code folder as a word for the worker's shell.
+remote_dir_expr() { home_path_expr --remote_dir "$TPU_REMOTE_DIR"; }
+
+# venv_expr: the workers' Python environment (setup_workers.sh makes it, launch.sh uses it).
+venv_expr() { home_path_expr --venv "$TPU_VENV"; }

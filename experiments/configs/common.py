@@ -23,6 +23,61 @@ def parse_arg(arg: str | None, **defaults):
     return out
 
 
+# The slices a run books, by the accelerator type `gcloud ... --accelerator-type` takes. v5p and
+# v4 names count TensorCores (2 per chip: v5p-64 is 32 chips, 8 hosts of 4); v6e and v5e
+# (v5litepod) names count chips (v6e-64 is 64 chips, 16 hosts of 4; v6e-8 is one host of 8).
+# topology: what `python -m o3video_jax.train.aot --topology` takes for the same chips.
+# hbm_gib: memory per chip (v5p 95 GB, v6e 32 GB, v5e 16 GB, v4 32 GB).
+SLICES = {
+    "v5p-8": ("v5p:2x2x1", 4, 1, 88.5),
+    "v5p-16": ("v5p:2x2x2", 8, 2, 88.5),
+    "v5p-32": ("v5p:2x2x4", 16, 4, 88.5),
+    "v5p-64": ("v5p:2x4x4", 32, 8, 88.5),
+    "v5p-128": ("v5p:4x4x4", 64, 16, 88.5),
+    "v5p-256": ("v5p:4x4x8", 128, 32, 88.5),
+    "v6e-8": ("v6e:2x4", 8, 1, 29.8),
+    "v6e-16": ("v6e:4x4", 16, 4, 29.8),
+    "v6e-32": ("v6e:4x8", 32, 8, 29.8),
+    "v6e-64": ("v6e:8x8", 64, 16, 29.8),
+    "v6e-256": ("v6e:16x16", 256, 64, 29.8),
+    "v5litepod-16": ("v5e:4x4", 16, 4, 14.9),
+    "v5litepod-64": ("v5e:8x8", 64, 16, 14.9),
+    "v4-32": ("v4:2x2x4", 16, 4, 29.8),
+}
+
+# Sizes whose full fine-tuning does not fit a 32 GB chip with FSDP alone (the 7B SFT step needs
+# 30.80 GiB per chip with one 8,192-token row per chip at 64 chips, README): tensor parallelism
+# over a host's 4 chips quarters the attention/MLP activations and leaves a quarter of the
+# rows per step. Estimated, not yet AOT-measured for the v6e rows (BUILD.md lists them).
+_TENSOR_BELOW_GIB = {"7b": 40.0, "32b": 1e9, "72b": 1e9}
+
+
+def slice_info(name: str) -> dict:
+    if name not in SLICES:
+        raise ValueError(f"unknown slice {name!r}; known: {sorted(SLICES)}")
+    topology, chips, hosts, hbm = SLICES[name]
+    return {"topology": topology, "chips": chips, "hosts": hosts, "hbm_gib": hbm}
+
+
+def apply_slice(c: ml_collections.ConfigDict, name: str, size: str, num_slices: int = 1) -> None:
+    """Mesh, batch, microbatches and remat of an SFT/GSPO run of `size` on `num_slices` slices
+    `name` (e.g. "v6e-64"); records it in `c.slice`, and preflight checks the device count."""
+    info = slice_info(name)
+    if num_slices < 1:
+        raise ValueError(f"num_slices must be >= 1, got {num_slices}")
+    tensor = 4 if info["hbm_gib"] < _TENSOR_BELOW_GIB.get(size, 0.0) else 1
+    # data spans the slices over DCN (one gradient all-reduce a step); FSDP and tensor stay
+    # within a slice (ICI). One row (SFT) / prompt (GSPO) per batch shard, as the shipped
+    # configs; a single row cannot be split, so no microbatches; full remat.
+    c.mesh.update({"data": num_slices, "fsdp": -1, "tensor": tensor})
+    c.data.batch_size = 0
+    c.data.per_device_batch_size = 1
+    c.optim.microbatches = 1
+    c.model.remat = "full"
+    c.slice.name = name if num_slices == 1 else f"{num_slices}x{name}"
+    c.slice.devices = info["chips"] * num_slices
+
+
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.stage = "sft"  # "sft" | "gspo" | "sft+gspo"
@@ -31,6 +86,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.total_steps = 1000
     c.epochs = 0.0
     c.nan_policy = "skip"  # "skip" the update or "stop" the run on a non-finite loss
+    # The slice booked for the run ("v6e-64", "2xv5p-64") and its device count, set by the
+    # configs' slice= arg; preflight checks the devices against it. 0 = any devices.
+    c.slice = ml_collections.ConfigDict({"name": "", "devices": 0})
 
     c.model = ml_collections.ConfigDict()
     c.model.preset = "tiny"  # tiny | 3b | 7b | 32b | 72b
@@ -47,6 +105,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
     c.sharding = ml_collections.ConfigDict()
     c.sharding.rules = [list(r) for r in DEFAULT_RULES]
+    # A mesh that cannot follow the slice's topology is an error; True takes the devices in
+    # plain order instead (slower collectives).
+    c.sharding.mesh_fallback = False
 
     c.data = ml_collections.ConfigDict()
     c.data.train_json = ""
@@ -137,6 +198,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.ckpt = ml_collections.ConfigDict()
     c.ckpt.save_every = 500
+    # Also a save at least this often (a 7B GSPO step takes ~22 s or more: 500 steps are hours).
+    c.ckpt.save_every_minutes = 30.0
     c.ckpt.keep = 3
     c.ckpt.async_save = True
     c.ckpt.export_hf = True

@@ -1,7 +1,8 @@
 r"""GSPO (stage 2) of Qwen2.5-VL on STGR-RL with the spatio-temporal rewards.
 
 Args (`:arg`): size=3b|7b|32b|72b (default 7b), preset=open_o3_video|gspo_paper (default
-open_o3_video), runlocal (tiny model, CPU smoke test). The presets live in
+open_o3_video), slice=NAME and num_slices=N (as sft_qwen2_5_vl.py), runlocal (tiny model, CPU
+smoke test). The presets live in
 `o3video_jax.rl.gspo.presets()`; every field stays overridable with --config.rl.x=...
 
 `open_o3_video` reproduces Open-o3 Video (G=4, temperature 1.0, top-p 0.95, eps 0.2, beta 0.04 with
@@ -34,7 +35,9 @@ _PRESET_FIELDS = (
 
 
 def get_config(arg=None):
-    a = common.parse_arg(arg, size="7b", preset="open_o3_video", runlocal=False)
+    a = common.parse_arg(
+        arg, size="7b", preset="open_o3_video", slice="", num_slices=1, runlocal=False
+    )
     c = common.base_config()
     c.stage = "gspo"
     c.model.preset = a.size
@@ -63,6 +66,10 @@ def get_config(arg=None):
     for field in _PRESET_FIELDS:  # `minibatches` = optimiser updates per rollout batch
         c.rl[field] = presets[a.preset][field]
     c.rl.num_updates = 1
+    if a.slice:
+        common.apply_slice(c, a.slice, a.size, a.num_slices)
+    elif a.num_slices != 1:
+        raise ValueError("num_slices= needs slice= (e.g. slice=v5p-64,num_slices=2)")
     if a.runlocal:
         c.model.preset = "tiny"
         c.model.dtype = "float32"

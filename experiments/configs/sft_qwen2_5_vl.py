@@ -1,6 +1,9 @@
 r"""SFT (cold start) of Qwen2.5-VL on STGR-SFT, as in Open-o3 Video stage 1.
 
-Args (`:arg`): size=3b|7b|32b|72b (default 7b), runlocal (tiny model, CPU smoke test).
+Args (`:arg`): size=3b|7b|32b|72b (default 7b), slice=NAME (the booked slice, e.g. v6e-64,
+v5p-64: mesh, batch, microbatches and remat for it, and preflight checks the device count;
+common.SLICES lists them), num_slices=N (multislice: N such slices, the data axis over DCN),
+runlocal (tiny model, CPU smoke test).
 
 Launch on a TPU VM (every worker runs the same command):
   tpu_scripts/launch.sh NAME ZONE -- python -m o3video_jax.train \
@@ -40,7 +43,7 @@ _MESH = {
 
 
 def get_config(arg=None):
-    a = common.parse_arg(arg, size="7b", runlocal=False)
+    a = common.parse_arg(arg, size="7b", slice="", num_slices=1, runlocal=False)
     c = common.base_config()
     c.stage = "sft"
     c.model.preset = a.size
@@ -62,6 +65,10 @@ def get_config(arg=None):
     c.data.max_frames = FRAMES
     c.data.max_patches = MAX_PATCHES  # one example with 4 key frames; see FRAME_PATCHES
     c.ckpt.save_every = 500
+    if a.slice:
+        common.apply_slice(c, a.slice, a.size, a.num_slices)
+    elif a.num_slices != 1:
+        raise ValueError("num_slices= needs slice= (e.g. slice=v5p-64,num_slices=2)")
     if a.runlocal:
         c.model.preset = "tiny"
         c.model.dtype = "float32"

@@ -1,8 +1,8 @@
 """Train-state checkpoints with Orbax (DESIGN decision 9).
 
 One `Checkpointer` per run directory: asynchronous saves, the last N kept, a save every k steps
-and one on preemption (a SIGTERM on any process; every process saves the same step, see
-preemption.py), automatic resume from the latest step. A checkpoint holds the train state pytree
+and every m minutes, and one on preemption (a SIGTERM on any process; every process saves the
+same step, see preemption.py), automatic resume from the latest step. A checkpoint holds the train state pytree
 (params, optimiser state, step, rng) and the data iterator state, so a resumed run continues
 with exactly the batches an uninterrupted run would have seen.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -87,6 +88,10 @@ class Checkpointer:
     Args:
       directory: run directory (local path or gs://...); checkpoints live in `directory/ckpt`.
       save_every: save when `step % save_every == 0` (and always on preemption or `force`).
+      save_every_minutes: also save once this many minutes have passed since the last save (or
+        the start); 0 turns it off. Process 0's clock decides and every process follows (a
+        broadcast at every step), since a save is a collective and hosts' clocks and step
+        start times differ.
       keep: how many recent checkpoints to keep.
       async_save: write in a background thread; `wait()` blocks until it lands.
       handle_sigterm: treat SIGTERM as a preemption notice (`preemption.PreemptionWatch`).
@@ -97,12 +102,16 @@ class Checkpointer:
         directory: str,
         *,
         save_every: int = 1000,
+        save_every_minutes: float = 0.0,
         keep: int = 3,
         async_save: bool = True,
         handle_sigterm: bool = True,
     ):
         self.directory = os.path.join(directory, "ckpt")
         self.save_every = int(save_every)
+        self.save_every_minutes = float(save_every_minutes)
+        self._clock = time.monotonic
+        self._last_save = self._clock()
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             create=True,
@@ -131,7 +140,17 @@ class Checkpointer:
         takes part in the cross-process preemption decision."""
         if self._preemption.check(step):
             return True
-        return self.save_every > 0 and step % self.save_every == 0
+        if self.save_every > 0 and step % self.save_every == 0:
+            return True
+        return self._minutes_due()
+
+    def _minutes_due(self) -> bool:
+        if self.save_every_minutes <= 0:
+            return False
+        due = self._clock() - self._last_save >= 60.0 * self.save_every_minutes
+        if jax.process_count() > 1:  # every process takes process 0's decision
+            due = bool(np.asarray(multihost_utils.broadcast_one_to_all(np.int32(due))))
+        return due
 
     def save(
         self,
@@ -158,6 +177,7 @@ class Checkpointer:
         if data_state is not None:
             args["data"] = ocp.args.JsonSave(_data_payload(data_state))
         self._manager.save(step, args=ocp.args.Composite(**args), force=True)
+        self._last_save = self._clock()
         return True
 
     def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, Any, int]:

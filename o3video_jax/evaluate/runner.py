@@ -373,7 +373,7 @@ def evaluate(
     tok_dir = config.data.tokenizer_dir or config.model.hf_checkpoint
     tokenizer = Tokenizer.from_dir(tok_dir)
     devices = jax.local_devices() if nproc > 1 else None
-    mesh = make_mesh(dict(config.mesh), devices)
+    mesh = make_mesh(dict(config.mesh), devices, allow_fallback=config.sharding.mesh_fallback)
     rules = [tuple(r) for r in config.sharding.rules]
     _, params = hf.load(
         config.model.hf_checkpoint, jnp.dtype(config.model.param_dtype), mesh=mesh, rules=rules,

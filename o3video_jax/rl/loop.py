@@ -30,10 +30,11 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
+from o3video_jax.data import pipeline
 from o3video_jax.rewards import REWARD_NAMES, compute_rewards, step_fraction
 from o3video_jax.rl import gspo, rollouts
 from o3video_jax.rl import sampler as sampler_lib
-from o3video_jax.train import evaluation, experiment, preflight, sharding, steps
+from o3video_jax.train import completion, evaluation, experiment, preflight, sharding, steps
 from o3video_jax.train.loop import Profiler, data_skipped, export_hf
 from o3video_jax.train.metrics_log import MetricsWriter
 from o3video_jax.train.state import make_schedule, update_count
@@ -226,6 +227,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     # The lr schedule counts optimiser updates: num_updates x minibatches per rollout step.
     schedule = make_schedule(ucfg.optimizer)
     updates = int(jax.device_get(update_count(state.opt_state)))
+    if step < total:  # more to do: an earlier, shorter run's marker no longer holds
+        completion.clear(workdir)
     try:
         while step < total:
             t0 = time.perf_counter()
@@ -331,6 +334,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 metrics.update(evaluate(state.params))
                 metrics["time/eval"] = time.perf_counter() - t5
             last = metrics
+            if step == exp.start_step + 2 and jax.process_index() == 0:  # past compilation
+                print(preflight.save_plan(config, t4 - t0, "measured"), flush=True)
             if step % config.log.every == 0 or step == total or metrics["skipped"] or evaluated:
                 writer.write(step, metrics)
             writer.advance()
@@ -340,9 +345,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 print(f"preempted at step {step}: checkpoint saved, exiting", flush=True)
                 return last
         exp.checkpointer.save(step, state, data_state, force=True, before_save=writer.flush)
-        if config.ckpt.export_hf:
-            export_hf(exp, state.params)
+        exported = export_hf(exp, state.params) if config.ckpt.export_hf else None
+        exp.checkpointer.wait()  # the final checkpoint has landed, then the marker
+        writer.flush()
+        completion.mark(workdir, step, total, exported)
         return last
     finally:
         writer.close()
         exp.checkpointer.close()
+        pipeline.close(it)

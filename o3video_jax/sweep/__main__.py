@@ -59,7 +59,10 @@ def main(argv):
         print(f"sweep: {e}", file=sys.stderr)
         sys.exit(2)
     if failed:
-        print(f"sweep: {len(failed)} run(s) failed: {', '.join(failed)}", file=sys.stderr)
+        print(
+            f"sweep: {len(failed)} run(s) not done (failed or preempted): {', '.join(failed)}",
+            file=sys.stderr,
+        )
         sys.exit(1)
     if not _DRY_RUN.value:
         print(

@@ -2,10 +2,12 @@
 `python -m o3video_jax.train` (locally one after another, or printed as one
 `tpu_scripts/launch.sh` command per run for separate TPU slices).
 
-ROOT/NAME/sweep.json records the run's overrides (and the overrides common to the sweep);
-ROOT/NAME/sweep_done.json marks a run that reached config.total_steps. A second invocation
-skips finished runs and re-launches the others, which resume from their own Orbax checkpoints
-(the train loops resume a workdir automatically).
+ROOT/NAME/sweep.json records the run's overrides (and the overrides common to the sweep).
+A run is done only when it wrote its own completion marker (ROOT/NAME/COMPLETE.json, see
+`train.completion`: after its final checkpoint and export). A checkpoint is never taken for
+the end (the `total_steps` a sweep sees before preflight may be 0, "derive"), and a run that
+exits 0 without the marker was preempted: a second invocation skips done runs and re-launches
+the others, which resume from their own Orbax checkpoints.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ import ml_collections
 from etils import epath
 
 from o3video_jax.sweep import spec
+from o3video_jax.train import completion
 
 RUN_FILE = "sweep.json"
-DONE_FILE = "sweep_done.json"
+DONE_FILE = completion.FILE
 LOG_FILE = "sweep.log"
 
 
@@ -97,14 +100,13 @@ def latest_step(workdir: str) -> int | None:
 
 
 def status(run: Run) -> tuple[str, int | None]:
-    """("done" | "finished" | "partial" | "new", latest checkpoint step)."""
-    wd = epath.Path(run.workdir)
-    if (wd / DONE_FILE).exists():
-        return "done", json.loads((wd / DONE_FILE).read_text())["step"]
+    """("done" | "partial" | "new", step): done only with the run's completion marker (its
+    step); otherwise the latest checkpoint step, whatever `run.total_steps` says."""
+    marker = completion.read(run.workdir)
+    if marker is not None:
+        return "done", marker["step"]
     step = latest_step(run.workdir)
-    if step is None:
-        return "new", None
-    return ("finished" if step >= run.total_steps else "partial"), step
+    return ("new", None) if step is None else ("partial", step)
 
 
 def _record(run: Run, fixed: Mapping[str, Any], config_name: str) -> None:
@@ -169,7 +171,7 @@ def run_local(
     out=sys.stdout,
 ) -> list[str]:
     """Runs every unfinished run in turn as a subprocess (with `env`, default this process's
-    environment). Returns the names of the runs that failed."""
+    environment). Returns the names of the runs that did not finish (failed or preempted)."""
     failed = []
     n = len(runs)
     for run in runs:
@@ -180,16 +182,10 @@ def run_local(
             continue
         cmd = [sys.executable, *train_args(config_name, run.workdir, fixed_argv, run.overrides)]
         if dry_run:
-            what = {"new": "would start", "partial": f"would resume from step {step}"}.get(
-                state, "finished, would be marked done"
-            )
+            what = "would start" if state == "new" else f"would resume from step {step}"
             print(f"{tag}: {what}: {shlex.join(cmd)}", file=out, flush=True)
             continue
         _record(run, fixed, config_name)
-        if state == "finished":  # killed between its last checkpoint and the done marker
-            _mark_done(run, step)
-            print(f"{tag}: finished (step {step}), marked done", file=out, flush=True)
-            continue
         log = _log_path(run)
         how = "starting" if state == "new" else f"resuming from step {step}"
         print(f"{tag}: {how} (log {log})", file=out, flush=True)
@@ -198,21 +194,22 @@ def run_local(
             f.write(f"# {time.strftime('%Y-%m-%dT%H:%M:%S')} {shlex.join(cmd)}\n")
             f.flush()
             rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
-        step = latest_step(run.workdir)
+        state, step = status(run)
         minutes = (time.time() - t0) / 60
-        if rc == 0 and step is not None and step >= run.total_steps:
-            _mark_done(run, step)
+        if rc == 0 and state == "done":
             print(f"{tag}: done (step {step}, {minutes:.1f} min)", file=out, flush=True)
+        elif rc == 0:  # a clean stop without the marker: SIGTERM (stop.sh, a preemption)
+            print(
+                f"{tag}: preempted at step {step}, {minutes:.1f} min (not done; run the sweep "
+                "again to resume it)",
+                file=out,
+                flush=True,
+            )
+            failed.append(run.name)
         else:
-            why = f"exit status {rc}" if rc else f"stopped at step {step}/{run.total_steps}"
-            print(f"{tag}: FAILED ({why}); last lines of {log}:\n{_tail(log)}", file=out)
+            print(f"{tag}: FAILED (exit status {rc}); last lines of {log}:\n{_tail(log)}", file=out)
             failed.append(run.name)
     return failed
-
-
-def _mark_done(run: Run, step: int) -> None:
-    done = {"step": step, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    (epath.Path(run.workdir) / DONE_FILE).write_text(json.dumps(done) + "\n")
 
 
 def print_launch(

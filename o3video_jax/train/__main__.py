@@ -16,6 +16,7 @@ from ml_collections import config_flags
 
 from o3video_jax.train.distributed import (  # noqa: F401 - re-exported
     cluster_detected,
+    initialize,
     should_initialize,
     tpu_chips_attached,
 )
@@ -40,11 +41,9 @@ def main(argv):
     from absl import logging
 
     logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save INFO lines off the console
-    import jax
-
     init, _ = should_initialize(_DISTRIBUTED.value, os.environ, tpu_chips_attached())
     if init:
-        jax.distributed.initialize()
+        initialize()
     from o3video_jax.train import steps
 
     config = _CONFIG.value

@@ -74,8 +74,12 @@ def parse_topology(name: str) -> tuple[str, tuple[int, ...]]:
     return m.group(1), tuple(int(s) for s in m.group(2).split("x"))
 
 
-def topology_devices(name: str) -> list:
+def topology_devices(name: str, num_slices: int = 1) -> list:
+    """The devices of TPU topology `name` (`num_slices` > 1: that many slices of it, joined
+    over DCN, as a multislice queued resource with --node-count gives)."""
     parse_topology(name)
+    if num_slices < 1:
+        raise ValueError(f"num_slices must be positive, got {num_slices}")
     if importlib.util.find_spec("libtpu") is None:
         raise LibTPUMissingError(
             f"AOT compilation for TPU topology {name!r} needs libtpu, which is not installed; "
@@ -87,7 +91,8 @@ def topology_devices(name: str) -> list:
     from jax.experimental import topologies
 
     try:
-        desc = topologies.get_topology_desc(topology_name=name, platform="tpu")
+        kw = {"num_slices": num_slices} if num_slices > 1 else {}
+        desc = topologies.get_topology_desc(topology_name=name, platform="tpu", **kw)
     except Exception as e:  # noqa: BLE001 - libtpu reports bad names in many ways
         raise ValueError(f"libtpu cannot describe topology {name!r}: {e}") from e
     return list(desc.devices)
@@ -285,7 +290,9 @@ def plan(
     n = len(devices)
     resolved = preflight.apply(config, n)
     rules = [tuple(r) for r in config.sharding.rules]
-    mesh = sharding.make_mesh(dict(config.mesh), devices)
+    mesh = sharding.make_mesh(
+        dict(config.mesh), devices, allow_fallback=config.sharding.mesh_fallback
+    )
     mc = experiment.model_config(config)
     model = Qwen25VL(mc)
     tx = make_optimizer(preflight.optimizer_config(config))
@@ -563,11 +570,17 @@ def main(argv):
     from absl import flags
 
     config, topology = flags.FLAGS.config, flags.FLAGS.topology
-    devices = topology_devices(topology)
-    print(f"{topology}: {len(devices)} devices; compiling every program of the run", flush=True)
+    slices = flags.FLAGS.num_slices
+    devices = topology_devices(topology, slices)
+    label = f"{slices} slices of {topology}" if slices > 1 else topology
+    print(f"{label}: {len(devices)} devices; compiling every program of the run", flush=True)
     only = tuple(s for s in flags.FLAGS.only.split(",") if s)
     result = plan(config, devices, topology, only, log=lambda s: print(s, flush=True))
     print(table(result), flush=True)
+    # The roofline of every program compiled: a GSPO run with several prompt buckets runs one
+    # prefill per step, so this overstates its step floor (and understates saves per minute).
+    floor = sum(result.roofline(prog).seconds for prog in result.programs)
+    print(preflight.save_plan(config, floor, "AOT roofline, programs summed"), flush=True)
     for prog in result.programs:
         print(f"\n{prog.name}: {report(prog.compiled, result.num_devices)}")
     if not fits(result):
@@ -581,6 +594,9 @@ if __name__ == "__main__":
 
     config_flags.DEFINE_config_file("config", None, "experiment config", lock_config=True)
     flags.DEFINE_string("topology", None, "TPU topology, e.g. v5p:4x4x4", required=True)
+    flags.DEFINE_integer(
+        "num_slices", 1, "multislice: this many slices of --topology joined over DCN"
+    )
     flags.DEFINE_string(
         "only",
         "",

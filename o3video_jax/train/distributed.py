@@ -52,3 +52,18 @@ def should_initialize(mode: str, env=os.environ, tpu_chips: int = 0) -> tuple[bo
     if tpu_chips > 0 and (not platforms or "tpu" in platforms):
         return True, f"Cloud TPU VM ({tpu_chips} chips attached)"
     return False, "no TPU VM or cluster environment"
+
+
+def initialize(env=os.environ) -> None:
+    """`jax.distributed.initialize()`, with the process count and id from JAX_NUM_PROCESSES /
+    JAX_PROCESS_ID when set (JAX itself reads only JAX_COORDINATOR_ADDRESS from the
+    environment; on a Cloud TPU VM it finds all three in the TPU metadata)."""
+    import jax
+
+    kw = {}
+    if env.get("JAX_NUM_PROCESSES") and env.get("JAX_PROCESS_ID"):
+        kw = {
+            "num_processes": int(env["JAX_NUM_PROCESSES"]),
+            "process_id": int(env["JAX_PROCESS_ID"]),
+        }
+    jax.distributed.initialize(**kw)

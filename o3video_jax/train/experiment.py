@@ -222,10 +222,11 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
         print(preflight.summary(resolved), flush=True)
         for w in resolved.warnings:
             print(f"preflight warning: {w}", flush=True)
+        print(preflight.save_plan(config, None, ""), flush=True)
     io.makedirs(workdir)
     synthetic = prepare_synthetic(config, workdir)
     rules = [tuple(r) for r in config.sharding.rules]
-    mesh = sharding.make_mesh(dict(config.mesh))
+    mesh = sharding.make_mesh(dict(config.mesh), allow_fallback=config.sharding.mesh_fallback)
     mc = model_config(config)
     model = Qwen25VL(mc)
     tok_dir = config.data.tokenizer_dir or config.model.hf_checkpoint
@@ -245,6 +246,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
     ckpt = Checkpointer(
         workdir,
         save_every=config.ckpt.save_every,
+        save_every_minutes=config.ckpt.save_every_minutes,
         keep=config.ckpt.keep,
         async_save=config.ckpt.async_save,
     )

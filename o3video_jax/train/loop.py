@@ -4,7 +4,9 @@ One jitted, donated step per batch (`steps.make_sft_step`); everything else happ
 after an explicit `device_get`: metrics to metrics.jsonl / TensorBoard / the progress bar, the
 NaN policy, Orbax checkpoints (params, optimiser state, step, rng and the grain iterator state)
 every `ckpt.save_every` steps and on SIGTERM (then the loop returns cleanly), and at the end an
-HF export (`WORKDIR/hf`, with the tokenizer files) that transformers can load. With
+HF export (`WORKDIR/hf`, with the tokenizer files) that transformers can load, and then the
+completion marker `WORKDIR/COMPLETE.json` (`train.completion`; a preempted run never writes it).
+Checkpoints are also saved every `ckpt.save_every_minutes`. With
 `log.eval_every` > 0, every that many steps and after the last one the held-out loss and token
 accuracy on `data.eval_json` (`train.evaluation`) join that step's metrics row as `eval/*`.
 
@@ -29,7 +31,8 @@ from jax.experimental import multihost_utils
 
 from o3video_jax import io
 from o3video_jax.checkpoints import hf
-from o3video_jax.train import evaluation, experiment, preflight, sharding, steps
+from o3video_jax.data import pipeline
+from o3video_jax.train import completion, evaluation, experiment, preflight, sharding, steps
 from o3video_jax.train.metrics_log import MetricsWriter
 from o3video_jax.train.state import make_schedule, update_count
 
@@ -139,6 +142,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     data_state = exp.data_state
     # Optimiser updates applied so far (the schedule's step; skipped steps do not count).
     updates = int(jax.device_get(update_count(state.opt_state)))
+    if step < total:  # more to do: an earlier, shorter run's marker no longer holds
+        completion.clear(workdir)
     try:
         while step < total:
             t0 = time.perf_counter()
@@ -168,6 +173,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             if evaluated:
                 metrics.update(evaluate(state.params))
             last = metrics
+            if step == exp.start_step + 2 and jax.process_index() == 0:  # past compilation
+                print(preflight.save_plan(config, t2 - t0, "measured"), flush=True)
             if step % config.log.every == 0 or step == total or metrics["skipped"] or evaluated:
                 writer.write(step, metrics)
             writer.advance()
@@ -178,9 +185,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 print(f"preempted at step {step}: checkpoint saved, exiting", flush=True)
                 return last
         exp.checkpointer.save(step, state, data_state, force=True, before_save=writer.flush)
-        if config.ckpt.export_hf:
-            export_hf(exp, state.params)
+        exported = export_hf(exp, state.params) if config.ckpt.export_hf else None
+        exp.checkpointer.wait()  # the final checkpoint has landed, then the marker
+        writer.flush()
+        completion.mark(workdir, step, total, exported)
         return last
     finally:
         writer.close()
         exp.checkpointer.close()
+        pipeline.close(it)

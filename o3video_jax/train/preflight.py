@@ -128,6 +128,14 @@ def check(config: ml_collections.ConfigDict, num_devices: int, num_processes: in
         raise PreflightError(f"stage must be 'sft' or 'gspo', got {config.stage!r}")
     gspo = config.stage == "gspo"
 
+    # ---- the booked slice (configs' slice= arg)
+    booked = config.get("slice")
+    if booked is not None and int(booked.devices) and int(booked.devices) != num_devices:
+        errors.append(
+            f"the config is for {booked.name} ({booked.devices} devices) but {num_devices} "
+            "devices are here: pick the slice= of this slice (or another slice)"
+        )
+
     # ---- mesh
     unknown = [a for a in config.mesh if a not in MESH_AXES]
     if unknown:
@@ -386,3 +394,30 @@ def summary(r: Resolved) -> str:
 
 def as_dict(r: Resolved) -> dict[str, Any]:
     return dataclasses.asdict(r)
+
+
+def save_plan(config: ml_collections.ConfigDict, step_seconds: float | None, source: str) -> str:
+    """One line: the planned checkpoint interval in steps and minutes.
+
+    step_seconds: a measured step time or the AOT roofline floor (`source` says which); None
+    when neither is known, and the line says so rather than guess.
+    """
+    every, minutes = int(config.ckpt.save_every), float(config.ckpt.save_every_minutes)
+    rules = []
+    if every > 0:
+        rules.append(f"every {every} steps")
+    if minutes > 0:
+        rules.append(f"every {minutes:g} min")
+    if not rules:
+        return "checkpoints: only at the end and on preemption (ckpt.save_every = 0, no minutes)"
+    text = "checkpoints: " + " and ".join(rules)
+    if not step_seconds or step_seconds <= 0:
+        return text + "; step time unknown, so the interval in the other unit is unknown"
+    by_steps = every * step_seconds / 60 if every > 0 else math.inf
+    by_minutes = max(1, math.ceil(60 * minutes / step_seconds)) if minutes > 0 else math.inf
+    steps = min(every if every > 0 else math.inf, by_minutes)
+    text += (
+        f"; at {step_seconds:.3g} s/step ({source}) a save about every {steps} steps = "
+        f"{min(by_steps, minutes if minutes > 0 else math.inf):.1f} min"
+    )
+    return text

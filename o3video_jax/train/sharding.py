@@ -77,11 +77,31 @@ MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
 
-def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+def num_slices(devices: Sequence[jax.Device]) -> int:
+    """How many TPU slices `devices` span (multislice: joined over the data-centre network)."""
+    ids = {getattr(d, "slice_index", None) for d in devices}
+    ids.discard(None)
+    return max(1, len(ids))
+
+
+def make_mesh(
+    shape: Mapping[str, int],
+    devices: Sequence[jax.Device] | None = None,
+    *,
+    allow_fallback: bool = False,
+) -> Mesh:
     """A device mesh with the axes of `shape`, in its order, e.g. {"data": -1, "fsdp": 1, "tensor": 1}.
 
     One size may be -1: it takes the devices left over. The axes are `Auto` (sharding
     propagation by XLA, constraints from logical axis names).
+
+    Placement follows the topology: `mesh_utils.create_device_mesh` (splitting a physical torus
+    axis when a mesh axis needs it), and over several slices (multislice, devices with
+    distinct `slice_index`) `create_hybrid_device_mesh` with the `data` axis across slices
+    (DCN: one gradient all-reduce per step) and every other axis within a slice (ICI). A
+    placement that cannot follow the topology is an error, unless `allow_fallback`
+    (`config.sharding.mesh_fallback`) accepts devices in plain enumeration order. Devices
+    without a topology (CPU) are always taken in order.
     """
     devices = list(jax.devices() if devices is None else devices)
     names = tuple(shape)
@@ -104,11 +124,49 @@ def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = N
             f"mesh shape {dict(zip(names, sizes, strict=True))} needs {math.prod(sizes)} devices, "
             f"have {len(devices)}"
         )
-    try:  # topology-aware placement on TPU/GPU; plain reshape elsewhere
-        grid = mesh_utils.create_device_mesh(sizes, devices)
-    except (ValueError, NotImplementedError, AssertionError):
-        grid = np.asarray(devices, dtype=object).reshape(sizes)
+    grid = _place(names, sizes, devices, allow_fallback)
     return Mesh(grid, names, axis_types=(AxisType.Auto,) * len(names))
+
+
+def _place(names, sizes, devices, allow_fallback: bool) -> np.ndarray:
+    slices = num_slices(devices)
+    resolved = dict(zip(names, sizes, strict=True))
+    if slices > 1:
+        data = resolved.get("data", 1)
+        if data % slices:
+            raise ValueError(
+                f"{slices} slices: the mesh's data axis ({data}) spans the slices over DCN and "
+                f"must be a multiple of {slices} (e.g. --config.mesh.data={slices})"
+            )
+        ici = [s // slices if n == "data" else s for n, s in zip(names, sizes, strict=True)]
+        dcn = [slices if n == "data" else 1 for n in names]
+
+        def place(split):
+            return mesh_utils.create_hybrid_device_mesh(
+                ici, dcn, devices, allow_split_physical_axes=split
+            )
+    elif devices[0].platform == "cpu":
+        return np.asarray(devices, dtype=object).reshape(sizes)
+    else:
+
+        def place(split):
+            return mesh_utils.create_device_mesh(sizes, devices, allow_split_physical_axes=split)
+
+    errors = []
+    for split in (False, True):
+        try:
+            return place(split)
+        except (ValueError, NotImplementedError, AssertionError) as e:
+            errors.append(f"{type(e).__name__}: {e}")
+    if not allow_fallback:
+        raise ValueError(
+            f"mesh {resolved} cannot follow the topology of {len(devices)} "
+            f"{devices[0].device_kind} devices ({slices} slice(s)): {errors[-1]}. Pick mesh "
+            "sizes that factor the slice's torus, or set --config.sharding.mesh_fallback=True "
+            "to take the devices in plain order (slower collectives)"
+        )
+    print(f"sharding: mesh {resolved} in plain device order ({errors[-1]})", flush=True)
+    return np.asarray(devices, dtype=object).reshape(sizes)
 
 
 def logical_to_sharding(tree: Any, mesh: Mesh, rules: Sequence[tuple[str, MeshAxes]]) -> Any:

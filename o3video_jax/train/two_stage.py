@@ -10,9 +10,10 @@ Layout of DIR:
   DIR/sft   the SFT run (checkpoints, metrics, export DIR/sft/hf)
   DIR/gspo  the GSPO run, `model.hf_checkpoint = DIR/sft/hf` (also its frozen KL reference)
   DIR/synthetic  generated data shared by both stages (synthetic configs only)
-Rerunning the command resumes: a stage whose last checkpoint is its final step and whose
-export exists is skipped; otherwise SFT resumes from its checkpoint, and GSPO (which starts
+Rerunning the command resumes: a stage that wrote its completion marker (DIR/sft/COMPLETE.json,
+after its final checkpoint and export) is skipped; otherwise SFT resumes from its checkpoint, and GSPO (which starts
 only after SFT finished) resumes from its own. A preempted SFT stage returns without GSPO.
+DIR/COMPLETE.json is written once GSPO has finished too.
 """
 
 from __future__ import annotations
@@ -23,8 +24,7 @@ from typing import Any
 
 import ml_collections
 
-from o3video_jax.checkpoints.orbax import Checkpointer
-from o3video_jax.train import experiment
+from o3video_jax.train import completion, experiment
 
 STAGE = "sft+gspo"
 
@@ -109,16 +109,12 @@ def split(config: ml_collections.ConfigDict):
 
 
 def finished(run_dir: str, total_steps: int) -> bool:
-    """True when the run in `run_dir` saved its final step and exported its weights."""
-    if not os.path.exists(os.path.join(run_dir, "hf", "config.json")):
+    """True when the run in `run_dir` wrote its completion marker (`train.completion`: after its
+    final checkpoint and export), for this `total_steps` when that is fixed (> 0)."""
+    marker = completion.read(run_dir)
+    if marker is None:
         return False
-    if not os.path.isdir(os.path.join(run_dir, "ckpt")):
-        return False
-    ckpt = Checkpointer(run_dir, handle_sigterm=False)
-    try:
-        return ckpt.latest_step() == int(total_steps)
-    finally:
-        ckpt.close()
+    return int(total_steps) <= 0 or int(marker["total_steps"]) == int(total_steps)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -160,7 +156,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if finished(gspo_dir, gspo.total_steps):
         print(f"GSPO already finished in {gspo_dir}: nothing to do", flush=True)
         out["gspo"] = {}
-        return out
-    gspo.model.hf_checkpoint = os.path.join(sft_dir, "hf")
-    out["gspo"] = rl_loop.train(gspo, gspo_dir)
+    else:
+        gspo.model.hf_checkpoint = os.path.join(sft_dir, "hf")
+        out["gspo"] = rl_loop.train(gspo, gspo_dir)
+    marker = completion.read(gspo_dir)
+    if marker is not None:  # both stages done: the whole run's marker (run_until_done.sh)
+        completion.mark(workdir, marker["step"], marker["total_steps"], marker["hf_export"])
     return out
