@@ -3,7 +3,7 @@
 The tree mirrors Hugging Face's `Qwen2_5_VLConfig`: a root with the special token ids and the
 embedding tie flag, a nested `TextConfig` (the Qwen2 decoder) and a nested `VisionConfig` (the
 windowed ViT and its merger). The root also carries runtime knobs that HF does not have:
-`dtype` (compute), `param_dtype`, `remat` and `attention`.
+`dtype` (compute), `param_dtype`, `remat`, `attention` and `scan_layers`.
 
 For convenience the root re-exposes the decoder fields that layer code reads all the time
 (`config.hidden_size`, `config.head_dim`, ...); they are read-only views of `config.text`.
@@ -214,6 +214,10 @@ class Qwen25VLConfig:
     param_dtype: str = "float32"
     remat: str = "none"
     attention: str = "xla"
+    # Decoder layers and vision blocks under one scan each, parameters stacked on a leading
+    # "layers" axis (model/layers/..., visual/blocks/...): compile time flat in depth. The
+    # numerics equal the unrolled layout's; `checkpoints.layout` converts between the two.
+    scan_layers: bool = False
 
     def __post_init__(self):
         if self.vision.out_hidden_size != self.text.hidden_size:
@@ -329,7 +333,8 @@ class Qwen25VLConfig:
     def from_hf_dict(cls, d: Mapping[str, Any], **runtime) -> Qwen25VLConfig:
         """Parses an HF config dict (flat Hub form or nested 5.x form).
 
-        `runtime` sets dtype / param_dtype / remat / attention (defaults: float32, xla, none).
+        `runtime` sets dtype / param_dtype / remat / attention / scan_layers (defaults: float32,
+        none, xla, False).
         Raises ValueError when the dict describes another architecture.
         """
         _check_architecture(d)
