@@ -19,7 +19,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from safetensors.numpy import load_file, save_file
 
-from o3video_jax.checkpoints import hf
+from o3video_jax.checkpoints import hf, layout
 from o3video_jax.models.qwen2_5_vl import Qwen25VL, Qwen25VLConfig, inputs_from_hf
 from o3video_jax.train.sharding import DEFAULT_RULES
 
@@ -331,3 +331,61 @@ def test_special_ids_outside_a_small_vocabulary_load_with_a_warning(tmp_path):
     transformers = pytest.importorskip("transformers")
     hf_cfg = transformers.AutoConfig.from_pretrained(path)
     assert hf_cfg.text_config.bos_token_id == 151643
+
+
+# ---- scanned layout (stacked layers) -------------------------------------------------------
+def _safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
+    out = {}
+    for f in sorted(path.glob("*.safetensors")):
+        out.update(load_file(f))
+    return out
+
+
+def test_scanned_layout_round_trip_is_exact_single_and_sharded(tmp_path):
+    """Stacked params export to the same per-layer tensors as the unrolled ones, and load back
+    exactly into either layout, from one file or index-listed shards."""
+    config = _tiny_config()
+    params = _random_params(config, seed=2)
+    stacked = layout.stack_layers(params)
+    assert stacked["model"]["layers"]["self_attn"]["q_proj"]["kernel"].shape[0] == 2
+    for kw, name in (({}, "single"), ({"max_shard_size": "100KB"}, "sharded")):
+        hf.save(tmp_path / f"u_{name}", config, params, progress=False, **kw)
+        hf.save(
+            tmp_path / f"s_{name}", config.replace(scan_layers=True), stacked, progress=False, **kw
+        )
+        a, b = _safetensors(tmp_path / f"u_{name}"), _safetensors(tmp_path / f"s_{name}")
+        assert sorted(a) == sorted(b) and "model.layers.1.mlp.up_proj.weight" in b
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+        if name == "sharded":
+            index = lambda d: json.loads((tmp_path / d / hf.INDEX_FILE).read_text())
+            assert index(f"u_{name}") == index(f"s_{name}")
+            assert len(set(index(f"s_{name}")["weight_map"].values())) >= 4
+        loaded_config, loaded = hf.load(tmp_path / f"s_{name}", progress=False, scan_layers=True)
+        assert loaded_config == config.replace(scan_layers=True)
+        _assert_same_params(loaded, stacked)
+        _, unrolled = hf.load(tmp_path / f"s_{name}", progress=False)
+        _assert_same_params(unrolled, params)
+
+
+def test_scanned_load_onto_mesh_places_stacked_shards():
+    devices = np.asarray(jax.devices()[:8]).reshape(2, 2, 2)
+    mesh = Mesh(devices, ("data", "fsdp", "tensor"))
+    _, params = hf.load(UNTIED, mesh=mesh, rules=DEFAULT_RULES, progress=False, scan_layers=True)
+    _, reference = hf.load(UNTIED, progress=False)
+    flat = traverse_util.flatten_dict(params)
+    # The layer axis is never sharded; the rest as in the unrolled layout.
+    expected = {
+        ("model", "layers", "self_attn", "q_proj", "kernel"): P(None, "fsdp", "tensor"),
+        ("model", "layers", "self_attn", "q_proj", "bias"): P(None, "tensor"),
+        ("model", "layers", "mlp", "down_proj", "kernel"): P(None, "tensor", "fsdp"),
+        ("model", "layers", "input_layernorm", "scale"): P(),
+        ("visual", "blocks", "attn", "qkv", "kernel"): P(None, "fsdp", "tensor"),
+        ("visual", "patch_embed", "kernel"): P(None, "fsdp"),
+    }
+    for path, spec in expected.items():
+        x = flat[path]
+        assert x.sharding.is_equivalent_to(NamedSharding(mesh, spec), x.ndim), (path, x.sharding)
+    q = flat[("model", "layers", "self_attn", "q_proj", "kernel")]
+    assert q.addressable_shards[0].data.shape == (q.shape[0], q.shape[1] // 2, q.shape[2] // 2)
+    _assert_same_params(layout.unstack_layers(jax.device_get(params)), reference)

@@ -283,6 +283,7 @@ def save(
     """
     path = epath.Path(os.fspath(path))  # local or gs://
     flat = _flat(params)
+    unrolled_cfg = config.replace(scan_layers=False)
     config = config.replace(scan_layers=bool(layout.is_stacked(params)))
     expected = _flat(abstract_params(config))
     if set(flat) != set(expected):
@@ -295,14 +296,18 @@ def save(
                 f"{tuple(expected[p].shape)}"
             )
 
+    # Tensors in the unrolled layout's order, so both layouts write identical files.
+    located = {u: (p, i) for p in flat for u, i in _per_layer(config, p)}
+    order = list(flat) if not config.scan_layers else list(_flat(abstract_params(unrolled_cfg)))
     specs, sources = [], {}
-    for p, x in flat.items():
+    for unrolled in order:
+        p, i = located[unrolled]
+        x = flat[p]
         out_dtype = np.dtype(dtype if dtype is not None else x.dtype)
-        for unrolled, i in _per_layer(config, p):
-            name = hf_name(unrolled)
-            shape = tuple(x.shape)[0 if i is None else 1 :]
-            specs.append((name, hf_shape(config, unrolled, shape), out_dtype))
-            sources[name] = (p, unrolled, i)
+        name = hf_name(unrolled)
+        shape = tuple(x.shape)[0 if i is None else 1 :]
+        specs.append((name, hf_shape(config, unrolled, shape), out_dtype))
+        sources[name] = (p, unrolled, i)
     shards = _plan_shards(specs, _parse_size(max_shard_size))
 
     writer = jax.process_index() == 0
