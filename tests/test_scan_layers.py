@@ -18,6 +18,7 @@ from o3video_jax.data.model_inputs import Segment, VisionItem, build_model_input
 from o3video_jax.models.qwen2_5_vl import Qwen25VL, Qwen25VLConfig
 from o3video_jax.rl import sampler as sampler_lib
 from o3video_jax.train import sharding, state, steps
+from o3video_jax.train.sharding import DEFAULT_RULES
 
 TINY = Qwen25VLConfig.preset("tiny")
 # GQA with 4 query heads per KV head, 3 decoder layers, a 4-block tower with two
@@ -243,3 +244,43 @@ def _left_pad(inputs):
         positions=roll(inputs.positions, 1),
         feature_index=np.where(seg1 > 0, roll(inputs.feature_index, 0), -1).astype(np.int32),
     )
+
+
+# ---- Orbax: a checkpoint of either layout restores into either ------------------------------
+@pytest.mark.parametrize("saved_scan", [False, True], ids=["unrolled_ckpt", "scanned_ckpt"])
+def test_orbax_checkpoint_restores_into_the_other_layout(tmp_path, saved_scan):
+    from o3video_jax.checkpoints.orbax import Checkpointer
+
+    config = TINY
+    inputs = _batch(config, rows=4)["inputs"]
+    tx = state.make_optimizer(_opt_cfg().optimizer)
+    params = jax.device_get(_params(config, inputs))
+    st = state.TrainState.create(params, tx, jax.random.PRNGKey(1))
+    # Adam moments that differ per layer, so a layer mix-up would show.
+    st = st.replace(opt_state=jax.tree.map(lambda x: x + 0.5 if x.ndim else x, st.opt_state))
+    st = jax.device_get(st)
+    saved = jax.tree.map(np.asarray, layout.to_layout(st, saved_scan))
+    ckpt = Checkpointer(str(tmp_path), async_save=False, handle_sigterm=False)
+    ckpt.save(3, saved, {"pos": 7}, force=True)
+    ckpt.wait()
+    mesh = sharding.make_mesh({"data": 1, "fsdp": 2, "tensor": 2}, jax.devices()[:4])
+    want_scan = not saved_scan
+    model = Qwen25VL(config.replace(scan_layers=want_scan))
+    init = lambda k: model.init(k, inputs)["params"]
+    shardings = sharding.state_shardings(init, tx, jax.random.PRNGKey(0), mesh, DEFAULT_RULES)
+    abstract = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        layout.to_layout(st, want_scan),
+        shardings,
+    )
+    restored, data, step = ckpt.restore(abstract)
+    ckpt.close()
+    assert step == 3 and data == {"pos": 7}
+    expected = layout.to_layout(st, want_scan)
+    assert jax.tree.structure(restored) == jax.tree.structure(expected)
+    for got, want, s in zip(
+        jax.tree.leaves(restored), jax.tree.leaves(expected), jax.tree.leaves(shardings),
+        strict=True,
+    ):  # fmt: skip
+        assert got.sharding.is_equivalent_to(s, got.ndim)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
