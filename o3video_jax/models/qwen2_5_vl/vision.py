@@ -63,7 +63,7 @@ class VisionAttention(nn.Module):
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         q, k = apply_vision_rotary(q, cos, sin), apply_vision_rotary(k, cos, sin)
 
-        def kernel(full: bool):
+        def kernel(full: bool, q=q, k=k, v=v):
             with jax.named_scope("vision/full_attn" if full else "vision/window_attn"):
                 segment_ids = frame_segment_ids if full else window_segment_ids
                 if self.backend != "xla":
@@ -81,8 +81,13 @@ class VisionAttention(nn.Module):
 
         if isinstance(full, bool):
             out = kernel(full)
-        else:  # a scanned block: its kind is data, both kernels are in the body
-            out = jax.lax.cond(full, lambda: kernel(True), lambda: kernel(False))
+        else:
+            # A scanned block: its kind is data, both kernels are in the body. Each branch is
+            # checkpointed: the residuals of a `cond` are the union of both branches', so the
+            # dense frame branch's [B, N, P, P] probabilities would otherwise be allocated for
+            # every block (and saved per block without remat); now both save only q, k, v.
+            branch = lambda f: jax.checkpoint(lambda q, k, v: kernel(f, q, k, v))
+            out = jax.lax.cond(full, branch(True), branch(False), q, k, v)
         return Dense(d, ("vision_qkv", "vision_embed"), name="proj", **dense)(out.reshape(b, p, d))
 
 
