@@ -35,7 +35,10 @@ seconds (lowering + compilation) and the peak resident memory of this host proce
 compiled (`host RSS`: the kernel's VmHWM after resetting it before the program, absolute, so
 it includes the process's baseline; where the reset is refused, the process peak so far).
 
-XLA's cost analysis counts the body of a loop once. The tool multiplies by the known trip
+XLA's cost analysis counts the body of a loop once. With `model.scan_layers` (the shipped TPU
+configs) that includes the layer scans: XLA's FLOP and byte counts then cover one decoder layer
+and one vision block, and the table says so; the unrolled graph
+(`--config.model.scan_layers=False`, the same computation) gives the roofline. The tool multiplies by the known trip
 counts of the loops that hold the whole program (the decode loop: T steps, which every row
 runs at most; the microbatch scan: optim.microbatches); the chunked unembedding (`lax.map`
 over sft.ce_chunk positions) stays counted once, so for the compute term the tool takes the
@@ -247,6 +250,7 @@ class Plan:
     text_params: int  # decoder matmul params (no embedding, no unembedding)
     unembed_params: int
     vision_params: int  # vision tower matmul params per patch (merger per merged token / 4)
+    scanned: bool = False  # model.scan_layers: XLA's counts cover one layer of each scan
 
     def roofline(self, p: Program) -> roofline.Roofline:
         flops, nbytes = p.flops, p.bytes
@@ -374,6 +378,7 @@ def plan(
         text_params=text_p,
         unembed_params=unembed_p,
         vision_params=vision_p,
+        scanned=mc.scan_layers,
     )
     check_only(config, only)  # before any compile: a typo must not cost a 10-minute compile
     wanted = lambda name: not only or any(selects(o, name) for o in only)
@@ -600,6 +605,16 @@ def table(p: Plan) -> str:
         f"TFLOP/s bf16, {_gib(p.chip.hbm_bytes)} GiB HBM at {p.chip.hbm_bw / 1e9:.0f} GB/s), "
         f"mesh {p.mesh}",
         p.summary,
+        *(
+            [
+                "scan_layers: XLA's TFLOP and GB count the body of each layer scan once (one "
+                "decoder layer, one vision block), so they, the roofline, bound and MFU are "
+                "undercounts; --config.model.scan_layers=False compiles the unrolled graph "
+                "(same math) for the roofline"
+            ]
+            if p.scanned
+            else []
+        ),
         "",
         head,
         "|" + "---|" * (head.count("|") - 1),
