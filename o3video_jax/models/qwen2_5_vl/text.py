@@ -203,9 +203,15 @@ class TextModel(nn.Module):
         kv_seg = jax.lax.dynamic_update_slice(cache.segment_ids, seg, (0, cache.index))
         carry = (x, cache.k, cache.v)
         if self.scan_layers:
-            # The scan body sees the layer index as its scanned input.
-            layer_ids = jnp.arange(self.config.num_hidden_layers, dtype=jnp.int32)
-            carry, _ = self.layers(carry, cos, sin, seg, kv_seg, cache.index, layer_ids)
+            # Unrolled over the stacked parameters, not scanned: carried through a layer scan,
+            # the cache gets a copy per token (XLA:TPU re-lays the loop-carried buffer out); a
+            # decode step is small, so its HLO growing with depth costs little compile time.
+            stacked = nn.unbox(self.layers.variables["params"])
+            kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+            layer = DecoderLayer(self.config, self.backend, **kw, parent=None)  # unbound
+            for i in range(self.config.num_hidden_layers):
+                p = jax.tree.map(lambda a, i=i: a[i], stacked)
+                carry, _ = layer.apply({"params": p}, carry, cos, sin, seg, kv_seg, cache.index, i)
         else:
             for i, layer in enumerate(self.layers):
                 carry, _ = layer(carry, cos, sin, seg, kv_seg, cache.index, i)
