@@ -6,7 +6,8 @@ non-zero segment ids, which covers left padding and packed rows alike.
 
 Two parameter layouts (`config.scan_layers`): unrolled, `layers_{i}/...` per layer, or one
 `nn.scan` over the layers with every parameter stacked on a leading "layers" axis
-(`layers/...`, [N, ...]); the same layer body runs in both, so their numerics agree. The KV
+(`layers/...`, [N, ...]); the same layer body runs in both, so their numerics agree. The
+one-token decode step runs unrolled over the stacked parameters in either layout. The KV
 cache is stacked by layer in both (cache.py).
 """
 
