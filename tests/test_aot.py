@@ -121,7 +121,10 @@ def test_gspo_plan_compiles_every_program_with_consistent_numbers():
         assert r.flops >= r.model_flops > 0, name
     assert prog["decode[64]"].loop == t
     # Longer prompts cost more; the training update (3 passes) more than the forward.
-    flops = {k: roofline.cost(q.compiled)[0] for k, q in prog.items()}
+    flops = {k: q.flops for k, q in prog.items()}
+    # Only the analysis is kept: no executable stays alive (one process compiles a plan).
+    assert all(q.compiled is None for q in prog.values())
+    assert all(q.host_rss > 0 and q.seconds > 0 for n, q in prog.items() if n != "logprob_ref")
     assert flops["prefill[128]"] > flops["prefill[64]"]
     assert flops["update"] > flops["logprob"]
     text = aot.table(p)

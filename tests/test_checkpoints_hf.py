@@ -20,7 +20,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from safetensors.numpy import load_file, save_file
 
-from o3video_jax.checkpoints import hf
+from o3video_jax.checkpoints import hf, layout
 from o3video_jax.models.qwen2_5_vl import Qwen25VL, Qwen25VLConfig, inputs_from_hf
 from o3video_jax.train.sharding import DEFAULT_RULES
 
@@ -376,3 +376,80 @@ def test_export_keeps_the_source_config_exactly_and_loads_in_transformers(tmp_pa
     inputs = inputs_from_hf(loaded_config, input_ids=ids, attention_mask=np.ones_like(ids))
     got = np.asarray(Qwen25VL(loaded_config).apply({"params": params}, inputs))
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+# ---- scanned layout (stacked layers) -------------------------------------------------------
+def _safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
+    out = {}
+    for f in sorted(path.glob("*.safetensors")):
+        out.update(load_file(f))
+    return out
+
+
+def test_scanned_layout_round_trip_is_exact_single_and_sharded(tmp_path):
+    """Stacked params export to the same per-layer tensors as the unrolled ones, and load back
+    exactly into either layout, from one file or index-listed shards."""
+    config = _tiny_config()
+    params = _random_params(config, seed=2)
+    stacked = layout.stack_layers(params)
+    assert stacked["model"]["layers"]["self_attn"]["q_proj"]["kernel"].shape[0] == 2
+    for kw, name in (({}, "single"), ({"max_shard_size": "100KB"}, "sharded")):
+        hf.save(tmp_path / f"u_{name}", config, params, progress=False, **kw)
+        hf.save(
+            tmp_path / f"s_{name}", config.replace(scan_layers=True), stacked, progress=False, **kw
+        )
+        a, b = _safetensors(tmp_path / f"u_{name}"), _safetensors(tmp_path / f"s_{name}")
+        assert sorted(a) == sorted(b) and "model.layers.1.mlp.up_proj.weight" in b
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+        if name == "sharded":
+            index = lambda d: json.loads((tmp_path / d / hf.INDEX_FILE).read_text())
+            assert index(f"u_{name}") == index(f"s_{name}")
+            assert len(set(index(f"s_{name}")["weight_map"].values())) >= 4
+        loaded_config, loaded = hf.load(tmp_path / f"s_{name}", progress=False, scan_layers=True)
+        assert loaded_config == config.replace(scan_layers=True)
+        _assert_same_params(loaded, stacked)
+        _, unrolled = hf.load(tmp_path / f"s_{name}", progress=False)
+        _assert_same_params(unrolled, params)
+
+
+def test_scanned_load_onto_mesh_places_stacked_shards():
+    devices = np.asarray(jax.devices()[:8]).reshape(2, 2, 2)
+    mesh = Mesh(devices, ("data", "fsdp", "tensor"))
+    _, params = hf.load(UNTIED, mesh=mesh, rules=DEFAULT_RULES, progress=False, scan_layers=True)
+    _, reference = hf.load(UNTIED, progress=False)
+    flat = traverse_util.flatten_dict(params)
+    # The layer axis is never sharded; the rest as in the unrolled layout.
+    expected = {
+        ("model", "layers", "self_attn", "q_proj", "kernel"): P(None, "fsdp", "tensor"),
+        ("model", "layers", "self_attn", "q_proj", "bias"): P(None, "tensor"),
+        ("model", "layers", "mlp", "down_proj", "kernel"): P(None, "tensor", "fsdp"),
+        ("model", "layers", "input_layernorm", "scale"): P(),
+        ("visual", "blocks", "attn", "qkv", "kernel"): P(None, "fsdp", "tensor"),
+        ("visual", "patch_embed", "kernel"): P(None, "fsdp"),
+    }
+    for path, spec in expected.items():
+        x = flat[path]
+        assert x.sharding.is_equivalent_to(NamedSharding(mesh, spec), x.ndim), (path, x.sharding)
+    q = flat[("model", "layers", "self_attn", "q_proj", "kernel")]
+    assert q.addressable_shards[0].data.shape == (q.shape[0], q.shape[1] // 2, q.shape[2] // 2)
+    _assert_same_params(layout.unstack_layers(jax.device_get(params)), reference)
+
+
+def test_export_keeps_the_source_config_under_runtime_knobs(tmp_path):
+    """scan_layers, remat, attention and the attention chunks are runtime knobs: a config loaded
+    from a file and run scanned still exports the source's config.json unchanged."""
+    source = json.loads((UNTIED / "config.json").read_text())
+    source["extra_key_kept"] = "as is"
+    (tmp_path / "config.json").write_text(json.dumps(source))
+    config = Qwen25VLConfig.from_hf_json(tmp_path)
+    run = config.replace(
+        scan_layers=True,
+        remat="full",
+        vision=dataclasses.replace(config.vision, max_frame_patches=64, attention_chunk=32),
+        text=dataclasses.replace(config.text, attention_chunk=16),
+    )
+    assert run.to_hf_dict() == config.to_hf_dict() == source
+    out = tmp_path / "out"
+    hf.save(out, run, layout.stack_layers(_random_params(config, seed=4)), progress=False)
+    assert json.loads((out / "config.json").read_text()) == source

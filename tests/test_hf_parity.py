@@ -37,8 +37,8 @@ MAX_SEQ_LEN, MAX_PATCHES = 64, 224
 
 
 @functools.cache
-def _load(model: str, dtype=jnp.float32):
-    return hf.load(GOLDEN / "models" / model, dtype, progress=False)
+def _load(model: str, dtype=jnp.float32, scan_layers=False):
+    return hf.load(GOLDEN / "models" / model, dtype, progress=False, scan_layers=scan_layers)
 
 
 @functools.cache
@@ -62,22 +62,26 @@ def _our_logits(config, params, hf_inputs, rule="hf"):
     return out[inputs.segment_ids != 0]
 
 
+@pytest.mark.parametrize("scan_layers", [False, True], ids=["unrolled", "scanned"])
 @pytest.mark.parametrize("name", CASES)
-def test_fp32_logits_match_hf(name):
+def test_fp32_logits_match_hf(name, scan_layers):
     meta, hf_inputs, expected = _case(name)
-    config, params = _load(meta["model"])
+    config, params = _load(meta["model"], scan_layers=scan_layers)
+    assert config.scan_layers == scan_layers
+    assert ("layers" in params["model"]) == scan_layers
     got = _our_logits(config, params, hf_inputs, meta["rule"])
     want = expected[hf_inputs["attention_mask"] == 1]
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
 
 
-def test_bf16_logits_close_to_hf_fp32():
+@pytest.mark.parametrize("scan_layers", [False, True], ids=["unrolled", "scanned"])
+def test_bf16_logits_close_to_hf_fp32(scan_layers):
     """Relative L2 error <= 2e-2. The bar is bf16's own noise, not ours: on these random
     weights transformers' bf16 forward is itself 1.4-1.6% (L2) and 1.8-2.3% (max) off its fp32
     logits, and ours lands at the same 1.5%."""
     meta, hf_inputs, expected = _case("per_row_vision")
-    config, params = _load(meta["model"], jnp.bfloat16)
+    config, params = _load(meta["model"], jnp.bfloat16, scan_layers)
     assert config.dtype == config.param_dtype == "bfloat16"
     assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(params))
     got = _our_logits(config, params, hf_inputs, meta["rule"])

@@ -97,6 +97,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.param_dtype = "float32"
     c.model.remat = "full"  # none | full | save_dots
     c.model.attention = "xla"  # xla | pallas | cudnn
+    # Decoder layers / vision blocks under one scan each (stacked params): compile time and
+    # compile memory flat in depth. The shipped TPU/GPU configs turn it on.
+    c.model.scan_layers = False
     # Preset edits, "k=v,..." on TextConfig / VisionConfig fields (e.g. "hidden_size=128,
     # num_hidden_layers=4"); mrope_section follows a changed head_dim. Ignored with hf_checkpoint.
     c.model.text_overrides = ""

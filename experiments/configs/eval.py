@@ -59,6 +59,7 @@ def get_config(arg=None):
     c.model.dtype = "bfloat16"
     c.model.param_dtype = "bfloat16"
     c.model.remat = "none"
+    c.model.scan_layers = True  # compile time flat in depth (stacked layer params)
     c.mesh.update({"data": 1, "fsdp": -1, "tensor": 1})
     max_new, frames, buckets, patches = _SETTINGS[a.benchmark]
     c.eval = e = common.ml_collections.ConfigDict()

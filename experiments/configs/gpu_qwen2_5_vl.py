@@ -38,6 +38,7 @@ def get_config(arg=None):
     else:
         c = gspo_qwen2_5_vl.get_config(f"size={a.size},preset={a.preset}")
     c.model.attention = "cudnn"
+    c.model.scan_layers = True  # compile time flat in depth (stacked layer params)
     c.model.dtype = "bfloat16"  # cuDNN's fused attention takes bf16/fp16 only
     c.mesh.update({"data": 1, "fsdp": a.gpus, "tensor": 1})
     # The upstream recipe's 8 rows (SFT) or prompts (GSPO) a step, rounded to a multiple of the

@@ -41,6 +41,7 @@ def get_config(arg=None):
     c = common.base_config()
     c.stage = "gspo"
     c.model.preset = a.size
+    c.model.scan_layers = True  # compile time flat in depth (stacked layer params)
     c.mesh.update(_MESH[a.size])
     # Upstream: 8 prompts a step (4654 steps). Here one prompt per batch shard (mesh data x
     # fsdp), one epoch of STGR-RL's 37,228 prompts whatever the slice; the lr horizon counts

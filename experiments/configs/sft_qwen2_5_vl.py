@@ -47,6 +47,7 @@ def get_config(arg=None):
     c = common.base_config()
     c.stage = "sft"
     c.model.preset = a.size
+    c.model.scan_layers = True  # compile time flat in depth (stacked layer params)
     c.mesh.update(_MESH[a.size])
     # Open-o3 Video SFT: lr 1e-6, linear schedule without warm-up, 1 epoch (31,166 records at 8
     # per step), max_grad_norm 5, bf16, gradient checkpointing; loss over the whole conversation.

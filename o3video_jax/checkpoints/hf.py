@@ -15,6 +15,11 @@ Loading is shapes first (`jax.eval_shape` of the model init), then validation of
 checkpoint key and shape against them (before any tensor is read), then one tensor at a time:
 with a mesh each tensor goes straight into its NamedSharding, and each device's slice is read
 from the memory-mapped file, so no host ever holds more than one full tensor (DESIGN 4).
+
+Both parameter layouts (`config.scan_layers`, see `checkpoints.layout`) map to the same
+per-layer checkpoint keys: a stacked parameter [N, ...] is N tensors `...layers.{i}...`. Loading
+into the scanned layout assembles each device's slice of the stack from the N files' slices;
+saving writes one layer at a time.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from o3video_jax import io
-from o3video_jax.checkpoints import safetensors_io
+from o3video_jax.checkpoints import layout, safetensors_io
 from o3video_jax.models.qwen2_5_vl import Qwen25VL, Qwen25VLConfig
 from o3video_jax.models.qwen2_5_vl.inputs import init_inputs
 from o3video_jax.train.sharding import DEFAULT_RULES, MeshAxes
@@ -151,19 +156,23 @@ def load(
     mesh: jax.sharding.Mesh | None = None,
     rules: Sequence[tuple[str, MeshAxes]] | None = None,
     progress: bool = True,
+    scan_layers: bool = False,
 ) -> tuple[Qwen25VLConfig, dict]:
     """Reads an HF Qwen2.5-VL directory (config.json + safetensors) into our param tree.
 
     Returns (config, params): params are `dtype` arrays in our layout, placed into their
     NamedShardings on `mesh` (logical rules: `rules`, default `DEFAULT_RULES`) when a mesh is
-    given. The config's `param_dtype` and compute `dtype` are set to `dtype`.
+    given. The config's `param_dtype` and compute `dtype` are set to `dtype`, its `scan_layers`
+    (the params' layout, `checkpoints.layout`) to `scan_layers`.
     Raises ValueError naming the key for missing, unexpected or mis-shaped tensors, and for a
     config.json of another architecture. A tied checkpoint may omit `lm_head.weight`; when
     present it is ignored (the tied model unembeds with `embed_tokens`).
     """
     path = Path(io.local_dir(path))  # gs://: a per-process cached copy (memory-mapped below)
     dtype_name = jnp.dtype(dtype).name
-    config = Qwen25VLConfig.from_hf_json(path, dtype=dtype_name, param_dtype=dtype_name)
+    config = Qwen25VLConfig.from_hf_json(
+        path, dtype=dtype_name, param_dtype=dtype_name, scan_layers=scan_layers
+    )
     checkpoint = _open_checkpoint(path)
 
     abstract = abstract_params(config)
@@ -174,7 +183,11 @@ def load(
             param_shardings(abstract, mesh, DEFAULT_RULES if rules is None else rules)
         )
 
-    wanted = {hf_name(p): p for p in flat_abstract}
+    # Checkpoint key -> (our param path, its unrolled path, layer index or None).
+    wanted = {}
+    for p in flat_abstract:
+        for unrolled, i in _per_layer(config, p):
+            wanted[hf_name(unrolled)] = (p, unrolled, i)
     missing = sorted(set(wanted) - set(checkpoint))
     if missing:
         raise ValueError(f"checkpoint {path} is missing {len(missing)} tensors: {missing[:8]}")
@@ -183,9 +196,10 @@ def load(
     unexpected = [k for k in unexpected if not _IGNORED.match(k)]
     if unexpected:
         raise ValueError(f"checkpoint {path} has unexpected tensors: {unexpected[:8]}")
-    for name, p in wanted.items():
+    for name, (p, unrolled, i) in wanted.items():
         key, file = checkpoint[name]
-        want = hf_shape(config, p, flat_abstract[p].shape)
+        shape = flat_abstract[p].shape[0 if i is None else 1 :]
+        want = hf_shape(config, unrolled, shape)
         if file.shape(key) != want:
             raise ValueError(
                 f"checkpoint tensor {key} has shape {file.shape(key)}, expected {want} "
@@ -193,17 +207,40 @@ def load(
             )
 
     np_dtype = np.dtype(dtype)
-    flat_params = {}
-    for name, p in tqdm(wanted.items(), desc=f"loading {path.name}", disable=not progress):
+    # Our param path -> its checkpoint tensors (lazy views in our layout), one per layer.
+    sources: dict[Path_, list] = {p: [] for p in flat_abstract}
+    for name, (p, unrolled, _) in wanted.items():
         key, file = checkpoint[name]
-        tensor = _to_ours(p, file.get(key))
+        sources[p].append(
+            lambda unrolled=unrolled, key=key, file=file: _to_ours(unrolled, file.get(key))
+        )
+    flat_params = {}
+    for p, tensors in tqdm(sources.items(), desc=f"loading {path.name}", disable=not progress):
+        stacked = _per_layer(config, p)[0][1] is not None
+        views = [t() for t in tensors]  # in layer order (wanted lists layers 0..N-1)
         if shardings is None:
-            flat_params[p] = jnp.asarray(np.asarray(tensor, dtype=np_dtype))
+            host = [np.asarray(v, dtype=np_dtype) for v in views]
+            flat_params[p] = jnp.asarray(np.stack(host) if stacked else host[0])
+        elif stacked:
+            # Each device's slice of the stack: its layers' slices of their files.
+            def read(idx, views=views):
+                return np.stack([np.asarray(v[idx[1:]], np_dtype) for v in views[idx[0]]])
+
+            flat_params[p] = jax.make_array_from_callback(
+                flat_abstract[p].shape, shardings[p], read
+            )
         else:
+            tensor = views[0]
             flat_params[p] = jax.make_array_from_callback(
                 tensor.shape, shardings[p], lambda idx, t=tensor: np.asarray(t[idx], np_dtype)
             )
     return config, traverse_util.unflatten_dict(flat_params)
+
+
+def _per_layer(config: Qwen25VLConfig, path: Path_) -> list[tuple[Path_, int | None]]:
+    """The unrolled paths (and layer indexes) of one of our param paths (see `layout`)."""
+    n = config.vision.depth if path[0] == "visual" else config.text.num_hidden_layers
+    return layout.per_layer_paths(path, n)
 
 
 # ---- save ----------------------------------------------------------------------------------
@@ -243,11 +280,14 @@ def save(
 
     Tensors above `max_shard_size` in total are split into model-0000k-of-0000n.safetensors
     with a model.safetensors.index.json. Arrays are gathered one tensor at a time; `dtype`
-    casts on the way out (default: keep each param's dtype). Every process must call this in
-    a multi-host run (the gathers are collective); only process 0 writes.
+    casts on the way out (default: keep each param's dtype). Either parameter layout is
+    accepted (`checkpoints.layout`; the checkpoint is the same). Every process must call this
+    in a multi-host run (the gathers are collective); only process 0 writes.
     """
     path = epath.Path(os.fspath(path))  # local or gs://
     flat = _flat(params)
+    unrolled_cfg = config.replace(scan_layers=False)
+    config = config.replace(scan_layers=bool(layout.is_stacked(params)))
     expected = _flat(abstract_params(config))
     if set(flat) != set(expected):
         extra, absent = sorted(set(flat) - set(expected)), sorted(set(expected) - set(flat))
@@ -259,12 +299,18 @@ def save(
                 f"{tuple(expected[p].shape)}"
             )
 
+    # Tensors in the unrolled layout's order, so both layouts write identical files.
+    located = {u: (p, i) for p in flat for u, i in _per_layer(config, p)}
+    order = list(flat) if not config.scan_layers else list(_flat(abstract_params(unrolled_cfg)))
     specs, sources = [], {}
-    for p, x in flat.items():
-        name = hf_name(p)
+    for unrolled in order:
+        p, i = located[unrolled]
+        x = flat[p]
         out_dtype = np.dtype(dtype if dtype is not None else x.dtype)
-        specs.append((name, hf_shape(config, p, x.shape), out_dtype))
-        sources[name] = p
+        name = hf_name(unrolled)
+        shape = tuple(x.shape)[0 if i is None else 1 :]
+        specs.append((name, hf_shape(config, unrolled, shape), out_dtype))
+        sources[name] = (p, unrolled, i)
     shards = _plan_shards(specs, _parse_size(max_shard_size))
 
     writer = jax.process_index() == 0
@@ -283,9 +329,10 @@ def save(
     bar = tqdm(total=len(specs), desc=f"saving {path.name}", disable=not progress)
 
     def fetch(name: str) -> np.ndarray:
-        p = sources[name]
+        p, unrolled, i = sources[name]
         bar.update()
-        return _to_hf(config, p, _host_array(flat[p]))
+        x = flat[p] if i is None else flat[p][i]  # one layer of a stack at a time
+        return _to_hf(config, unrolled, _host_array(x))
 
     names = (
         [SINGLE_FILE]

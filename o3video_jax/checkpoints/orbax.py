@@ -21,6 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from o3video_jax.checkpoints import layout
 from o3video_jax.checkpoints.preemption import PreemptionWatch
 
 
@@ -184,6 +185,9 @@ class Checkpointer:
         """Restores the latest (or given) step into the shardings of `abstract_state`.
 
         abstract_state: a pytree of jax.ShapeDtypeStruct (with .sharding) or arrays.
+        A checkpoint saved in the other parameter layout (unrolled vs scanned layers,
+        `checkpoints.layout`) is read in its own layout, each per-layer leaf in the sharding of
+        its stack minus the layer axis, and converted on the devices into `abstract_state`'s.
         Returns (state, data_state or None, step).
         """
         step = self._manager.latest_step() if step is None else step
@@ -191,12 +195,21 @@ class Checkpointer:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
         items = self._manager.item_metadata(step)
-        args = {"state": ocp.args.StandardRestore(abstract)}
+        want = layout.is_stacked(abstract)
+        saved = layout.is_stacked(items["state"]) if items is not None else None
+        convert = want is not None and saved is not None and want != saved
+        read_as = layout.to_layout(abstract, saved) if convert else abstract
+        args = {"state": ocp.args.StandardRestore(read_as)}
         if items is not None and "data" in items.keys():
             args["data"] = ocp.args.JsonRestore()
         restored = self._manager.restore(step, args=ocp.args.Composite(**args))
+        state = restored["state"]
+        if convert:
+            shardings = jax.tree.map(lambda x: x.sharding, abstract)
+            to = lambda t: layout.to_layout(t, want)
+            state = jax.jit(to, out_shardings=shardings)(state)
         data_state = _own_data_state(restored["data"]) if "data" in args else None
-        return restored["state"], data_state, step
+        return state, data_state, step
 
     def wait(self) -> None:
         self._manager.wait_until_finished()

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
+from o3video_jax.checkpoints import layout
 from o3video_jax.data.model_inputs import Segment, build_model_inputs
 from o3video_jax.data.tokenizer import Tokenizer
 from o3video_jax.models.qwen2_5_vl import Qwen25VL, Qwen25VLConfig
@@ -100,6 +101,8 @@ class Generator:
             )
         kw = {} if rules is None else {"rules": rules}
         self.sample = sampler_lib.make_sampler(Qwen25VL(model_config), sampling, mesh=mesh, **kw)
+        # Either parameter layout (checkpoints.layout); a no-op when it already matches.
+        params = layout.to_layout(params, model_config.scan_layers)
         self.config, self.params, self.tokenizer = model_config, params, tokenizer
         self.sampling, self.mesh = sampling, mesh
         self.batch_size, self.buckets = batch_size, sorted(int(b) for b in buckets)

@@ -377,7 +377,7 @@ def evaluate(
     rules = [tuple(r) for r in config.sharding.rules]
     _, params = hf.load(
         config.model.hf_checkpoint, jnp.dtype(config.model.param_dtype), mesh=mesh, rules=rules,
-        progress=False,
+        progress=False, scan_layers=bool(config.model.get("scan_layers", False)),
     )  # fmt: skip
     mc = experiment.model_config(config)  # the checkpoint's config with model.dtype/remat/attention
     sampler_mesh = mesh if nproc == 1 else None  # processes run independently (module doc)

@@ -29,7 +29,16 @@ aliased (donated) + temporaries, against the chip's HBM. Then XLA's FLOP and byt
 (`compiled.cost_analysis()`, per chip) and a roofline time = max(FLOPs / peak, bytes / HBM
 bandwidth) with an MFU estimate (`train.roofline`, per-chip table with sources).
 
-XLA's cost analysis counts the body of a loop once. The tool multiplies by the known trip
+Each program is compiled and analysed, then its executable is dropped (only the numbers are
+kept), so a whole plan compiles in one process; the table also gives each program's compile
+seconds (lowering + compilation) and the peak resident memory of this host process while it
+compiled (`host RSS`: the kernel's VmHWM after resetting it before the program, absolute, so
+it includes the process's baseline; where the reset is refused, the process peak so far).
+
+XLA's cost analysis counts the body of a loop once. With `model.scan_layers` (the shipped TPU
+configs) that includes the layer scans: XLA's FLOP and byte counts then cover one decoder layer
+and one vision block, and the table says so; the unrolled graph
+(`--config.model.scan_layers=False`, the same computation) gives the roofline. The tool multiplies by the known trip
 counts of the loops that hold the whole program (the decode loop: T steps, which every row
 runs at most; the microbatch scan: optim.microbatches); the chunked unembedding (`lax.map`
 over sft.ce_chunk positions) stays counted once, so for the compute term the tool takes the
@@ -40,6 +49,7 @@ Needs libtpu (`pip install -e ".[tpu]"`); without it the command stops with a cl
 from __future__ import annotations
 
 import dataclasses
+import gc
 import importlib.util
 import math
 import os
@@ -139,37 +149,88 @@ def _with_shardings(tree: Any, shardings: Any) -> Any:
 
 
 # ---- programs --------------------------------------------------------------------------------
+_MEMORY_FIELDS = (
+    ("arguments", "argument_size_in_bytes"),
+    ("outputs", "output_size_in_bytes"),
+    ("aliased", "alias_size_in_bytes"),
+    ("temporaries", "temp_size_in_bytes"),
+    ("code", "generated_code_size_in_bytes"),
+)
+
+
+def memory_fields(compiled: Any) -> dict[str, int]:
+    """XLA's memory analysis of an executable, per chip, as plain ints."""
+    m = compiled.memory_analysis()
+    return {label: int(getattr(m, attr, 0) or 0) for label, attr in _MEMORY_FIELDS}
+
+
+class HostPeak:
+    """Peak resident memory of this process over a `with` block, in bytes.
+
+    Linux: resets the kernel's high-water mark (`/proc/self/clear_refs` <- 5) on entry and
+    reads VmHWM on exit, so `peak` is this block's peak (absolute RSS, baseline included).
+    Where the reset is refused, `peak` is the process's peak so far (ru_maxrss) and `reset`
+    is False.
+    """
+
+    def __enter__(self):
+        self.reset = False
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self.reset = True
+        except OSError:
+            pass
+        return self
+
+    def __exit__(self, *exc):
+        self.peak = 0
+        if self.reset:
+            try:
+                with open("/proc/self/status") as f:
+                    for line in f:
+                        if line.startswith("VmHWM:"):
+                            self.peak = int(line.split()[1]) * 1024
+            except OSError:
+                self.reset = False
+        if not self.peak:
+            import resource
+
+            self.peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return False
+
+
 @dataclasses.dataclass
 class Program:
     """One compiled program of the run and what the report needs to judge it.
 
+    The executable itself is not kept (`compiled` is None unless `plan(keep_compiled=True)`):
+    memory_analysis (per-chip bytes, `memory_fields`) and XLA's cost (flops, bytes per chip)
+    are copied out of it.
     resident: per-chip bytes of long-lived arrays that are not arguments (see module doc).
     loop: trip count of the loop that holds the whole program (XLA counts its body once).
     tokens / logits / patches: global text positions run through the decoder, positions
     unembedded, vision patches run through the tower; passes: 3 training, 1 forward.
+    seconds / host_rss: lowering + compile time and peak host RSS while compiling (0 for a
+    program that reuses another's executable).
     """
 
     name: str
-    compiled: Any
+    memory_analysis: dict[str, int]
+    flops: float
+    bytes: float
     resident: int
     loop: int
     tokens: int
     logits: int
     patches: int
     passes: int
-    seconds: float = 0.0  # compile time on this host
+    seconds: float = 0.0
+    host_rss: int = 0
+    compiled: Any = None
 
     def memory(self) -> dict[str, int]:
-        m = self.compiled.memory_analysis()
-        get = lambda attr: int(getattr(m, attr, 0) or 0)
-        out = {
-            "arguments": get("argument_size_in_bytes"),
-            "outputs": get("output_size_in_bytes"),
-            "aliased": get("alias_size_in_bytes"),
-            "temporaries": get("temp_size_in_bytes"),
-            "code": get("generated_code_size_in_bytes"),
-            "resident": self.resident,
-        }
+        out = dict(self.memory_analysis, resident=self.resident)
         out["total"] = (
             out["resident"]
             + out["arguments"]
@@ -194,9 +255,10 @@ class Plan:
     text_params: int  # decoder matmul params (no embedding, no unembedding)
     unembed_params: int
     vision_params: int  # vision tower matmul params per patch (merger per merged token / 4)
+    scanned: bool = False  # model.scan_layers: XLA's counts cover one layer of each scan
 
     def roofline(self, p: Program) -> roofline.Roofline:
-        flops, nbytes = roofline.cost(p.compiled)
+        flops, nbytes = p.flops, p.bytes
         useful = roofline.model_flops(0, self.vision_params, 0, p.patches, p.passes)
         useful += 2.0 * p.passes * (self.text_params * p.tokens + self.unembed_params * p.logits)
         useful /= self.num_devices
@@ -209,12 +271,12 @@ def _param_counts(abstract_params: Any, merge: int) -> tuple[int, int, int]:
         "/".join(str(getattr(k, "key", k)) for k in path): leaf.shape
         for path, leaf in jax.tree_util.tree_leaves_with_path(abstract_params)
     }
-    text = roofline.matmul_params(shapes, r"^model/layers_")
+    text = roofline.matmul_params(shapes, r"^model/layers(_\d+)?/")  # either layout
     if "lm_head/kernel" in shapes:
         unembed = math.prod(shapes["lm_head/kernel"])
     else:  # tied: the embedding table unembeds
         unembed = math.prod(shapes["model/embed_tokens/embedding"])
-    tower = roofline.matmul_params(shapes, r"^visual/(blocks_|patch_embed)")
+    tower = roofline.matmul_params(shapes, r"^visual/(blocks|patch_embed)")
     merger = roofline.matmul_params(shapes, r"^visual/merger/")
     return text, unembed, tower + merger // (merge * merge)
 
@@ -279,12 +341,14 @@ def plan(
     topology: str = "",
     only: tuple[str, ...] = (),
     log=None,
+    keep_compiled: bool = False,
 ) -> Plan:
     """Compiles every program of the config's run over `devices` (see the module docstring).
 
     `config` is checked and resolved by `preflight.apply` first (on a copy). `only`: compile
     just the programs selected by these names (see `selects`; the rest are skipped).
-    `log(str)` reports each compile as it finishes.
+    `log(str)` reports each compile as it finishes. Each executable is dropped once analysed
+    (one process compiles a whole plan) unless `keep_compiled`.
     """
     config = ml_collections.ConfigDict(config.to_dict())  # preflight writes back: a copy
     n = len(devices)
@@ -321,6 +385,7 @@ def plan(
         text_params=text_p,
         unembed_params=unembed_p,
         vision_params=vision_p,
+        scanned=mc.scan_layers,
     )
     check_only(config, only)  # before any compile: a typo must not cost a 10-minute compile
     wanted = lambda name: not only or any(selects(o, name) for o in only)
@@ -330,13 +395,38 @@ def plan(
         if log:  # the row now: a long plan that is stopped still reports what it compiled
             log(f"  compiled {program.name} in {program.seconds:.0f} s: {row(result, program)}")
 
-    def add(name, lower, **kw):
-        if not wanted(name):
+    def analyse(name, compiled, t0, peak, **kw) -> Program:
+        flops, nbytes = roofline.cost(compiled)
+        return Program(
+            name,
+            memory_fields(compiled),
+            flops,
+            nbytes,
+            seconds=time.perf_counter() - t0,
+            host_rss=peak,
+            compiled=compiled if keep_compiled else None,
+            **kw,
+        )
+
+    def add(name, lower, outputs=False, **kw):
+        """Lowers, compiles and analyses one program, then drops the executable. With
+        `outputs`, returns its abstract outputs with their shardings (the next program's
+        inputs), also when the program itself is not wanted."""
+        if not wanted(name) and not outputs:
             return None
-        t0 = time.perf_counter()
-        compiled = lower().compile()
-        append(Program(name, compiled, seconds=time.perf_counter() - t0, **kw))
-        return compiled
+        with HostPeak() as peak:
+            t0 = time.perf_counter()
+            lowered = lower()
+            compiled = lowered.compile()
+            out = _with_shardings(lowered.out_info, compiled.output_shardings) if outputs else None
+            if wanted(name):
+                program = analyse(name, compiled, t0, 0, **kw)
+            del compiled, lowered
+            gc.collect()
+        if wanted(name):
+            program.host_rss = peak.peak
+            append(program)
+        return out
 
     def scoped_lower(fn, *args, donate=()):
         with jax.set_mesh(mesh), nn.logical_axis_rules(list(rules)):
@@ -381,10 +471,13 @@ def plan(
         for bucket in sorted(int(x) for x in rl.prompt_buckets):
             prompt = abstract_inputs(prompts, bucket, d.max_patches)
             prompt = _with_shardings(prompt, sharding.batch_sharding(prompt, mesh))
-            lowered = scoped_lower(lambda p, x: sample.prefill(p, x), params, prompt)
-            compiled = add(
+            need_cache = wanted(f"decode[{bucket}]")
+            outputs = add(
                 f"prefill[{bucket}]",
-                lambda lowered=lowered: lowered,
+                lambda prompt=prompt: scoped_lower(
+                    lambda p, pr: sample.prefill(p, pr), params, prompt
+                ),
+                outputs=need_cache,
                 resident=state_bytes - params_bytes + ref_bytes,
                 loop=1,
                 tokens=prompts * bucket,
@@ -392,11 +485,9 @@ def plan(
                 patches=prompts * d.max_patches,
                 passes=1,
             )
-            if not wanted(f"decode[{bucket}]"):
+            if not need_cache:
                 continue
-            if compiled is None:
-                compiled = lowered.compile()
-            cache, logits = _with_shardings(lowered.out_info, compiled.output_shardings)
+            cache, logits = outputs
             keys = jax.ShapeDtypeStruct(
                 (rows, 2), jnp.uint32, sharding=NamedSharding(mesh, PartitionSpec(axes))
             )
@@ -439,27 +530,29 @@ def plan(
             patches=(prompts if shared else rows) * d.max_patches,
             passes=1,
         )
-        lp = None
         if rl.old_logp == "rollout":
-            lp = add(
+            add(
                 "logprob",
                 lambda: logprob.lower(params, batch),
                 resident=state_bytes - params_bytes + ref_bytes,
                 **lp_kw,
             )
         if beta and wanted("logprob_ref"):
-            # The same executable on the reference params (same shapes and shardings).
-            t0 = time.perf_counter()
-            lp = lp or logprob.lower(params, batch).compile()
-            append(
-                Program(
+            # The same executable on the reference params (same shapes and shardings): its
+            # numbers are copied when `logprob` was compiled, else it is compiled here.
+            done = [q for q in programs if q.name == "logprob"]
+            if done:
+                ref = dataclasses.replace(
+                    done[0], name="logprob_ref", resident=state_bytes, seconds=0.0, host_rss=0
+                )
+                append(ref)
+            else:
+                add(
                     "logprob_ref",
-                    lp,
+                    lambda: logprob.lower(params, batch),
                     resident=state_bytes,
-                    seconds=time.perf_counter() - t0,
                     **lp_kw,
                 )
-            )
 
         mbs = max(int(rl.minibatches), 1)
         micro = int(config.optim.get("microbatches", 1))
@@ -499,7 +592,7 @@ def plan(
 def compile_step(config: ml_collections.ConfigDict, devices: list) -> Any:
     """The compiled train step of the config (SFT step, or the GSPO update)."""
     name = "update" if config.stage == "gspo" else "sft_step"
-    return plan(config, devices, only=(name,)).programs[0].compiled
+    return plan(config, devices, only=(name,), keep_compiled=True).programs[0].compiled
 
 
 # ---- report ----------------------------------------------------------------------------------
@@ -511,13 +604,24 @@ def table(p: Plan) -> str:
     """The per-program table (memory per chip in GiB, FLOPs and bytes per chip)."""
     head = (
         "| program | args | out | alias | temp | resident | total GiB/chip | HBM | "
-        "XLA TFLOP | XLA GB | model TFLOP | roofline ms | bound | MFU | compile s |"
+        "XLA TFLOP | XLA GB | model TFLOP | roofline ms | bound | MFU | compile s | "
+        "host RSS GiB |"
     )
     lines = [
         f"{p.topology}: {p.num_devices} chips ({p.chip.name}: {p.chip.peak_flops / 1e12:.0f} "
         f"TFLOP/s bf16, {_gib(p.chip.hbm_bytes)} GiB HBM at {p.chip.hbm_bw / 1e9:.0f} GB/s), "
         f"mesh {p.mesh}",
         p.summary,
+        *(
+            [
+                "scan_layers: XLA's TFLOP and GB count the body of each layer scan once (one "
+                "decoder layer, one vision block), so they, the roofline, bound and MFU are "
+                "undercounts; --config.model.scan_layers=False compiles the unrolled graph "
+                "(same math) for the roofline"
+            ]
+            if p.scanned
+            else []
+        ),
         "",
         head,
         "|" + "---|" * (head.count("|") - 1),
@@ -536,27 +640,20 @@ def row(p: Plan, prog: Program) -> str:
         f"{_gib(m['temporaries'])} | {_gib(m['resident'])} | {_gib(m['total'])} | "
         f"{share:.0%}{'' if share <= 1 else ' OOM'} | {r.flops / 1e12:.2f} | "
         f"{r.bytes / 1e9:.1f} | {r.model_flops / 1e12:.2f} | {r.seconds * 1e3:.1f} | "
-        f"{r.bound} | {r.mfu:.0%} | {prog.seconds:.0f} |"
+        f"{r.bound} | {r.mfu:.0%} | {prog.seconds:.0f} | {_gib(prog.host_rss)} |"
     )
 
 
 def report(compiled: Any, n_devices: int) -> str:
-    """XLA's memory analysis of one executable, per device, in GiB."""
-    m = compiled.memory_analysis()
+    """XLA's memory analysis of one executable (or its `memory_fields`), per device, in GiB."""
+    m = compiled if isinstance(compiled, dict) else memory_fields(compiled)
     gib = lambda x: f"{x / 2**30:8.2f} GiB"
-    fields = (
-        ("arguments", "argument_size_in_bytes"),
-        ("outputs", "output_size_in_bytes"),
-        ("aliased", "alias_size_in_bytes"),
-        ("temporaries", "temp_size_in_bytes"),
-        ("code", "generated_code_size_in_bytes"),
-    )
     lines = [f"memory per device ({n_devices} devices):"]
     total = 0
-    for label, attr in fields:
-        value = int(getattr(m, attr, 0) or 0)
+    for label, _ in _MEMORY_FIELDS:
+        value = m[label]
         lines.append(f"  {label:12s}{gib(value)}")
-        total += -value if attr == "alias_size_in_bytes" else value
+        total += -value if label == "aliased" else value
     lines.append(f"  {'total':12s}{gib(total)}")
     return "\n".join(lines)
 
@@ -582,7 +679,7 @@ def main(argv):
     floor = sum(result.roofline(prog).seconds for prog in result.programs)
     print(preflight.save_plan(config, floor, "AOT roofline, programs summed"), flush=True)
     for prog in result.programs:
-        print(f"\n{prog.name}: {report(prog.compiled, result.num_devices)}")
+        print(f"\n{prog.name}: {report(prog.memory_analysis, result.num_devices)}")
     if not fits(result):
         print("some program does not fit the chip's HBM", file=sys.stderr)
         sys.exit(1)

@@ -75,7 +75,13 @@ def _mrope_for(head_dim: int) -> tuple[int, int, int]:
 def model_config(config: ml_collections.ConfigDict) -> Qwen25VLConfig:
     """The model's config: from the HF checkpoint, or the preset with the overrides."""
     m = config.model
-    runtime = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat, attention=m.attention)
+    runtime = dict(
+        dtype=m.dtype,
+        param_dtype=m.param_dtype,
+        remat=m.remat,
+        attention=m.attention,
+        scan_layers=bool(m.get("scan_layers", False)),
+    )
     if m.hf_checkpoint:
         return Qwen25VLConfig.from_hf_json(m.hf_checkpoint, **runtime)
     base = Qwen25VLConfig.preset(m.preset)
@@ -292,7 +298,12 @@ def initial_params(exp: Experiment) -> Any:
     if config.model.hf_checkpoint:
         dtype = jnp.dtype(config.model.param_dtype)
         _, params = hf.load(
-            config.model.hf_checkpoint, dtype, mesh=exp.mesh, rules=exp.rules, progress=False
+            config.model.hf_checkpoint,
+            dtype,
+            mesh=exp.mesh,
+            rules=exp.rules,
+            progress=False,
+            scan_layers=exp.model_config.scan_layers,
         )
         return params
     init_key, _ = jax.random.split(jax.random.PRNGKey(config.seed))
@@ -303,7 +314,9 @@ def initial_params(exp: Experiment) -> Any:
 
 def _state_from_hf(config, mc, tx, rng, mesh, rules, shardings) -> TrainState:
     dtype = jnp.dtype(config.model.param_dtype)
-    loaded, params = hf.load(config.model.hf_checkpoint, dtype, mesh=mesh, rules=rules)
+    loaded, params = hf.load(
+        config.model.hf_checkpoint, dtype, mesh=mesh, rules=rules, scan_layers=mc.scan_layers
+    )
     del loaded
     _, state_key = jax.random.split(rng)
     create = lambda p, k: TrainState.create(p, tx, k)

@@ -10,6 +10,7 @@ Logical axis names used by the model:
   text weights: "vocab", "embed", "mlp", "heads", "kv_heads", "head_dim"
   vision weights: "vision_embed", "vision_mlp", "vision_qkv", "patch_dim", "merger_in"
   scalars/norms: "norm"
+  stacked layers (scanned parameters, the KV cache): "layers" (no mesh axis)
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ DEFAULT_RULES: tuple[tuple[str, MeshAxes], ...] = (
     ("patch_dim", None),
     ("merger_in", "tensor"),
     ("norm", None),
+    # The stacked-layer axis of scanned parameters and of the KV cache: never sharded (a
+    # scan steps through it; each chip holds its shard of every layer).
+    ("layers", None),
 )
 
 

@@ -3,7 +3,7 @@
 The tree mirrors Hugging Face's `Qwen2_5_VLConfig`: a root with the special token ids and the
 embedding tie flag, a nested `TextConfig` (the Qwen2 decoder) and a nested `VisionConfig` (the
 windowed ViT and its merger). The root also carries runtime knobs that HF does not have:
-`dtype` (compute), `param_dtype`, `remat` and `attention`.
+`dtype` (compute), `param_dtype`, `remat`, `attention` and `scan_layers`.
 
 For convenience the root re-exposes the decoder fields that layer code reads all the time
 (`config.hidden_size`, `config.head_dim`, ...); they are read-only views of `config.text`.
@@ -218,6 +218,10 @@ class Qwen25VLConfig:
     # writes it back unchanged while it still describes this config, so the exported file
     # keeps exactly the source's keys and values (a pad_token_id absent stays absent).
     hf_source: str | None = dataclasses.field(default=None, compare=False, repr=False)
+    # Decoder layers and vision blocks under one scan each, parameters stacked on a leading
+    # "layers" axis (model/layers/..., visual/blocks/...): compile time flat in depth. The
+    # numerics equal the unrolled layout's; `checkpoints.layout` converts between the two.
+    scan_layers: bool = False
 
     def __post_init__(self):
         if self.vision.out_hidden_size != self.text.hidden_size:
@@ -333,7 +337,8 @@ class Qwen25VLConfig:
     def from_hf_dict(cls, d: Mapping[str, Any], **runtime) -> Qwen25VLConfig:
         """Parses an HF config dict (flat Hub form or nested 5.x form).
 
-        `runtime` sets dtype / param_dtype / remat / attention (defaults: float32, xla, none).
+        `runtime` sets dtype / param_dtype / remat / attention / scan_layers (defaults: float32,
+        none, xla, False).
         Raises ValueError when the dict describes another architecture.
         """
         _check_architecture(d)
@@ -427,13 +432,15 @@ class Qwen25VLConfig:
         """A config.json that transformers 5.x `Qwen2_5_VLConfig` / `from_pretrained` reads.
 
         A config parsed from a config.json returns that dict unchanged (keys, values, layout)
-        as long as it still parses to this config; otherwise (presets, edited configs) a
+        as long as it still describes this config (compared in HF form: runtime knobs such as
+        scan_layers or remat never count); otherwise (presets, edited configs) a
         nested 5.x dict is generated, with `pad_token_id` only when it indexes the vocabulary
         (transformers refuses a padding index outside the embedding table).
         """
         source = self._source_dict()
-        if source is not None:
-            return source
+        return source if source is not None else self._generated_hf_dict()
+
+    def _generated_hf_dict(self) -> dict[str, Any]:
         t, v = self.text, self.vision
         text_ids = {"bos_token_id": self.bos_token_id, "eos_token_id": self.eos_token_id}
         if self.pad_token_id < t.vocab_size:
@@ -492,10 +499,12 @@ class Qwen25VLConfig:
         if self.hf_source is None:
             return None
         source = json.loads(self.hf_source)
-        runtime = {k: getattr(self, k) for k in ("dtype", "param_dtype", "remat", "attention")}
+        # Compared in HF form, so runtime knobs (remat, attention, scan_layers, the attention
+        # chunks) never decide it; param_dtype does, as the exported "dtype" key.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            still = Qwen25VLConfig.from_hf_dict(source, **runtime) == self
+            parsed = Qwen25VLConfig.from_hf_dict(source, param_dtype=self.param_dtype)
+            still = parsed._generated_hf_dict() == self._generated_hf_dict()
         return source if still else None
 
     def to_hf_json(self, path: str | os.PathLike) -> None:

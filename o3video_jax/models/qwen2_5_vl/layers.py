@@ -120,12 +120,33 @@ class Embed(nn.Module):
 REMAT_POLICIES = ("none", "full", "save_dots")
 
 
-def remat_module(cls: type[nn.Module], policy: str) -> type[nn.Module]:
-    """Wraps a block class in `nn.remat` per config.remat ("none" | "full" | "save_dots")."""
+def remat_module(cls: type[nn.Module], policy: str, scanned: bool = False) -> type[nn.Module]:
+    """Wraps a block class in `nn.remat` per config.remat ("none" | "full" | "save_dots").
+
+    `scanned`: the block is a scan body; the scan already keeps XLA from merging the
+    recomputation into the forward, so the CSE barriers are dropped (as in MaxText).
+    """
     if policy == "none":
         return cls
     if policy == "full":
-        return nn.remat(cls, prevent_cse=True)
+        return nn.remat(cls, prevent_cse=not scanned)
     if policy == "save_dots":
-        return nn.remat(cls, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+        return nn.remat(
+            cls,
+            policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+            prevent_cse=not scanned,
+        )
     raise ValueError(f"remat policy {policy!r} is not one of {REMAT_POLICIES}")
+
+
+def scan_stack(layer_cls: type[nn.Module], length: int, in_axes: tuple) -> type[nn.Module]:
+    """`layer_cls` under `nn.scan` over `length` layers: parameters stacked on a leading
+    "layers" axis (no mesh axis shards it), a fresh init rng per layer."""
+    return nn.scan(
+        layer_cls,
+        variable_axes={"params": 0},
+        split_rngs={"params": True},
+        in_axes=in_axes,
+        length=length,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+    )

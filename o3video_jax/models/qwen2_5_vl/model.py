@@ -1,7 +1,9 @@
 """`Qwen25VL`: vision tower + Qwen2 decoder over fixed-size `ModelInputs`.
 
 Parameter tree (mirrors HF, see the brief): visual/..., model/embed_tokens, model/layers_{i},
-model/norm, lm_head (absent when tie_word_embeddings). `init` returns parameters boxed with
+model/norm, lm_head (absent when tie_word_embeddings). With config.scan_layers the decoder
+layers are one stacked `model/layers` and the vision blocks one stacked `visual/blocks`
+(leading "layers" axis; `o3video_jax.checkpoints.layout` converts). `init` returns parameters boxed with
 their logical axes (`nn.LogicallyPartitioned`); `nn.get_partition_spec` on the abstract tree
 gives the shardings, `nn.unbox` the plain arrays. `apply` accepts either.
 
@@ -41,8 +43,9 @@ class Qwen25VL(nn.Module):
     def setup(self):
         cfg = self.config
         kw = dict(dtype=as_dtype(cfg.dtype), param_dtype=as_dtype(cfg.param_dtype))
-        self.visual = VisionTower(cfg.vision, cfg.attention, cfg.remat, **kw)
-        self.model = TextModel(cfg.text, cfg.attention, cfg.remat, **kw)
+        scan = dict(scan_layers=cfg.scan_layers)
+        self.visual = VisionTower(cfg.vision, cfg.attention, cfg.remat, **kw, **scan)
+        self.model = TextModel(cfg.text, cfg.attention, cfg.remat, **kw, **scan)
         if not cfg.tie_word_embeddings:
             self.lm_head = Dense(
                 cfg.vocab_size, ("embed", "vocab"), use_bias=False, out_dtype=jnp.float32, **kw
@@ -103,19 +106,19 @@ class Qwen25VL(nn.Module):
         b, length = inputs.input_ids.shape
         if cache_len < length:
             raise ValueError(f"prefill: cache_len {cache_len} < prompt length {length}")
-        hidden, kvs, _ = self._forward(inputs)
-        # [B, L, K, H] -> the cache's heads-major [B, K, S, H] (cache.py), once per prompt.
+        hidden, (k, v), _ = self._forward(inputs)
+        # [N, B, L, K, H] -> the cache's heads-major [N, B, K, S, H] (cache.py), once per prompt.
         pad = lambda a: jnp.pad(
-            a.transpose(0, 2, 1, 3), ((0, 0), (0, 0), (0, cache_len - length), (0, 0))
+            a.transpose(0, 1, 3, 2, 4), ((0, 0), (0, 0), (0, 0), (0, cache_len - length), (0, 0))
         )
         cache = KVCache(
-            k=tuple(pad(k) for k, _ in kvs),
-            v=tuple(pad(v) for _, v in kvs),
+            k=pad(k),
+            v=pad(v),
             segment_ids=jnp.pad(inputs.segment_ids, ((0, 0), (0, cache_len - length))),
             index=jnp.asarray(length, jnp.int32),
             # generate's "last + 1" rule; prompts end in text, where the three axes agree.
             next_pos=jnp.max(inputs.positions[:, :, -1], axis=0).astype(jnp.int32) + 1,
-        )
+        ).constrain()
         return cache, self.unembed(hidden[:, -1])
 
     def decode_step(self, tokens: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:

@@ -3,6 +3,12 @@
 Pre-norm layers: h = x + o_proj(attn(norm_in(x))); y = h + mlp(norm_post(h)). q/k/v have
 biases, o_proj and the MLP do not. Attention is the segment-id primitive: causal within equal
 non-zero segment ids, which covers left padding and packed rows alike.
+
+Two parameter layouts (`config.scan_layers`): unrolled, `layers_{i}/...` per layer, or one
+`nn.scan` over the layers with every parameter stacked on a leading "layers" axis
+(`layers/...`, [N, ...]); the same layer body runs in both, so their numerics agree. The
+one-token decode step runs unrolled over the stacked parameters in either layout. The KV
+cache is stacked by layer in both (cache.py).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import jax.numpy as jnp
 from .attention import attention, cached_attention
 from .cache import KVCache
 from .config import TextConfig
-from .layers import Dense, Embed, RMSNorm, remat_module
+from .layers import Dense, Embed, RMSNorm, remat_module, scan_stack
 from .rope import apply_rotary, mrope
 
 ACT_TEXT = ("batch", "length", "act_embed")
@@ -27,13 +33,14 @@ class TextAttention(nn.Module):
     param_dtype: jnp.dtype
 
     @nn.compact
-    def __call__(self, x, cos, sin, segment_ids, kv, kv_segment_ids, cache_index):
+    def __call__(self, x, cos, sin, segment_ids, cache=None, kv_segment_ids=None, slot=None):
         """x: [B, T, D]; cos/sin: [B, T, H]; segment_ids: int32[B, T].
 
-        Without a cache (kv None) attends to its own keys and returns them as (k, v)
-        [B, T, K, H]. With one, kv = (k, v) [B, K, S, H] cache arrays: the new keys are written
-        at slot cache_index and the queries attend to the whole cache under kv_segment_ids
-        int32[B, S]; returns the updated cache arrays. Returns (out [B, T, D], (k, v)).
+        Without a cache attends to its own keys and returns them as (k, v) [B, T, K, H]. With
+        one, cache = (k, v) [N, B, K, S, H] arrays of all layers and slot = (layer, index): the
+        new keys are written in place at that layer's slot `index`, the queries attend to the
+        layer's whole cache under kv_segment_ids int32[B, S]; returns the updated arrays.
+        Returns (out [B, T, D], (k, v)).
         """
         cfg = self.config
         b, t, _ = x.shape
@@ -43,7 +50,7 @@ class TextAttention(nn.Module):
         k = Dense(kh * h, ("embed", "kv_heads"), name="k_proj", **dense)(x).reshape(b, t, kh, h)
         v = Dense(kh * h, ("embed", "kv_heads"), name="v_proj", **dense)(x).reshape(b, t, kh, h)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if kv is None:
+        if cache is None:
             out = attention(
                 q,
                 k,
@@ -56,21 +63,24 @@ class TextAttention(nn.Module):
                 chunk=cfg.attention_chunk,
             )
         else:
-            # The cache is heads-major [B, K, S, H]: write the new keys in place at the slot.
-            slot = (0, 0, cache_index, 0)
-            k_new = k.transpose(0, 2, 1, 3).astype(kv[0].dtype)  # [B, K, T, H]
-            v_new = v.transpose(0, 2, 1, 3).astype(kv[1].dtype)
-            k = jax.lax.dynamic_update_slice(kv[0], k_new, slot)
-            v = jax.lax.dynamic_update_slice(kv[1], v_new, slot)
+            # The cache is heads-major [N, B, K, S, H]: write the new keys in place at the slot.
+            layer, index = slot
+            at = (layer, 0, 0, index, 0)
+            k_new = k.transpose(0, 2, 1, 3)[None].astype(cache[0].dtype)  # [1, B, K, T, H]
+            v_new = v.transpose(0, 2, 1, 3)[None].astype(cache[1].dtype)
+            k = jax.lax.dynamic_update_slice(cache[0], k_new, at)
+            v = jax.lax.dynamic_update_slice(cache[1], v_new, at)
+            k_l = jax.lax.dynamic_index_in_dim(k, layer, 0, keepdims=False)  # [B, K, S, H]
+            v_l = jax.lax.dynamic_index_in_dim(v, layer, 0, keepdims=False)
             # Decoding is memory-bound with T == 1: the portable kernel serves every platform.
             out = cached_attention(
                 q,
-                k.astype(q.dtype),
-                v.astype(q.dtype),
+                k_l.astype(q.dtype),
+                v_l.astype(q.dtype),
                 segment_ids,
                 kv_segment_ids,
                 scale=h**-0.5,
-                q_offset=cache_index,
+                q_offset=index,
             )
         out = Dense(cfg.hidden_size, ("heads", "embed"), use_bias=False, name="o_proj", **dense)(
             out.reshape(b, t, n * h)
@@ -94,42 +104,66 @@ class TextMLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
+    """One pre-norm layer, written as a scan body: (carry, *broadcast, layer) -> (carry, ys).
+
+    carry is x [B, T, D] (a forward over the prompt; ys = this layer's (k, v) [B, T, K, H]),
+    or (x, k, v) with the cache arrays [N, B, K, S, H] of all
+    layers (a decode step that writes slot cache_index of `layer`; ys = None).
+    """
+
     config: TextConfig
     backend: str
     dtype: jnp.dtype
     param_dtype: jnp.dtype
 
     @nn.compact
-    def __call__(self, x, cos, sin, segment_ids, kv=None, kv_segment_ids=None, cache_index=None):
+    def __call__(
+        self, carry, cos, sin, segment_ids, kv_segment_ids=None, cache_index=None, layer=None
+    ):
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        decoding = isinstance(carry, tuple)
+        x, cache = (carry[0], carry[1:]) if decoding else (carry, None)
+        slot = (layer, cache_index) if decoding else None
         with jax.named_scope("text/layer"):
             with jax.named_scope("text/attn"):
                 h = RMSNorm(cfg.rms_norm_eps, self.param_dtype, name="input_layernorm")(x)
                 attn = TextAttention(cfg, self.backend, name="self_attn", **kw)
-                out, new_kv = attn(h, cos, sin, segment_ids, kv, kv_segment_ids, cache_index)
+                out, kv = attn(h, cos, sin, segment_ids, cache, kv_segment_ids, slot)
                 x = x + out
             with jax.named_scope("text/mlp"):
                 h = RMSNorm(cfg.rms_norm_eps, self.param_dtype, name="post_attention_layernorm")(x)
                 x = x + TextMLP(cfg, name="mlp", **kw)(h)
-        return nn.with_logical_constraint(x, ACT_TEXT), new_kv
+        x = nn.with_logical_constraint(x, ACT_TEXT)
+        if decoding:
+            return (x, *kv), None
+        return x, kv
 
 
 class TextModel(nn.Module):
-    """embed_tokens, layers_{i}, norm (HF `model.language_model`)."""
+    """embed_tokens, layers_{i} (or layers, stacked), norm (HF `model.language_model`)."""
 
     config: TextConfig
     backend: str = "xla"
     remat: str = "none"
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    scan_layers: bool = False
 
     def setup(self):
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         self.embed_tokens = Embed(cfg.vocab_size, cfg.hidden_size, **kw)
-        layer_cls = remat_module(DecoderLayer, self.remat)
-        self.layers = [layer_cls(cfg, self.backend, **kw) for _ in range(cfg.num_hidden_layers)]
+        layer_cls = remat_module(DecoderLayer, self.remat, scanned=self.scan_layers)
+        n = cfg.num_hidden_layers
+        if self.scan_layers:
+            # Scanned: (cos, sin, segment_ids, kv_segment_ids, cache_index) broadcast to every
+            # layer, the layer index scanned. A forward's unused keys are dropped by XLA (the
+            # scan's dead outputs), as the unrolled layout's are.
+            b = nn.broadcast
+            self.layers = scan_stack(layer_cls, n, (b, b, b, b, b, 0))(cfg, self.backend, **kw)
+        else:
+            self.layers = [layer_cls(cfg, self.backend, **kw) for _ in range(n)]
         self.norm = RMSNorm(cfg.rms_norm_eps, self.param_dtype)
 
     def embed(self, input_ids, features=None, feature_index=None):
@@ -148,13 +182,18 @@ class TextModel(nn.Module):
 
     def __call__(self, x, positions, segment_ids):
         """x: [B, L, D] embeddings; positions int32[3, B, L]; segment_ids int32[B, L].
-        Returns (hidden after the final norm [B, L, D], per-layer (k, v) [B, L, K, H])."""
+        Returns (hidden after the final norm [B, L, D], stacked (k, v) [N, B, L, K, H])."""
         cos, sin = self.rotary(positions)
-        kvs = []
-        for layer in self.layers:
-            x, kv = layer(x, cos, sin, segment_ids)
-            kvs.append(kv)
-        return self.norm(x), kvs
+        if self.scan_layers:
+            layer_ids = jnp.arange(self.config.num_hidden_layers, dtype=jnp.int32)
+            x, kv = self.layers(x, cos, sin, segment_ids, None, None, layer_ids)
+        else:
+            kvs = []
+            for layer in self.layers:
+                x, kv = layer(x, cos, sin, segment_ids)
+                kvs.append(kv)
+            kv = tuple(jnp.stack(a) for a in zip(*kvs, strict=True))
+        return self.norm(x), kv
 
     def decode(self, x, cache: KVCache):
         """One token per row against the cache. x: [B, 1, D] -> ([B, 1, D], new cache)."""
@@ -163,14 +202,24 @@ class TextModel(nn.Module):
         cos, sin = self.rotary(positions)
         seg = cache.decode_segment_ids()[:, None]  # [B, 1]
         kv_seg = jax.lax.dynamic_update_slice(cache.segment_ids, seg, (0, cache.index))
-        ks, vs = [], []
-        for i, layer in enumerate(self.layers):
-            x, (k, v) = layer(x, cos, sin, seg, (cache.k[i], cache.v[i]), kv_seg, cache.index)
-            ks.append(k)
-            vs.append(v)
+        carry = (x, cache.k, cache.v)
+        if self.scan_layers:
+            # Unrolled over the stacked parameters, not scanned: carried through a layer scan,
+            # the cache gets a copy per token (XLA:TPU re-lays the loop-carried buffer out); a
+            # decode step is small, so its HLO growing with depth costs little compile time.
+            stacked = nn.unbox(self.layers.variables["params"])
+            kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+            layer = DecoderLayer(self.config, self.backend, **kw, parent=None)  # unbound
+            for i in range(self.config.num_hidden_layers):
+                p = jax.tree.map(lambda a, i=i: a[i], stacked)
+                carry, _ = layer.apply({"params": p}, carry, cos, sin, seg, kv_seg, cache.index, i)
+        else:
+            for i, layer in enumerate(self.layers):
+                carry, _ = layer(carry, cos, sin, seg, kv_seg, cache.index, i)
+        x, k, v = carry
         new_cache = KVCache(
-            k=tuple(ks),
-            v=tuple(vs),
+            k=k,
+            v=v,
             segment_ids=kv_seg,
             index=cache.index + 1,
             next_pos=cache.next_pos + 1,

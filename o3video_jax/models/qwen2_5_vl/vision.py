@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from .attention import attention
 from .config import VisionConfig
-from .layers import Dense, RMSNorm, remat_module
+from .layers import Dense, RMSNorm, remat_module, scan_stack
 from .local_attention import local_segment_attention
 from .rope import apply_vision_rotary, vision_rotary
 
@@ -44,13 +44,16 @@ def permute_units(x: jax.Array, index: jax.Array) -> jax.Array:
 class VisionAttention(nn.Module):
     config: VisionConfig
     backend: str
-    max_segment_len: int  # static bound on a segment's patches; 0 = unknown (dense)
     dtype: jnp.dtype
     param_dtype: jnp.dtype
 
     @nn.compact
-    def __call__(self, x, segment_ids, cos, sin):
-        """x: [B, P, Dv]; segment_ids: int32[B, P]; cos/sin: float32[B, P, Hv]."""
+    def __call__(self, x, window_segment_ids, frame_segment_ids, cos, sin, full):
+        """x: [B, P, Dv]; window/frame_segment_ids: int32[B, P]; cos/sin: float32[B, P, Hv].
+
+        `full` (bool, or a traced bool in a scanned tower): attend within frames (a
+        full-attention block) instead of windows.
+        """
         cfg = self.config
         b, p, d = x.shape
         n, h = cfg.num_heads, cfg.head_dim
@@ -59,20 +62,32 @@ class VisionAttention(nn.Module):
         qkv = qkv.reshape(b, p, 3, n, h)  # q | k | v, each head-major
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         q, k = apply_vision_rotary(q, cos, sin), apply_vision_rotary(k, cos, sin)
-        if self.backend == "xla":
-            out = local_segment_attention(
-                q,
-                k,
-                v,
-                segment_ids,
-                max_segment_len=self.max_segment_len,
-                scale=h**-0.5,
-                chunk=cfg.attention_chunk,
-            )  # falls back to the dense path itself when blocking saves nothing
+
+        def kernel(full: bool, q=q, k=k, v=v):
+            with jax.named_scope("vision/full_attn" if full else "vision/window_attn"):
+                segment_ids = frame_segment_ids if full else window_segment_ids
+                if self.backend != "xla":
+                    return attention(
+                        q, k, v, segment_ids, segment_ids, causal=False, scale=h**-0.5,
+                        backend=self.backend,
+                    )  # fmt: skip
+                # The static bound on a segment's patches picks the blocked kernel's layout;
+                # it falls back to the dense path itself when blocking saves nothing.
+                bound = cfg.max_frame_patches if full else cfg.max_window_patches
+                return local_segment_attention(
+                    q, k, v, segment_ids, max_segment_len=bound, scale=h**-0.5,
+                    chunk=cfg.attention_chunk,
+                )  # fmt: skip
+
+        if isinstance(full, bool):
+            out = kernel(full)
         else:
-            out = attention(
-                q, k, v, segment_ids, segment_ids, causal=False, scale=h**-0.5, backend=self.backend
-            )
+            # A scanned block: its kind is data, both kernels are in the body. Each branch is
+            # checkpointed: the residuals of a `cond` are the union of both branches', so the
+            # dense frame branch's [B, N, P, P] probabilities would otherwise be allocated for
+            # every block (and saved per block without remat); now both save only q, k, v.
+            branch = lambda f: jax.checkpoint(lambda q, k, v: kernel(f, q, k, v))
+            out = jax.lax.cond(full, branch(True), branch(False), q, k, v)
         return Dense(d, ("vision_qkv", "vision_embed"), name="proj", **dense)(out.reshape(b, p, d))
 
 
@@ -96,27 +111,29 @@ class VisionMLP(nn.Module):
 
 
 class VisionBlock(nn.Module):
+    """One pre-norm block, written as a scan body: (x, *broadcast, full) -> (x, None).
+
+    full_attention: the block's kind when unrolled; None in a scanned tower, where the
+    per-block flag `full` (bool[] scanned input) chooses it.
+    """
+
     config: VisionConfig
-    full_attention: bool
     backend: str
     dtype: jnp.dtype
     param_dtype: jnp.dtype
+    full_attention: bool | None = None
 
     @nn.compact
-    def __call__(self, x, segment_ids, cos, sin):
+    def __call__(self, x, window_segment_ids, frame_segment_ids, cos, sin, full=None):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        cfg = self.config
-        scope = "vision/full_attn" if self.full_attention else "vision/window_attn"
-        bound = cfg.max_frame_patches if self.full_attention else cfg.max_window_patches
-        with jax.named_scope(scope):
-            h = RMSNorm(VISION_EPS, self.param_dtype, name="norm1")(x)
-            x = x + VisionAttention(cfg, self.backend, bound, name="attn", **kw)(
-                h, segment_ids, cos, sin
-            )
+        full = self.full_attention if self.full_attention is not None else full
+        h = RMSNorm(VISION_EPS, self.param_dtype, name="norm1")(x)
+        attn = VisionAttention(self.config, self.backend, name="attn", **kw)
+        x = x + attn(h, window_segment_ids, frame_segment_ids, cos, sin, full)
         with jax.named_scope("vision/mlp"):
             h = RMSNorm(VISION_EPS, self.param_dtype, name="norm2")(x)
             x = x + VisionMLP(self.config, name="mlp", **kw)(h)
-        return nn.with_logical_constraint(x, ACT_VISION)
+        return nn.with_logical_constraint(x, ACT_VISION), None
 
 
 class PatchMerger(nn.Module):
@@ -146,6 +163,7 @@ class VisionTower(nn.Module):
     remat: str = "none"
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    scan_layers: bool = False  # blocks_{i} unrolled, or one scan over stacked `blocks`
 
     @nn.compact
     def __call__(
@@ -171,11 +189,21 @@ class VisionTower(nn.Module):
             x = permute_units(x, window_index)
             cos, sin = permute_units(cos, window_index), permute_units(sin, window_index)
             x = nn.with_logical_constraint(x, ACT_VISION)
-        block_cls = remat_module(VisionBlock, self.remat)
-        for i in range(cfg.depth):
-            full = i in cfg.fullatt_block_indexes
-            segments = frame_segment_ids if full else window_segment_ids
-            x = block_cls(cfg, full, self.backend, name=f"blocks_{i}", **kw)(x, segments, cos, sin)
+        block_cls = remat_module(VisionBlock, self.remat, scanned=self.scan_layers)
+        segments = (window_segment_ids, frame_segment_ids)
+        if self.scan_layers:
+            # One scan; the full-attention blocks are chosen per index by a scanned flag.
+            b = nn.broadcast
+            blocks = scan_stack(block_cls, cfg.depth, (b, b, b, b, 0))
+            full = jnp.asarray([i in cfg.fullatt_block_indexes for i in range(cfg.depth)])
+            x, _ = blocks(cfg, self.backend, name="blocks", **kw)(x, *segments, cos, sin, full)
+        else:
+            for i in range(cfg.depth):
+                block = block_cls(
+                    cfg, self.backend, full_attention=i in cfg.fullatt_block_indexes,
+                    name=f"blocks_{i}", **kw,
+                )  # fmt: skip
+                x, _ = block(x, *segments, cos, sin)
         with jax.named_scope("vision/merger"):
             y = PatchMerger(cfg, name="merger", **kw)(x)  # [B, P // 4, D] window order
             inverse = jnp.argsort(window_index, axis=-1)
