@@ -3,7 +3,7 @@ r"""Items/s of `o3video_jax.evaluate` vs a transformers `generate` loop on the s
   python benchmarks/evaluate.py [--items 8] [--repeats 5] [--max_new_tokens 32]
 
 A tiny random Qwen2.5-VL (saved in HF layout) answers the five V-STaR calls of every item
-(frames as images, so HF's M-RoPE rule equals ours, DESIGN 5), greedy with repetition penalty
+(frames as images, so HF's M-RoPE rule equals ours, docs/design.md decision 5), greedy with repetition penalty
 1.05 on both sides. Ours: the whole `runner.evaluate` (frame decoding, prompts, tokenization,
 batched sampler calls, parsing, the JSONL) on a warm process (compiles excluded: one warm-up
 run first). Reference: `Qwen2_5_VLForConditionalGeneration.generate` over the very same token

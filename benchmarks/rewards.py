@@ -1,7 +1,7 @@
 """Rewards benchmark: `o3video_jax.rewards.compute_rewards` vs a per-sample pure-Python oracle.
 
 The oracle below re-implements the seven reward functions of Open-o3 Video's `reward_func.py`
-(reference §3) the way the original computes them: one completion at a time, with the original
+(docs/open_o3_video.md §3) the way the original computes them: one completion at a time, with the original
 regular expressions, `json`, `ast.literal_eval`, numpy IoUs and a fresh `rouge_score` scorer per
 free-form answer. Two deliberate differences, shared with our path: the task is read per sample
 (the original reads element 0 of the batch), and the spatial gate is selectable.
@@ -430,7 +430,7 @@ MALFORMATIONS = (
 )
 
 
-# Task mix of STGR-RL (reference §1.2): record counts per task.
+# Task mix of STGR-RL (docs/open_o3_video.md §1.2): record counts per task.
 TASK_MIX = (TS, VQA, TQA, TGMCQ, GMCQ, GFREE)
 TASK_WEIGHTS = (12047, 5000, 2280, 2904, 13000, 2000)
 

@@ -1,4 +1,4 @@
-"""AOT-compile every program of a run for TPU topologies on this CPU host (STYLE 13).
+"""AOT-compile every program of a run for TPU topologies on this CPU host (docs/style.md rule 13).
 
 Needs libtpu (installed with the test extra on linux x86_64); elsewhere these tests are
 skipped. Topology parsing and the missing-libtpu error are tested in test_train_loop.py.

@@ -1,4 +1,4 @@
-"""Shared vision in the GSPO training forward (DESIGN decision 6): the pixels of a G-sample
+"""Shared vision in the GSPO training forward (docs/design.md decision 6): the pixels of a G-sample
 group are kept once (`vision_group = G`) and the tower runs once per prompt. Shared rows must
 give the log-probs and the update (vision-tower parameters included) of repeated pixels, on one
 device and on the fake 8-device mesh, fall back to repeating when the prompts do not split over

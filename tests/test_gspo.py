@@ -14,7 +14,7 @@ from o3video_jax.train import losses, sharding, state
 EPS_LOW, EPS_HIGH, BETA = 0.2, 0.25, 0.04
 
 
-# ---- numpy reference (float64), written from reference §4 ---------------------------------
+# ---- numpy reference (float64), written from docs/open_o3_video.md §4 ---------------------------------
 
 
 def np_loss(lp, old, ref, adv, mask, ratio, beta=BETA, lo=1 - EPS_LOW, hi=1 + EPS_HIGH):
@@ -130,7 +130,7 @@ def test_loss_and_gradient_match_numpy(ratio):
 @pytest.mark.parametrize("ratio", ["sequence", "token"])
 def test_on_policy_equals_original_formula(ratio):
     """old_logp = sg(logp): s_i = 1 in value, and the gradient is the length-normalised policy
-    gradient -A_i m_t / |o_i| (GSPO and GRPO coincide) plus the k3 KL term (reference §4)."""
+    gradient -A_i m_t / |o_i| (GSPO and GRPO coincide) plus the k3 KL term (docs/open_o3_video.md §4)."""
     lp, _, ref, adv, mask = random_rollouts(seed=3)
     f = lambda x: jloss(x, jax.lax.stop_gradient(x), ref, adv, mask, ratio)
     (value, metrics), grad = jax.value_and_grad(f, has_aux=True)(jnp.asarray(lp, jnp.float32))

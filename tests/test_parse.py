@@ -22,7 +22,7 @@ from o3video_jax.rewards.parse import as_box, extract_answer
 from o3video_jax.rewards.rouge import lcs_length, rouge_mean_f, rouge_mean_f_batch
 
 # ---------------------------------------------------------------------------------------------
-# The original regexes (reference §2/§3), used as the oracle on short inputs where their
+# The original regexes (docs/open_o3_video.md §2/§3), used as the oracle on short inputs where their
 # backtracking is harmless.
 ANSWER_RE = r"<answer>\s*(.*?)\s*</answer>"
 CLAIM_RE = r"<obj>(.*?)</obj>((?:<box>\[.*?\]</box>)+)at<t>(.*?)</t>s"

@@ -27,7 +27,7 @@ STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
     ],
 )
 def test_smart_resize_reference_table(hw, expected):
-    # qwen2_5_vl.md §5.1, defaults 3136 / 1,003,520.
+    # docs/qwen2_5_vl.md §5.1, defaults 3136 / 1,003,520.
     assert vision.smart_resize(*hw) == expected
 
 

@@ -184,7 +184,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.rl.ratio = "sequence"  # sequence (GSPO) | token (GRPO)
     c.rl.num_updates = 1
     c.rl.minibatches = 1
-    c.rl.share_vision = True  # training forwards run the vision tower once per prompt (DESIGN 6)
+    c.rl.share_vision = (
+        True  # training forwards run the vision tower once per prompt (docs/design.md decision 6)
+    )
     c.rl.spatial_gate = "intended"  # intended | reference
     c.rl.old_logp = "rollout"  # rollout: recomputed before the updates | current: sg(logp)
     c.rl.reward_weights = ml_collections.ConfigDict(

@@ -2,7 +2,7 @@ r"""Benchmark evaluation (V-STaR, VideoMME, WorldSense, VideoMMMU, temporal grou
 
 Args (`:arg`): benchmark=vstar|videomme|worldsense|videommmu|tvg (default vstar),
 think=true|false (default true: the grounded think prompts), runlocal (tiny budgets, CPU).
-Per-benchmark settings are the reference's (open_o3_video.md §5.1): V-STaR 2048 new tokens,
+Per-benchmark settings are the reference's (docs/open_o3_video.md §5.1): V-STaR 2048 new tokens,
 16 frames at 1 fps near native resolution (qwen_vl_utils image budget 16384*28*28 px);
 VideoMME / WorldSense / VideoMMMU 8192 new tokens, native video at 2 fps, <= 64 frames of
 <= 512*512 px, 1.0 s per temporal grid step (`eval.second_per_grid="upstream"`: upstream hands

@@ -14,7 +14,7 @@ Conv3d patch embedding (Dv, C, T, P, P) <-> a [C*T*P*P, Dv] kernel. Both key lay
 Loading is shapes first (`jax.eval_shape` of the model init), then validation of every
 checkpoint key and shape against them (before any tensor is read), then one tensor at a time:
 with a mesh each tensor goes straight into its NamedSharding, and each device's slice is read
-from the memory-mapped file, so no host ever holds more than one full tensor (DESIGN 4).
+from the memory-mapped file, so no host ever holds more than one full tensor (docs/design.md decision 4).
 
 Both parameter layouts (`config.scan_layers`, see `checkpoints.layout`) map to the same
 per-layer checkpoint keys: a stacked parameter [N, ...] is N tensors `...layers.{i}...`. Loading

@@ -1,4 +1,4 @@
-"""Train-state checkpoints with Orbax (DESIGN decision 9).
+"""Train-state checkpoints with Orbax (docs/design.md decision 9).
 
 One `Checkpointer` per run directory: asynchronous saves, the last N kept, a save every k steps
 and every m minutes, and one on preemption (a SIGTERM on any process; every process saves the

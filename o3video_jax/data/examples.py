@@ -11,7 +11,7 @@ patches above the row budgets).
 
 Videos are fed as in Open-o3 training by default (`video_mode="frames"`): frames resized
 once to the frame pixel budget and passed as separate images in the `Frame j at t s` layout
-(open_o3_video.md §1.5). `video_mode="video"` feeds one native video item with
+(docs/open_o3_video.md §1.5). `video_mode="video"` feeds one native video item with
 `second_per_grid` = 2 / sample_fps (the VideoMME-style evaluation path, §5.1/§5.3).
 """
 
@@ -50,7 +50,7 @@ class ExampleConfig:
     """How records become examples. kind: "sft" | "rl" (STGR records) | "mcq" (benchmark).
 
     layout: "flat" (every path relative to media_root) or "upstream" (media_root is
-    DATA_ROOT/videos with the folder table of open_o3_video.md §1.1).
+    DATA_ROOT/videos with the folder table of docs/open_o3_video.md §1.1).
     Pixel budgets default to Open-o3's: images <= 256 tokens, frames ~128 tokens (§1.4).
     """
 

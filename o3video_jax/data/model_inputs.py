@@ -109,7 +109,7 @@ def build_model_inputs(
     """Packs rows of segments into fixed-size `ModelInputs` (B = len(rows), L, P budgets).
 
     pad_side: "right" (training) or "left" (prompts for `prefill`, last token at L - 1).
-    rule: M-RoPE rule, "qwen" (default, DESIGN decision 5) or "hf" (see positions.py).
+    rule: M-RoPE rule, "qwen" (default, docs/design.md decision 5) or "hf" (see positions.py).
     """
     if pad_side not in ("left", "right"):
         raise ValueError(f"pad_side {pad_side!r} is not 'left' or 'right'")

@@ -4,9 +4,9 @@ A sequence is split into maximal runs of equal token type (0 text, 1 image pad, 
 Text tokens get the same position on all three axes; the merged tokens of an image or video
 (grid t, h, w in patches; H = h / m, W = w / m merged tokens) are ordered (k, r, c) with c
 fastest and get (cur + tpos[k], cur + r, cur + c). Two rules differ in what follows a vision
-block and in the temporal step (reference sections 4.2 and 4.4):
+block and in the temporal step (docs/qwen2_5_vl.md §4.2, §4.4):
 
-rule="qwen" (default; the rule the released checkpoints were trained with, DESIGN decision 5,
+rule="qwen" (default; the rule the released checkpoints were trained with, docs/design.md decision 5,
     as in the official Qwen code, transformers 4.49-4.5x and vLLM):
     - text after a vision block starts at max(all previous positions) + 1, which includes the
       temporal extent of a video;

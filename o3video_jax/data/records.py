@@ -2,7 +2,7 @@
 
 Loaders accept a JSON array or JSON lines. Every validator raises `RecordError` naming the
 record id and the offending field, so a pipeline can count and report bad records instead of
-crashing deep inside a transform (reference open_o3_video.md §1.2, §1.3, §5.2).
+crashing deep inside a transform (docs/open_o3_video.md §1.2, §1.3, §5.2).
 
 Geometry: ground-truth boxes come in two spaces, normalised [0, 1] (`key_items`, STR
 reasoning) and original-image pixels (`visual QA` answers, V-STaR). The model reads and writes

@@ -8,7 +8,7 @@ exclusive). Appear and disappear times sit on a 0.5 s grid (frame rates are even
 so every time prints exactly with one decimal.
 
 `generate_dataset` writes the videos, key-frame jpgs and JSON records in the formats of
-open_o3_video.md §1.2 (STGR-SFT / STGR-RL) and §5.2 (V-STAR). Paths in the records are
+docs/open_o3_video.md §1.2 (STGR-SFT / STGR-RL) and §5.2 (V-STAR). Paths in the records are
 relative to `out_dir`, which is both the media root and the key-frame root. Sources follow
 the upstream naming that selects a media root: "STR_synthetic", "TVG_synthetic",
 "videor1_synthetic_mcq".

@@ -1,6 +1,6 @@
 """Questions, answers and grounded reasoning on synthetic videos (see `synthetic`).
 
-Record formats (open_o3_video.md §1.2, §1.3, §5.2):
+Record formats (docs/open_o3_video.md §1.2, §1.3, §5.2):
   temporal-spatial free-form QA: answer plain text; key_frames [{time, path, idx}] with jpgs;
       key_items {str(idx): {name: [[x1, y1, x2, y2]]}} normalised to [0, 1]; SFT
       reasoning_process mentions objects as

@@ -3,13 +3,13 @@
 `Tokenizer.from_dir` reads an HF checkpoint directory (tokenizer.json + tokenizer_config.json,
 chat template from tokenizer_config.json, chat_template.jinja or chat_template.json) with the
 `tokenizers` library and renders chats with jinja2 the way transformers does (reference
-qwen2_5_vl.md §6). `tokenize_chat` expands every `<|image_pad|>` / `<|video_pad|>` to
+docs/qwen2_5_vl.md §6). `tokenize_chat` expands every `<|image_pad|>` / `<|video_pad|>` to
 t*h*w/4 copies (§5.4) and builds a per-token loss mask:
   - "assistant" (default): the content of assistant turns and their closing `<|im_end|>`.
-  - "original": upstream Open-o3 SFT (open_o3_video.md §4, §7.6): every token except the pad
+  - "original": upstream Open-o3 SFT (docs/open_o3_video.md §4, §7.6): every token except the pad
     token and `<|image_pad|>`; system and user text are trained on too.
 
-`make_tiny_tokenizer` builds the tiny test tokenizer of the brief: byte-level BPE with ordinary
+`make_tiny_tokenizer` builds the tiny test tokenizer (docs/design.md, "The tiny tokenizer"): byte-level BPE with ordinary
 ids < 480 and Qwen's 22 special tokens at 480 + k, in HF layout.
 """
 

@@ -5,7 +5,7 @@ with the times of the frames actually taken. Two index rules (N = frames in the 
 
   sampling="uniform" (default; transformers' Qwen2-VL rule): idx_k = i0 + floor(k * N / n).
       Frames are evenly spaced, so the true time of frame k is ~ start + k / sample_fps.
-  sampling="o3" (Open-o3 Video / qwen-vl-utils, open_o3_video.md §1.4):
+  sampling="o3" (Open-o3 Video / qwen-vl-utils, docs/open_o3_video.md §1.4):
       idx_k = i0 + round(linspace(0, N - 1, n)) (half to even). Open-o3 labels frame k in its
       prompts with k / sample_fps (`Clip.o3_labels`), not with its true time: the labels run
       slightly early and the last one is (n - 1) / n of the window.
@@ -15,7 +15,7 @@ with the times of the frames actually taken. Two index rules (N = frames in the 
 
 Seeking vs sequential decoding. A `set(CAP_PROP_POS_FRAMES)` seek decodes from the previous
 key frame; grab() decodes one frame without the colour conversion. Measured on the clips of
-/work/shared/data/videos (640x360/480 H.264, 2-core CPU): grab() 0.35-0.8 ms per frame, a
+four sample clips (640x360/480 H.264, 2-core CPU): grab() 0.35-0.8 ms per frame, a
 seek 4-60 ms (13-21 ms on average, the cost of ~25-60 grabs). Reading 16 frames spaced g
 apart, grabbing through won at g = 16 on all four clips, the two were about even at g = 32
 and seeking won at g >= 64 on all four. The reader therefore walks the targets in order,

@@ -1,5 +1,5 @@
 """Qwen2.5-VL pixel preprocessing on the host: smart_resize, bicubic resize, CLIP normalisation
-and patchification into the processor's row order (qwen2_5_vl.md §2.3, §5).
+and patchification into the processor's row order (docs/qwen2_5_vl.md §2.3, §5).
 
 Output rows are ordered (t, h_blk, w_blk, dh, dw): 2x2 merge blocks in raster order, each
 block's four patches in raster order. Each row is one 14x14 patch of two consecutive frames,
@@ -35,12 +35,12 @@ TEMPORAL_PATCH_SIZE = 2
 FACTOR = PATCH_SIZE * MERGE_SIZE  # 28: sides are multiples of one merged token
 PATCH_DIM = 3 * TEMPORAL_PATCH_SIZE * PATCH_SIZE * PATCH_SIZE  # 1176
 
-# transformers' Qwen2VL processor defaults (qwen2_5_vl.md §5.1).
+# transformers' Qwen2VL processor defaults (docs/qwen2_5_vl.md §5.1).
 IMAGE_MIN_PIXELS = 56 * 56
 IMAGE_MAX_PIXELS = 28 * 28 * 1280
 VIDEO_MIN_PIXELS = 128 * 28 * 28
 VIDEO_MAX_PIXELS = 768 * 28 * 28
-# Open-o3 Video's constants (open_o3_video.md §1.4): images <= 256 tokens; video frames at
+# Open-o3 Video's constants (docs/open_o3_video.md §1.4): images <= 256 tokens; video frames at
 # 128 tokens, whose effective cap is max(min(100352, total/n*2), int(1.05*100352)) = 105369.
 O3_IMAGE_MAX_PIXELS = 256 * 28 * 28
 O3_FRAME_MAX_PIXELS = int(1.05 * 128 * 28 * 28)

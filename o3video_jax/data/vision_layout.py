@@ -1,4 +1,4 @@
-"""Host-side geometry of one row's vision patches (reference sections 2.3, 2.5 and 2.6).
+"""Host-side geometry of one row's vision patches (docs/qwen2_5_vl.md §2.3, §2.5, §2.6).
 
 For the images and videos of one row (grids (t, h, w) in patches, in the row's pixel order),
 computes in numpy what the jitted vision tower needs as fixed-size arrays:

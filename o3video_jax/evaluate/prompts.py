@@ -1,4 +1,4 @@
-"""Benchmark prompts, verbatim from Open-o3 Video's evaluation code (open_o3_video.md §5).
+"""Benchmark prompts, verbatim from Open-o3 Video's evaluation code (docs/open_o3_video.md §5).
 
 V-STaR (`test_vstar_multi_images.py`): five calls per item; frames are images labelled
 `Frame {i+1} at {round(t, 1)}s: <image>` lines that replace the video placeholder (or are

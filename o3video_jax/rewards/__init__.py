@@ -1,4 +1,4 @@
-"""Open-o3 Video rewards: a total host-side parser and one jitted scorer (DESIGN decision 7)."""
+"""Open-o3 Video rewards: a total host-side parser and one jitted scorer (docs/design.md decision 7)."""
 
 from o3video_jax.rewards.batch import ParsedBatch
 from o3video_jax.rewards.config import (

@@ -1,6 +1,6 @@
 """Reward configuration: task names, reward names and the fixed array budgets.
 
-The budgets fix every array shape the jitted scorer sees (DESIGN decision 2), so one compile
+The budgets fix every array shape the jitted scorer sees (docs/design.md decision 2), so one compile
 serves a whole run. With `bucket_shapes=True` each extent is instead the next power of two of
 what the batch needs, capped by the budget: large offline batches (evaluation, benchmarks) then
 avoid scoring mostly padding, at the price of one compile per distinct bucket. A batch with a
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 
-# The six STGR task strings (reference §1.3), in the order of their integer ids.
+# The six STGR task strings (docs/open_o3_video.md §1.3), in the order of their integer ids.
 TEMPORAL_SPATIAL = "temporal-spatial free-form QA"
 VISUAL_QA = "visual QA"
 TEMPORAL_QA = "temporal QA"

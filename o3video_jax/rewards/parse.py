@@ -1,6 +1,6 @@
 """Total, linear-time parser of policy completions (untrusted text).
 
-Every pattern of the original reward code (reference §2, `reward_func.py`) is re-expressed as
+Every pattern of the original reward code (docs/open_o3_video.md §2, `reward_func.py`) is re-expressed as
 `str.find` scans that select exactly the match Python's backtracking regex selects; the
 derivation is written beside each scanner. The original regexes backtrack quadratically or
 worse on adversarial text (e.g. the claim pattern nests lazy `.*?` inside `(...)+`); these scans
@@ -9,7 +9,7 @@ parse in milliseconds. Numbers go through the same converters as the original (`
 `json.loads`), so they parse to the same values; anything that raises there is unparsable here.
 
 `parse_completion` returns a `Completion` of Python values; `batch.parse_batch` packs them into
-fixed-size arrays (DESIGN decision 7).
+fixed-size arrays (docs/design.md decision 7).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ class Claim(NamedTuple):
 
 
 class Completion(NamedTuple):
-    """Structured fields of one completion (reference §2).
+    """Structured fields of one completion (docs/open_o3_video.md §2).
 
     think: content of the first `<think>(.*?)</think>` (DOTALL), None if absent.
     has_answer: whether `<answer>.*?</answer>` (DOTALL) occurs.

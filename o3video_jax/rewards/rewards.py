@@ -1,4 +1,4 @@
-"""`compute_rewards`: the seven Open-o3 Video rewards (reference §3) for a batch of completions.
+"""`compute_rewards`: the seven Open-o3 Video rewards (docs/open_o3_video.md §3) for a batch of completions.
 
 Host side: parse the completions (`parse.parse_batch`), build the ground-truth arrays
 (`targets.build_targets`) and compute `ans_acc`, which is text work (option-letter matching and

@@ -1,7 +1,7 @@
 """Fast mean of the ROUGE-1/2/L F-measures, bit-identical to `rouge_score` with the Porter stemmer.
 
 The free-form `ans_acc` reward is `(F1 + F2 + FL) / 3` of `RougeScorer(['rouge1', 'rouge2',
-'rougeL'], use_stemmer=True).score(reference, hypothesis)` (reference §3). Scoring that way
+'rougeL'], use_stemmer=True).score(reference, hypothesis)` (docs/open_o3_video.md §3). Scoring that way
 re-stems every token and fills an O(n·m) LCS table in pure Python. Here:
   * tokenisation is rouge_score's own `tokenize.tokenize`, with a memoising stemmer (the
     Porter stemmer is a pure function of the word);

@@ -1,6 +1,6 @@
 """Ground truth of the rewards as fixed-size arrays, built on the host from STGR records.
 
-An example is an STGR record (reference §1.2: `task`, `answer`, `key_frames`, `key_items`,
+An example is an STGR record (docs/open_o3_video.md §1.2: `task`, `answer`, `key_frames`, `key_items`,
 `image_size`, ...) plus `frame_size` = [W, H] of the frames or image fed to the model. Boxes are
 converted to the model's pixel space as the original does: `key_items` boxes are normalised and
 scale by (W, H); the visual QA answer box is in original-image pixels and scales by

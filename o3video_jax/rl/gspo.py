@@ -1,6 +1,6 @@
 """GSPO: group advantages, the clipped sequence-ratio loss, presets, and the update step.
 
-DESIGN decision 8. The Open-o3 Video trainer (reference §4) computes, for completion i with
+docs/design.md decision 8. The Open-o3 Video trainer (docs/open_o3_video.md §4) computes, for completion i with
 mask m (tokens up to and including the first EOS) and advantage A_i:
 
   s_i   = exp( Σ_t m_t (log π_t − sg(log π_t)) / max(Σ_t m_t, 1) )           (≡ 1 in value)
@@ -33,7 +33,7 @@ RATIOS = ("sequence", "token")
 
 
 def presets() -> dict[str, ml_collections.ConfigDict]:
-    """GSPO hyper-parameters: the GSPO paper and the Open-o3 Video reproduction (reference §4).
+    """GSPO hyper-parameters: the GSPO paper and the Open-o3 Video reproduction (docs/open_o3_video.md §4).
 
     `open_o3_video` reproduces the original, including its thk_spatial time gate
     `spatial_gate="reference"` (a box counts when g - T < 1 s, so any claim *earlier* than the

@@ -1,6 +1,6 @@
 """The GSPO training loop: `train(config, workdir)`.
 
-Per step (DESIGN decision 8):
+Per step (docs/design.md decision 8):
   1. a prompt batch (grain, RL mode) -> G samples per prompt (`rl.sampler`: one prefill per
      prompt, KV cache broadcast to the group)                                     [rollout]
   2. completions decoded to text -> `rewards.compute_rewards` (step_fraction = (step + 1) / total)

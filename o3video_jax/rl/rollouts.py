@@ -3,7 +3,7 @@
 Kept apart from the loop so the demo's held-out evaluation (greedy rollouts + rewards) uses
 exactly the code the training rollouts use.
 
-Shared vision (DESIGN decision 6, training side): training rows keep the pixels once per
+Shared vision (docs/design.md decision 6, training side): training rows keep the pixels once per
 prompt (`sampler.VISION_FIELDS` with B // G rows, text fields with B rows) and the model runs
 with `vision_group=G`, so the log-prob and update forwards run the vision tower (and store its
 activations) once per prompt instead of G times. `can_share_vision` is the one rule that says

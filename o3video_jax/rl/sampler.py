@@ -1,6 +1,6 @@
 """Group rollouts: prefill each prompt once, broadcast its KV cache to G samples, decode.
 
-DESIGN decision 6: for B prompts with G samples each, the vision tower runs on the B prompts
+docs/design.md decision 6: for B prompts with G samples each, the vision tower runs on the B prompts
 and each prompt is prefilled once; the cache and the last-position logits are then repeated
 to the B*G sample rows (row b*G + g is sample g of prompt b). A `lax.while_loop` decodes one
 token per step for every row (KV cache donated, carried in place) and stops as soon as every
@@ -259,7 +259,7 @@ def _prefill(params, prompt: ModelInputs, *, model, group_size, cache_steps, rul
     with jax.named_scope("rollout/prefill"):
         cache_len = prompt.seq_len + cache_steps
         cache, last = model.apply({"params": params}, prompt, cache_len, method="prefill")
-    # DESIGN decision 6: broadcast the prompt's cache, never its pixels.
+    # docs/design.md decision 6: broadcast the prompt's cache, never its pixels.
     return cache.repeat(group_size), jnp.repeat(last, group_size, axis=0)
 
 
@@ -447,7 +447,7 @@ def completion_inputs(
     M-RoPE position next_pos + t on all three axes, in the prompt's last segment up to its
     length, padding (segment 0) after. The pixels (`VISION_FIELDS`) are repeated too, unless
     share_vision: then they keep one row per prompt, for the model's `vision_group=G` (the
-    tower runs once per prompt in the training forward, DESIGN decision 6).
+    tower runs once per prompt in the training forward, docs/design.md decision 6).
     Returns (ModelInputs, float32[B*G, L + T] mask: 1 at the completion tokens, the first EOS
     included). The log-prob of the token at position p comes from the logits at p - 1.
     """

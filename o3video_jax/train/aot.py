@@ -1,4 +1,4 @@
-r"""Ahead-of-time plan of a whole run for a TPU topology, on a CPU host (STYLE 13, DESIGN 11).
+r"""Ahead-of-time plan of a whole run for a TPU topology, on a CPU host (docs/style.md rule 13, docs/design.md decision 11).
 
   python -m o3video_jax.train.aot --config experiments/configs/sft_qwen2_5_vl.py:size=7b \
       --topology v5p:4x4x4

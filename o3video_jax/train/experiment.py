@@ -1,6 +1,6 @@
 """What the SFT and GSPO loops share: config -> mesh, model, tokenizer, sharded state, data.
 
-Shapes, then shardings, then state (STYLE 3): the train state's shardings come from
+Shapes, then shardings, then state (docs/style.md rule 3): the train state's shardings come from
 `jax.eval_shape` of the init and the logical rule table in the config; the state is then either
 restored from the run directory's latest Orbax checkpoint (automatic resume), streamed from an
 HF checkpoint into those shardings, or initialised by a jitted init that writes them directly.

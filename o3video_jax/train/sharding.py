@@ -1,4 +1,4 @@
-"""Mesh construction and the logical-axis -> mesh-axis rule table (DESIGN decision 4).
+"""Mesh construction and the logical-axis -> mesh-axis rule table (docs/design.md decision 4).
 
 Weights and block-boundary activations carry logical axis names (below); one rule table maps
 them to the mesh axes `data`, `fsdp`, `tensor`. The table lives in the experiment config
@@ -238,7 +238,7 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
 def make_sharded(
     init_fn: Callable[..., Any], mesh: Mesh, rules: Sequence[tuple[str, MeshAxes]], *args: Any
 ) -> tuple[Any, Any]:
-    """Creates `init_fn(*args)` directly in its shardings (DESIGN decision 4, STYLE 3).
+    """Creates `init_fn(*args)` directly in its shardings (docs/design.md decision 4, docs/style.md rule 3).
 
     `init_fn` may return logically boxed leaves (e.g. params from `model.init` with
     `nn.with_logical_partitioning`): shapes come first (`jax.eval_shape`), then shardings from

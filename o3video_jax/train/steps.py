@@ -1,7 +1,7 @@
 """The SFT train step, and the machinery every update step shares.
 
 A step is `step(state, batch) -> (state, metrics)`: pure, jitted once with explicit in/out
-shardings and the state donated (STYLE 4). It splits the batch into `optimizer.microbatches`
+shardings and the state donated (docs/style.md rule 4). It splits the batch into `optimizer.microbatches`
 strided microbatches, scans over them accumulating the gradient of a loss *sum*, divides by a
 denominator computed on the whole batch (so accumulation is exact), and applies one optimiser
 update. A non-finite loss or gradient norm never reaches the parameters: the update is skipped

@@ -1,6 +1,6 @@
 """The one attention primitive: segment ids + optional causal mask, GQA, three backends.
 
-Masking rule (DESIGN decision 3): query t of row b may attend key s iff
+Masking rule (docs/design.md decision 3): query t of row b may attend key s iff
   q_segment_ids[b, t] != 0  and  q_segment_ids[b, t] == kv_segment_ids[b, s]
   and (not causal or kv_position(s) <= q_position(t)),
 with q_position(t) = q_offset + t and kv_position(s) = s (cache slots). Segment 0 is padding:

@@ -88,7 +88,7 @@ class KVCache:
 
     def repeat(self, g: int) -> KVCache:
         """Each row repeated g times (rows b*g .. b*g+g-1 copy row b): one prefill per prompt
-        serves a group of G samples (DESIGN decision 6)."""
+        serves a group of G samples (docs/design.md decision 6)."""
         return KVCache(
             k=jnp.repeat(self.k, g, axis=1),
             v=jnp.repeat(self.v, g, axis=1),

@@ -11,7 +11,7 @@ For convenience the root re-exposes the decoder fields that layer code reads all
 `from_hf_dict` reads every form a released or saved config.json takes (flat Hub form, nested
 5.x form, `rope_scaling` or `rope_parameters`, both vision key spellings); missing keys take
 the HF *class* defaults, exactly as transformers would, so a config always means the same
-model in both libraries. Presets hold the published checkpoint values (reference section 1.4).
+model in both libraries. Presets hold the published checkpoint values (docs/qwen2_5_vl.md §1.4).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ ATTENTION_IMPLS = ("xla", "pallas", "cudnn")
 MODEL_TYPE = "qwen2_5_vl"
 ARCHITECTURE = "Qwen2_5_VLForConditionalGeneration"
 
-# Qwen's special tokens sit at `base + k`; see the brief's tiny-tokenizer conventions.
+# Qwen's special tokens sit at `base + k`; see docs/design.md, "The tiny tokenizer".
 _ENDOFTEXT, _IM_END, _VISION_START, _VISION_END, _IMAGE_PAD, _VIDEO_PAD = 0, 2, 9, 10, 12, 13
 
 
@@ -524,7 +524,7 @@ def _check_architecture(d: Mapping[str, Any]) -> None:
         raise ValueError(f"config architectures {archs} are not Qwen2.5-VL")
 
 
-# ---- presets (reference section 1.4) --------------------------------------------------------
+# ---- presets (docs/qwen2_5_vl.md §1.4) --------------------------------------------------------
 # 3B: full config.json seen (third-party copy). 7B/32B/72B dims, vocab, tie flag and vision
 # intermediate/out sizes from torchtune builders. UNVERIFIED against the Hub files:
 # rms_norm_eps 1e-6, max_position_embeddings 128000 and tokens_per_second 2 for 7B/32B/72B.

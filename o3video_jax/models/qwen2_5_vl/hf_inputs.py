@@ -8,7 +8,7 @@ patch budget P; `feature_index` points every pad token at its merged token in th
 
 Positions default to rule="hf" (transformers 5.24 `get_rope_index`) so that a forward pass
 matches transformers exactly; pass rule="qwen" for the rule the checkpoints were trained with
-(DESIGN decision 5; identical for images and short videos). Rows may be left or right padded
+(docs/design.md decision 5; identical for images and short videos). Rows may be left or right padded
 (attention_mask 0 -> segment id 0, position 0). When `max_seq_len` exceeds L, the extra
 padding goes on the left if every row ends in a real token (prompts stay right-aligned for
 `prefill`), else on the right.

@@ -2,7 +2,7 @@
 
 Everything that depends on the geometry of the data (patch order, vision rotary ids, window
 permutation, attention segments, M-RoPE positions, the vision-feature scatter map) is computed
-on the host in numpy (DESIGN decision 2) and padded to budgets that are fixed for a whole run:
+on the host in numpy (docs/design.md decision 2) and padded to budgets that are fixed for a whole run:
 
   B rows, L = max_seq_len text positions, P = max_patches vision patches per row (a multiple
   of 4, the spatial merge unit), P/4 merged vision tokens per row.
@@ -32,7 +32,7 @@ class ModelInputs:
                                    is causal and restricted to equal non-zero segment ids, which
                                    covers left padding, right padding and packed rows.
       positions:    int32[3, B, L] M-RoPE (t, h, w) positions, per segment, by the original
-                                   Qwen rule (DESIGN decision 5); 0 at padding.
+                                   Qwen rule (docs/design.md decision 5); 0 at padding.
       rope_deltas:  int32[B]       max(position) + 1 - (number of real tokens) of the row's
                                    last segment; the decode position of the n-th generated
                                    token is prompt_len + n + delta ("last + 1" rule).

@@ -1,8 +1,8 @@
 """Basic layers with logically partitioned parameters: RMSNorm, Dense, Embed.
 
 Every parameter carries logical axis names (`o3video_jax.train.sharding` lists them) next to
-its shape and initialiser, so the one rule table decides where it lives (DESIGN decision 4).
-Parameter names follow the Flax/HF mirror of the brief: Dense {kernel [in, out], bias [out]},
+its shape and initialiser, so the one rule table decides where it lives (docs/design.md decision 4).
+Parameter names follow the Flax/HF mirror of docs/design.md ("The Flax parameter tree"): Dense {kernel [in, out], bias [out]},
 RMSNorm {scale [D]}, Embed {embedding [V, D]}.
 """
 
@@ -32,7 +32,7 @@ class RMSNorm(nn.Module):
     """HF Qwen2 RMSNorm: fp32 mean(x^2) and rsqrt, cast to the input dtype, then * scale.
 
     The scale multiply happens after the cast, so in bfloat16 it sees the rounded value
-    (reference 7.7).
+    (docs/qwen2_5_vl.md §7.7).
     """
 
     eps: float

@@ -1,6 +1,6 @@
 """`Qwen25VL`: vision tower + Qwen2 decoder over fixed-size `ModelInputs`.
 
-Parameter tree (mirrors HF, see the brief): visual/..., model/embed_tokens, model/layers_{i},
+Parameter tree (mirrors HF, docs/design.md "The Flax parameter tree"): visual/..., model/embed_tokens, model/layers_{i},
 model/norm, lm_head (absent when tie_word_embeddings). With config.scan_layers the decoder
 layers are one stacked `model/layers` and the vision blocks one stacked `visual/blocks`
 (leading "layers" axis; `o3video_jax.checkpoints.layout` converts). `init` returns parameters boxed with
@@ -15,7 +15,7 @@ Entry points (all pure; one compile per shape budget):
   prefill(inputs, cache_len)          -> (KVCache, float32[B, V] logits at position L - 1)
   decode_step(tokens, cache)          -> (float32[B, V], KVCache)
 
-`vision_group` g (static int, DESIGN decision 6 for the training forward): the text fields
+`vision_group` g (static int, docs/design.md decision 6 for the training forward): the text fields
 have B rows and the vision fields (pixel_values, vision_pos, window_index, window_segment_ids,
 frame_segment_ids) B // g rows; the tower runs once per vision row, and text rows
 b*g .. b*g + g - 1 all read the features of vision row b (a G-sample group shares its

@@ -1,9 +1,9 @@
-"""Rotary tables: the ViT's 2D rotary (reference 2.4) and the decoder's M-RoPE (4.1).
+"""Rotary tables: the ViT's 2D rotary (docs/qwen2_5_vl.md §2.4) and the decoder's M-RoPE (4.1).
 
 Both use the non-interleaved NeoX pairing (rotate_half: dim k with k + H/2). Tables are
-computed in float32 from integer positions that the host prepared (DESIGN decision 2).
+computed in float32 from integer positions that the host prepared (docs/design.md decision 2).
 
-Dtype rules (reference 7.12): the vision rotation runs in float32 and casts the result back;
+Dtype rules (docs/qwen2_5_vl.md §7.12): the vision rotation runs in float32 and casts the result back;
 the text cos/sin are cast to the activation dtype before the rotation.
 """
 

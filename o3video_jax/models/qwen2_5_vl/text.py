@@ -1,4 +1,4 @@
-"""The Qwen2 decoder (reference section 3) with M-RoPE, packing and a KV cache.
+"""The Qwen2 decoder (docs/qwen2_5_vl.md §3) with M-RoPE, packing and a KV cache.
 
 Pre-norm layers: h = x + o_proj(attn(norm_in(x))); y = h + mlp(norm_post(h)). q/k/v have
 biases, o_proj and the MLP do not. Attention is the segment-id primitive: causal within equal

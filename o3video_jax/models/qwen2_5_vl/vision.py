@@ -1,7 +1,7 @@
-"""The Qwen2.5-VL vision tower (reference section 2), batched over rows.
+"""The Qwen2.5-VL vision tower (docs/qwen2_5_vl.md §2), batched over rows.
 
 Each row holds up to P patches (the row's images and video frames, processor order, zero
-padding at the end). The host prepared everything that depends on the grids (DESIGN
+padding at the end). The host prepared everything that depends on the grids (docs/design.md
 decision 2): rotary ids, the window permutation of 2x2 merge units, and segment ids for the
 windowed and the full-attention blocks (both already in window order). Attention is the
 segment-id primitive, so padding (segment 0) never mixes with real patches.
@@ -12,7 +12,7 @@ attention (local_attention.py): exact, O(P * band) instead of O(P^2) scores, and
 O(P * Smax) when every segment sits inside one aligned block of Smax patches. Short rows
 (band >= P) and the other backends keep the dense primitive.
 
-Forward per row (reference 2.6): patch matmul -> permute hidden states AND rotary tables into
+Forward per row (docs/qwen2_5_vl.md §2.6): patch matmul -> permute hidden states AND rotary tables into
 window order -> blocks (window / per-frame full attention) -> merger on 4 consecutive rows ->
 inverse permutation back to processor order.
 """
@@ -29,7 +29,7 @@ from .layers import Dense, RMSNorm, remat_module, scan_stack
 from .local_attention import local_segment_attention
 from .rope import apply_vision_rotary, vision_rotary
 
-VISION_EPS = 1e-6  # hard-coded in HF for every vision norm (reference 7.7)
+VISION_EPS = 1e-6  # hard-coded in HF for every vision norm (docs/qwen2_5_vl.md §7.7)
 ACT_VISION = ("batch", "patches", "act_embed")
 
 
@@ -185,7 +185,7 @@ class VisionTower(nn.Module):
                 **kw,
             )(pixel_values.astype(self.dtype))
             cos, sin = vision_rotary(vision_pos, cfg.head_dim, cfg.rope_theta)
-            # The rotary tables travel with their patches (reference 7.1).
+            # The rotary tables travel with their patches (docs/qwen2_5_vl.md §7.1).
             x = permute_units(x, window_index)
             cos, sin = permute_units(cos, window_index), permute_units(sin, window_index)
             x = nn.with_logical_constraint(x, ACT_VISION)
