@@ -54,3 +54,59 @@ def attention_layout(request, monkeypatch):
     forced = lambda fn, *args: fn(*args, layout=request.param)
     monkeypatch.setattr(attention, "by_lowering_platform", forced)
     return request.param
+
+
+# ---- test lanes ----
+# Integration tests start processes (CLI runs, jax.distributed workers, a GCS API server, the
+# shell scripts against a fake gcloud), compile for TPU topologies or run the demo. They and the
+# unit tests that take over ~10 s on 2 cores are marked `slow`; the quick lane leaves both out:
+#   python -m pytest -q -n 2 -m "not slow" tests        (about 3 minutes on 2 cores)
+# while the full suite (the README's test command, CI) runs everything.
+INTEGRATION_FILES = {
+    "test_aot.py",
+    "test_cli_distributed.py",
+    "test_demo.py",
+    "test_eval_every.py",
+    "test_gcs.py",
+    "test_multiprocess.py",
+    "test_multislice.py",
+    "test_preemption.py",
+    "test_save_agreement.py",
+    "test_smoke.py",
+    "test_supervise.py",
+    "test_sweep.py",
+    "test_tpu_scripts.py",
+    "test_train_loop.py",
+    "test_two_stage.py",
+}
+SLOW_UNIT_TESTS = {
+    "test_evaluate_run.py::test_sigkill_and_resume_gives_the_uninterrupted_file",
+    "test_evaluate_run.py::test_vstar_end_to_end",
+    "test_evaluate_sampler.py::test_patch_buckets_same_outputs_smaller_vision_shape",
+    "test_flash_attention.py::test_model_with_chunked_text_attention_equals_dense",
+    "test_group_vision.py::test_sharded_shared_equals_unshared_with_fallback",
+    "test_group_vision.py::test_update_shared_equals_repeated_two_minibatches",
+    "test_gspo.py::test_gspo_update_sharded_equals_single_device",
+    "test_gspo_wiring.py::test_first_update_ratio_is_one_and_reference_is_the_initial_policy",
+    "test_packed_logits.py::test_packed_logits_equal_unpacked",
+    "test_sampler.py::test_decode_unroll_keeps_tokens",
+    "test_sampler.py::test_group_equals_separate_runs",
+    "test_sampler.py::test_sharded_equals_unsharded",
+    "test_scan_layers.py::test_greedy_decode_tokens_identical",
+    "test_scan_layers.py::test_logits_loss_and_gradients_equal_unrolled[gqa]",
+    "test_scan_layers.py::test_sft_step_equals_unrolled_on_a_sharded_mesh",
+    "test_scan_layers.py::test_stack_unstack_round_trip_is_exact",
+    "test_schedule.py::test_gspo_lr_counts_updates_and_long_prompts_are_skipped",
+    "test_train_steps.py::test_sharded_sft_step_equals_single_device_real_model",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        name = item.path.name
+        test = f"{name}::{item.name}"
+        if name in INTEGRATION_FILES:
+            item.add_marker(pytest.mark.integration)
+            item.add_marker(pytest.mark.slow)
+        elif test in SLOW_UNIT_TESTS or test.split("[")[0] in SLOW_UNIT_TESTS:
+            item.add_marker(pytest.mark.slow)
