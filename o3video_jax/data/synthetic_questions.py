@@ -20,7 +20,7 @@ import os
 import cv2
 import numpy as np
 
-from o3video_jax.data import synthetic
+from o3video_jax.data import synthetic_world as synthetic
 
 ST_TASK = "temporal-spatial free-form QA"
 TEMPORAL_TASK = "temporal QA"

@@ -30,7 +30,7 @@ from o3video_jax.rewards import compute_rewards, parse_completion
 from o3video_jax.rewards.config import GENERAL_MCQ, TEMPORAL_QA, TEMPORAL_SPATIAL
 from o3video_jax.rl import rollouts
 from o3video_jax.rl import sampler as sampler_lib
-from o3video_jax.rl.loop import REWARD_TERMS, sampling_config
+from o3video_jax.rl.rollouts import REWARD_TERMS, sampling_config
 from o3video_jax.train import experiment
 from o3video_jax.train.sharding import DEFAULT_RULES, MeshAxes
 

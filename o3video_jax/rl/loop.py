@@ -31,15 +31,15 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from o3video_jax.data import pipeline
-from o3video_jax.rewards import REWARD_NAMES, compute_rewards, step_fraction
-from o3video_jax.rl import gspo, rollouts
+from o3video_jax.rewards import compute_rewards, step_fraction
+from o3video_jax.rl import gspo, heldout, rollouts
 from o3video_jax.rl import sampler as sampler_lib
+from o3video_jax.rl.rollouts import REWARD_TERMS, sampling_config
 from o3video_jax.train import completion, evaluation, experiment, preflight, sharding, steps
 from o3video_jax.train.loop import Profiler, data_skipped, export_hf
 from o3video_jax.train.metrics_log import MetricsWriter
 from o3video_jax.train.state import make_schedule, update_count
 
-REWARD_TERMS = (*REWARD_NAMES, "total")
 DEFAULT_EVAL_PROMPTS = 64
 _EVAL_KEYS = (*REWARD_TERMS, "acc", "mcq_acc", "tiou", "viou", "mAM", "mLGM", "n")
 _MEAN_KEYS = ("loss", "grad_norm", "update_norm", "clip_frac", "clip_low_frac", "clip_high_frac")
@@ -63,19 +63,6 @@ def gspo_step_config(config: ml_collections.ConfigDict) -> ml_collections.Config
             "loss": {"chunk": config.sft.ce_chunk},
             "nan_policy": config.nan_policy,
         }
-    )
-
-
-def sampling_config(config, tokenizer, *, greedy: bool = False, group_size: int | None = None):
-    rl = config.rl
-    return sampler_lib.SamplingConfig(
-        max_new_tokens=rl.max_new_tokens,
-        temperature=0.0 if greedy else rl.temperature,
-        top_p=rl.top_p,
-        top_k=rl.top_k,
-        eos_ids=(tokenizer.eos_id, tokenizer.pad_id),
-        pad_id=tokenizer.pad_id,
-        group_size=rl.group_size if group_size is None else group_size,
     )
 
 
@@ -140,8 +127,6 @@ def make_evaluator(exp: experiment.Experiment) -> Callable[[Any], dict[str, floa
     of the prompts and `heldout.evaluate` combines the scores, so every process logs the same
     summary (only process 0 writes it).
     """
-    from o3video_jax.rl import heldout  # heldout imports this module (REWARD_TERMS, sampling)
-
     config = exp.config
     json_path = config.data.eval_json
     media_root = evaluation.eval_media_root(config, exp.synthetic, json_path)

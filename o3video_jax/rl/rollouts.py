@@ -26,12 +26,31 @@ from jax.sharding import Mesh, PartitionSpec
 
 from o3video_jax.data.tokenizer import Tokenizer
 from o3video_jax.models.qwen2_5_vl import ModelInputs
+from o3video_jax.rewards import REWARD_NAMES
 from o3video_jax.rl import sampler as sampler_lib
 from o3video_jax.train import losses
 from o3video_jax.train.sharding import BATCH_AXES
 
 _TEXT_FIELDS = ("input_ids", "segment_ids", "feature_index")
 VISION_FIELDS = sampler_lib.VISION_FIELDS
+
+
+# The reward terms a GSPO step logs: the seven rewards and their total.
+REWARD_TERMS = (*REWARD_NAMES, "total")
+
+
+def sampling_config(config, tokenizer, *, greedy: bool = False, group_size: int | None = None):
+    """The rollout sampler's settings from `config.rl` (greedy: temperature 0)."""
+    rl = config.rl
+    return sampler_lib.SamplingConfig(
+        max_new_tokens=rl.max_new_tokens,
+        temperature=0.0 if greedy else rl.temperature,
+        top_p=rl.top_p,
+        top_k=rl.top_k,
+        eos_ids=(tokenizer.eos_id, tokenizer.pad_id),
+        pad_id=tokenizer.pad_id,
+        group_size=rl.group_size if group_size is None else group_size,
+    )
 
 
 # ---- shared vision rows ------------------------------------------------------------------------

@@ -26,9 +26,9 @@ from o3video_jax.data import pipeline, records
 from o3video_jax.data.examples import ExampleBuilder, ExampleConfig
 from o3video_jax.data.tokenizer import Tokenizer
 from o3video_jax.models.qwen2_5_vl import Qwen25VL, Qwen25VLConfig
-from o3video_jax.models.qwen2_5_vl.config import TextConfig, VisionConfig
 from o3video_jax.models.qwen2_5_vl.inputs import init_inputs  # noqa: F401 - re-exported for demo/aot
 from o3video_jax.train import preflight, sharding, synthetic_data
+from o3video_jax.train.model_config import model_config  # re-exported: experiment.model_config
 from o3video_jax.train.state import TrainState, make_optimizer
 
 
@@ -50,50 +50,6 @@ class Experiment:
     data_state: Any
     init_params: Any  # callable key -> params (the jitted init's function), for the reference
     synthetic: synthetic_data.SyntheticData | None
-
-
-# ---- model config ------------------------------------------------------------------------------
-def _parse_overrides(text: str, cls) -> dict[str, Any]:
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    out = {}
-    for item in filter(None, (s.strip() for s in text.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or key not in fields:
-            raise ValueError(f"bad {cls.__name__} override {item!r}; fields: {sorted(fields)}")
-        out[key] = float(value) if "." in value or "e" in value else int(value)
-    return out
-
-
-def _mrope_for(head_dim: int) -> tuple[int, int, int]:
-    """Qwen's (16, 24, 24) split of head_dim / 2 rescaled: t gets 1/4, h and w the rest."""
-    half = head_dim // 2
-    t = half // 4
-    h = (half - t) // 2
-    return (half - 2 * h, h, h)
-
-
-def model_config(config: ml_collections.ConfigDict) -> Qwen25VLConfig:
-    """The model's config: from the HF checkpoint, or the preset with the overrides."""
-    m = config.model
-    runtime = dict(
-        dtype=m.dtype,
-        param_dtype=m.param_dtype,
-        remat=m.remat,
-        attention=m.attention,
-        scan_layers=bool(m.get("scan_layers", False)),
-    )
-    if m.hf_checkpoint:
-        return Qwen25VLConfig.from_hf_json(m.hf_checkpoint, **runtime)
-    base = Qwen25VLConfig.preset(m.preset)
-    text_kw = _parse_overrides(m.text_overrides, TextConfig)
-    vision_kw = _parse_overrides(m.vision_overrides, VisionConfig)
-    hidden = text_kw.get("hidden_size", base.text.hidden_size)
-    head_dim = hidden // text_kw.get("num_attention_heads", base.text.num_attention_heads)
-    if head_dim != base.text.head_dim and "mrope_section" not in text_kw:
-        text_kw["mrope_section"] = _mrope_for(head_dim)
-    text = dataclasses.replace(base.text, **text_kw)
-    vision = dataclasses.replace(base.vision, out_hidden_size=text.hidden_size, **vision_kw)
-    return dataclasses.replace(base, text=text, vision=vision, **runtime)
 
 
 # ---- data -------------------------------------------------------------------------------------

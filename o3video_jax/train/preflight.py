@@ -342,10 +342,10 @@ def weight_dims(model_config) -> dict[str, tuple[int, ...]]:
 
 
 def _weight_errors(config, mesh: dict[str, int], warnings: list[str]) -> list[str]:
-    from o3video_jax.train import experiment  # jax/flax: only when a model is checked
+    from o3video_jax.train.model_config import model_config  # jax/flax: only when checked
 
     try:
-        mc = experiment.model_config(config)
+        mc = model_config(config)
     except (OSError, ValueError) as e:  # an unreadable HF config.json: checked at load time
         warnings.append(f"model dimensions not checked against the mesh: {e}")
         return []

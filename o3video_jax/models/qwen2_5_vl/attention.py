@@ -36,10 +36,10 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from .flash_attention import _NEG, chunked_causal_attention
 
 BACKENDS = ("xla", "pallas", "cudnn")
-_NEG = -0.7 * float(np.finfo(np.float32).max)  # finite: a fully masked row stays NaN-free
 
 
 def attention(
@@ -78,8 +78,6 @@ def attention(
         raise ValueError(f"attention chunk must be >= 0, got {chunk}")
     self_attention = t == s and isinstance(q_offset, int) and q_offset == 0
     if backend == "xla" and causal and chunk and t > chunk and self_attention:
-        from .flash_attention import chunked_causal_attention  # imports this module
-
         return chunked_causal_attention(
             q, k, v, q_segment_ids, kv_segment_ids, scale=scale, chunk=chunk
         )
