@@ -36,13 +36,13 @@ from o3video_jax.checkpoints import hf
 from o3video_jax.data import vision
 from o3video_jax.data.model_inputs import Segment, VisionItem
 from o3video_jax.data.tokenizer import Tokenizer
+from o3video_jax.drivers import experiment
 from o3video_jax.eval import letter_parsers, tts
 from o3video_jax.eval import results as results_lib
 from o3video_jax.evaluate import benchmarks, media, prompts, summary
 from o3video_jax.evaluate.generate import Generator, OverBudget, Request, request_key
 from o3video_jax.evaluate.judge import make_judge
 from o3video_jax.rl import sampler as sampler_lib
-from o3video_jax.train import experiment
 from o3video_jax.train.sharding import make_mesh
 
 __all__ = ["evaluate", "items_path", "read_log", "tokenize_prompt", "write_summary"]

@@ -115,7 +115,7 @@ def trim_left(inputs: ModelInputs, pad_id: int, buckets: Sequence[int]) -> Model
     if not len(buckets):
         raise ValueError(
             "no prompt buckets: rl.prompt_buckets=[] is derived from the length budget by "
-            "train.preflight.apply(config, num_devices), which must run first"
+            "drivers.preflight.apply(config, num_devices), which must run first"
         )
     seg = np.asarray(inputs.segment_ids)
     used = int((seg != 0).any(axis=0).sum()) if seg.size else 0
