@@ -19,6 +19,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / "o3video_jax"
 FLOORS = {
     "o3video_jax.io": 0,
     "o3video_jax.mesh": 0,  # the mesh and the logical-axis rules
+    "o3video_jax.tasks": 0,  # the task vocabulary
     "o3video_jax.models": 1,  # the model owns its host geometry (positions, vision layout)
     "o3video_jax.data": 2,
     "o3video_jax.rewards": 2,

@@ -282,21 +282,6 @@ def _param_counts(abstract_params: Any, merge: int) -> tuple[int, int, int]:
     return text, unembed, tower + merger // (merge * merge)
 
 
-def _sampling_config(config: ml_collections.ConfigDict, mc):
-    from o3video_jax.rl import sampler as sampler_lib
-
-    rl = config.rl
-    return sampler_lib.SamplingConfig(
-        max_new_tokens=int(rl.max_new_tokens),
-        temperature=float(rl.temperature),
-        top_p=float(rl.top_p),
-        top_k=int(rl.top_k),
-        eos_ids=(mc.eos_token_id, mc.pad_token_id),  # traced: the ids do not change the program
-        pad_id=mc.pad_token_id,
-        group_size=int(rl.group_size),
-    )
-
-
 def selects(token: str, name: str) -> bool:
     """Whether `--only` token `token` selects program `name`: the whole name (`logprob`, which
     leaves `logprob_ref` out; `prefill[2048]`) or its base before the bucket (`prefill` selects
@@ -466,7 +451,14 @@ def plan(
         rows = prompts * g
         beta = float(rl.beta)
         ref_bytes = params_bytes if beta else 0
-        sample = sampler_lib.make_sampler(model, _sampling_config(config, mc), rules=rules)
+        sample = sampler_lib.make_sampler(
+            model,
+            # the eos / pad ids are traced: they do not change the program
+            rollouts.sampling_config(
+                config.rl, (mc.eos_token_id, mc.pad_token_id), mc.pad_token_id
+            ),
+            rules=rules,
+        )
         params = state.params
         axes = tuple(a for a in sharding.BATCH_AXES if a in mesh.axis_names) or None
         for bucket in sorted(int(x) for x in rl.prompt_buckets):

@@ -177,7 +177,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if exp.data_state is not None:
         it.set_state(exp.data_state)
 
-    scfg = sampling_config(config, tok)
+    scfg = sampling_config(config.rl, (tok.eos_id, tok.pad_id), tok.pad_id)
     sample = sampler_lib.make_sampler(exp.model, scfg, mesh=exp.mesh, rules=exp.rules)
     ucfg = gspo_step_config(config)
     update = gspo.make_gspo_update(exp.model, ucfg, exp.mesh, exp.shardings, rules=exp.rules)

@@ -136,7 +136,9 @@ def evaluate(
     # of the first `max_prompts` records.
     pid = jax.process_index() if processes > 1 else 0
     local_cap = None if max_prompts is None else max(-(-(int(max_prompts) - pid) // processes), 0)
-    scfg = sampling_config(config, tokenizer, greedy=True, group_size=1)
+    scfg = sampling_config(
+        config.rl, (tokenizer.eos_id, tokenizer.pad_id), tokenizer.pad_id, greedy=True, group_size=1
+    )
     sample = sampler_lib.make_sampler(model, scfg, mesh=mesh, rules=rules)
     keys = jax.random.split(jax.random.PRNGKey(0), batch_size)
     items, template, loops = [], None, 0
