@@ -85,9 +85,6 @@ def _append(path: str, records: Sequence[dict]) -> None:
 
 
 # ---- one item's inputs ---------------------------------------------------------------------
-_Prepared = Prepared  # the old name
-
-
 def tokenize_prompt(tokenizer: Tokenizer, msgs, vision_items) -> tuple[Segment, str]:
     """(the model's prompt segment with expanded vision pads, the rendered chat text)."""
     images = [v.grid_thw for v in vision_items if v.kind == "image"]
