@@ -11,6 +11,9 @@ recomputed whole, so its batches (hence greedy outputs, and sampled ones: keys d
 (seed, item, call) only) are exactly those of an uninterrupted run, and only its missing items
 are appended. Every item appears once.
 
+The benchmark is named nowhere here: its reader, media, prompts, records and summary are the
+fields of its `spec.Benchmark` in `registry` (docs/extending.md).
+
 Processes evaluate their chunks independently (params replicated or sharded over the
 process's own devices); process 0 waits for all, then reads every file and writes the summary
 (`summary.md`, `summary.json`) and `report.md` with the first `eval.render_items` items drawn.
