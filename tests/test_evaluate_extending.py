@@ -61,6 +61,7 @@ def registered():
     assert registry.names() == benchmarks.BENCHMARKS
 
 
+@pytest.mark.slow  # an evaluate run (> 10 s on 2 cores): the full suite's, not the quick lane's
 def test_the_docs_example_benchmark_end_to_end(ckpt, tmp_path, registered):
     yesno = _doc_example(tmp_path)
     registered(yesno.BENCHMARK)  # the one line
@@ -108,6 +109,7 @@ def test_the_docs_example_benchmark_end_to_end(ckpt, tmp_path, registered):
         runner.evaluate(_config("yesno", ckpt, "", "", samples=2, temperature=1.0), str(tmp_path))
 
 
+@pytest.mark.slow
 def test_a_multiple_choice_benchmark_gets_voting(ckpt, tmp_path, registered):
     """`multiple_choice.benchmark` with a reader and a prompt: N paths, votes, categories, and
     the word-bounded letter parser when there is no upstream one."""
