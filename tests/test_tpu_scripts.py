@@ -974,17 +974,18 @@ def test_slices_option_names_the_nodes_per_script(fake):
     assert describe[:5] == "compute tpus tpu-vm describe o3v".split()
     qr = "compute tpus queued-resources describe o3v-qr --zone=z".split()
     qr.append("--format=table(name.basename(), state.state)")
+    # The queued resource once (no --queued needed: a multislice run is one), then each node.
     assert two == [
-        qr,  # once, and without --queued: a multislice run is a queued resource
+        qr,
         [*describe[:4], "o3v-0", *describe[5:]],
         [*describe[:4], "o3v-1", *describe[5:]],
         [*ssh[:4], "o3v-0", *ssh[5:]],
         [*ssh[:4], "o3v-1", *ssh[5:]],
     ]
     # --slices comes from the environment too, and is checked in every script.
-    assert _dry_and_real(fake, "delete_tpu_vm.sh", "--name", "o3v", "--zone", "z", TPU_SLICES="2") == [
-        "compute tpus queued-resources delete o3v-qr --zone=z --force --quiet".split()
-    ]
+    assert _dry_and_real(
+        fake, "delete_tpu_vm.sh", "--name", "o3v", "--zone", "z", TPU_SLICES="2"
+    ) == ["compute tpus queued-resources delete o3v-qr --zone=z --force --quiet".split()]
     for script in ("setup_workers.sh", "stop.sh", "status.sh", "logs.sh", "launch.sh"):
         for bad in ("0", "-1", "two", "1.5"):
             r = fake.run(script, *common, "--slices", bad, "--", "x", check=False)
@@ -1033,13 +1034,19 @@ def test_slices_setup_launch_status_logs_stop(slices):
     run = [*common, "--run", "ms"]
     # Slice 0's program will ignore SIGTERM (as a run stuck in a collective).
     fake.run("launch.sh", *run, "--logs_to", "none", "--", *program, FAKE_IGNORE_TERM_ON="o3v-0")
-    assert [c[3:5] for c in fake.calls()] == [["describe", "o3v-0"], ["ssh", "o3v-0"], ["ssh", "o3v-1"]]
+    assert [c[3:5] for c in fake.calls()] == [
+        ["describe", "o3v-0"],
+        ["ssh", "o3v-0"],
+        ["ssh", "o3v-1"],
+    ]
     for i in (0, 1):
         run_sh = (fake.node_home(i) / "o3video_runs" / "ms" / "run.sh").read_text()
         assert f"export MEGASCALE_SLICE_ID={i}\n" in run_sh
         assert "export MEGASCALE_COORDINATOR_ADDRESS=10.0.0.2:8080\n" in run_sh
     log = lambda i: fake.node_home(i) / "o3video_runs" / "ms" / f"o3v-{i}-w-0.log"  # noqa: E731
-    assert _wait_for(lambda: all(log(i).exists() and "training" in log(i).read_text() for i in (0, 1)))
+    assert _wait_for(
+        lambda: all(log(i).exists() and "training" in log(i).read_text() for i in (0, 1))
+    )
 
     status = fake.run("status.sh", *run).stdout
     assert "o3v-0-w-0 ms: running" in status and "o3v-1-w-0 ms: running" in status
@@ -1072,9 +1079,11 @@ def test_slices_logs_follow_runs_at_once_and_stops_together(slices):
     out = fake.home / "follow.out"
     with open(out, "w") as f:
         p = subprocess.Popen(
-            [os.path.join(SCRIPTS, "logs.sh"), "--name", "o3v", "--zone", "z", "--slices", "2",
-             "--run", "f", "--follow"],
-            env=fake.env, stdout=f, stderr=subprocess.STDOUT,
+            [os.path.join(SCRIPTS, "logs.sh"), *"--name o3v --zone z --slices 2".split()]
+            + ["--run", "f", "--follow"],
+            env=fake.env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
         )
     try:
         assert _wait_for(
@@ -1129,8 +1138,13 @@ def test_run_until_done_with_slices_recreates_and_relaunches_every_slice(slices,
     )
     assert [c for c in calls if c[3] == "create"] == [create, create]
     assert [c[3] for c in calls if c[2] == "queued-resources"] == [
-        "describe", "create", "describe",  # none yet: request it, wait until ACTIVE
-        "describe", "delete", "create", "describe",  # o3v-1 gone, the request SUSPENDED
+        "describe",
+        "create",
+        "describe",  # none yet: request it, wait until ACTIVE
+        "describe",
+        "delete",
+        "create",
+        "describe",  # o3v-1 gone, the request SUSPENDED
     ]
     assert "slice o3v-1 is GONE (preempted or deleted): relaunching" in r.stdout
     assert "queued resource o3v-qr is SUSPENDED: deleting it" in r.stdout

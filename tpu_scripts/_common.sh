@@ -163,7 +163,8 @@ on_slices() {
   local name=$TPU_NAME i rc=0
   SLICE_PIDS=()
   if [ "$mode" = parallel ]; then
-    trap 'kill -TERM -- "${SLICE_PIDS[@]/#/-}" 2>/dev/null; exit 130' INT TERM
+    trap 'kill -TERM -- "${SLICE_PIDS[@]/#/-}" 2>/dev/null; exit 130' INT
+    trap 'kill -TERM -- "${SLICE_PIDS[@]/#/-}" 2>/dev/null; exit 143' TERM
   fi
   for ((i = 0; i < TPU_SLICES; i++)); do
     # shellcheck disable=SC2034  # read by FUNC (launch.sh: MEGASCALE_SLICE_ID)
