@@ -828,7 +828,7 @@ def test_run_until_done_with_a_queued_spot_request(fake, tmp_path):
 # preemption of one slice.
 FAKE_SLICES_CLOUD = """\
 #!{python}
-import glob, json, os, shutil, signal, subprocess, sys
+import glob, json, os, shutil, signal, subprocess, sys, time
 argv = sys.argv[1:]
 with open(os.environ["FAKE_GCLOUD_LOG"], "a") as f:
     f.write(json.dumps(argv) + "\\n")
@@ -895,6 +895,17 @@ if argv[3] == "scp":
     shutil.copy(argv[4], os.path.join(home, argv[5].split(":", 1)[1]))
 elif argv[3] == "ssh":
     command = next(a for a in argv if a.startswith("--command="))[len("--command="):]
+    if node == os.environ.get("FAKE_FAIL_LAUNCH_ON") and "setsid nohup" in command and \
+            not st.get("failed_launch"):  # once: a launch that does not reach this node
+        st["failed_launch"] = 1
+        save()
+        for _ in range(200):  # a timeout, while the slices it reached start training
+            if all(os.path.exists(os.path.join(homes, n, "training_started"))
+                   for n in st["nodes"] if n != node):
+                break
+            time.sleep(0.1)
+        print("ssh: connect to host 10.0.0.3 port 22: Connection timed out", file=sys.stderr)
+        sys.exit(255)
     path = [p for p in os.environ["PATH"].split(os.pathsep)
             if not os.path.exists(os.path.join(p, "uv"))]
     env = dict(os.environ, HOME=home, FAKE_NODE=node, FAKE_HOSTNAME=f"{{node}}-w-0",
@@ -982,6 +993,23 @@ def test_slices_option_names_the_nodes_per_script(fake):
         [*ssh[:4], "o3v-0", *ssh[5:]],
         [*ssh[:4], "o3v-1", *ssh[5:]],
     ]
+    # --slices 1 (the default) is the single node NAME, exactly as without the option.
+    for script, args in [
+        ("setup_workers.sh", ["--no_install"]),
+        ("stop.sh", ["--run", "r"]),
+        ("status.sh", ["--queued", "--run", "r"]),
+        ("logs.sh", ["--follow"]),
+        ("launch.sh", ["--run", "r", "--", "python3", "-V"]),
+        ("create_tpu_vm.sh", ["--type", "v5p-8", "--queued"]),
+        ("delete_tpu_vm.sh", []),
+    ]:
+        cut = args.index("--") if "--" in args else len(args)
+        outs = [
+            fake.run(script, *common[:4], *extra, *args[:cut], "--dry_run", *args[cut:]).stdout
+            for extra in ([], ["--slices", "1"], ["--slices=1"])
+        ]
+        outs = [re.sub(r"/tmp/\S+/o3video_jax_sync.tgz", "TARBALL", o) for o in outs]
+        assert outs[0] == outs[1] == outs[2] and "o3v-0" not in outs[0], (script, outs)
     # --slices comes from the environment too, and is checked in every script.
     assert _dry_and_real(
         fake, "delete_tpu_vm.sh", "--name", "o3v", "--zone", "z", TPU_SLICES="2"
@@ -1164,3 +1192,41 @@ def test_run_until_done_with_slices_recreates_and_relaunches_every_slice(slices,
     # seconds after the loop has seen COMPLETE.json).
     hosts = {"o3v-0-w-0.log", "o3v-1-w-0.log"}
     assert _wait_for(lambda: {p.name for p in workdir.glob("logs/*/*.log")} == hosts, 60)
+
+
+def test_run_until_done_stops_a_launch_that_failed_on_one_slice(slices, tmp_path):
+    """A launch that reached slice 0 but not slice 1: the loop stops the run on every slice
+    (slice 0 would wait for slice 1 and block the next launch as "still running"), then
+    launches again on both."""
+    fake = slices
+    workdir = tmp_path / "workdir"
+    workdir.mkdir()
+    program = ["python3", "-m", "o3video_jax.train", "--workdir", str(workdir)]
+    r = fake.run(
+        "run_until_done.sh",
+        *"--name o3v --zone z --type v5p-64 --slices 2 --run sft --max_attempts 2".split(),
+        "--",
+        *program,
+        check=False,
+        TPU_POLL_S="1",
+        FAKE_FAIL_LAUNCH_ON="o3v-1",
+        FAKE_TRAIN_FINISHES_ON="2",  # slice 0's second launch finishes
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "launch failed: stopping it where it started" in r.stdout
+    assert "still running" not in r.stderr
+    steps = []
+    for c in fake.calls():
+        if c[3] == "ssh":
+            node, _, command = _ssh(c)
+            kind = (
+                "launch" if "setsid nohup" in command else "stop" if "kill -TERM" in command else ""
+            )
+            if kind:
+                steps.append((kind, node))
+    launches = [("launch", "o3v-0"), ("launch", "o3v-1")]
+    assert steps[:2] == launches and steps[4:] == launches, steps
+    assert sorted(steps[2:4]) == [("stop", "o3v-0"), ("stop", "o3v-1")], steps  # at once
+    assert (workdir / "COMPLETE.json").exists()
+    # Slice 0's first run got the SIGTERM (it was training); its second run finished.
+    assert (fake.node_home(0) / "train_runs").read_text() == "xx"

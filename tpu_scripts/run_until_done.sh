@@ -23,7 +23,8 @@
 # With --slices N (multislice), the slice is the queued resource NAME-qr with N nodes NAME-0 ...
 # NAME-(N-1) (create_tpu_vm.sh --slices N; --queued is implied); it is ready when every node is
 # READY, and one node preempted or deleted recreates the queued resource and relaunches on every
-# slice. setup_workers.sh and launch.sh get the same --slices.
+# slice. setup_workers.sh, launch.sh and stop.sh (after a launch that failed somewhere) get the
+# same --slices.
 # e.g. tpu_scripts/run_until_done.sh --name o3v --zone us-east5-a --type v5p-64 --queued --spot \
 #        --run sft7b -- python3 -m o3video_jax.train --config ... --workdir gs://BUCKET/runs/sft7b
 # shellcheck source=_common.sh
@@ -178,8 +179,13 @@ while true; do
     continue
   fi
   "$HERE/setup_workers.sh" "${COMMON[@]}" || { say "setup failed"; continue; }
-  "$HERE/launch.sh" "${COMMON[@]}" --run "$TPU_RUN" "${LAUNCH[@]+"${LAUNCH[@]}"}" -- "$@" ||
-    { say "launch failed"; continue; }
+  if ! "$HERE/launch.sh" "${COMMON[@]}" --run "$TPU_RUN" "${LAUNCH[@]+"${LAUNCH[@]}"}" -- "$@"; then
+    # Workers (or slices) where it did start would wait for the others until a timeout, and
+    # the next launch would find RUN still running there.
+    say "launch failed: stopping it where it started"
+    "$HERE/stop.sh" "${COMMON[@]}" --run "$TPU_RUN" || true
+    continue
+  fi
   while true; do
     sleep "$POLL"
     if done_marker; then break; fi
