@@ -89,6 +89,8 @@ SLOW_UNIT_TESTS = {
     "test_gspo.py::test_gspo_update_sharded_equals_single_device",
     "test_gspo_wiring.py::test_first_update_ratio_is_one_and_reference_is_the_initial_policy",
     "test_packed_logits.py::test_packed_logits_equal_unpacked",
+    "test_pixel_curriculum.py::test_blanked_frames_score_exactly_chance",
+    "test_pixel_curriculum.py::test_small_first_stage_reads_the_frames",
     "test_sampler.py::test_decode_unroll_keeps_tokens",
     "test_sampler.py::test_group_equals_separate_runs",
     "test_sampler.py::test_sharded_equals_unsharded",

@@ -52,7 +52,19 @@ def test_fast_demo_writes_report_curves_example_and_exports(tmp_path):
         lines = (wd / f"heldout_{stage}.jsonl").read_text().splitlines()
         assert len(lines) == n_prompts
 
-    for png in ("curves.png", "example.png"):
+    # Pixel-only accuracy of every stage, real and blanked. With every frame blanked the
+    # one-object prompts of a kind differ only in the frame they name, and the held-out set
+    # pairs every named frame with every answer equally often: exactly chance, any model.
+    pixel = summary["pixel_accuracy"]
+    assert list(pixel) == ["init", "pixel", "sft", "gspo"]
+    for stage, ev in pixel.items():
+        for kind in ("color", "half", "visible"):
+            assert abs(ev["blank"][kind] - ev["blank"][f"{kind}/chance"]) < 1e-9, (stage, kind, ev)
+            assert 0.0 <= ev["real"][kind] <= 1.0
+    assert set(summary["criteria"]) >= {"lines", "pixel", "sft_blank_drop", "gspo_gains"}
+    assert "| pixel (frames blanked) |" in report
+
+    for png in ("curves.png", "example.png", "reading.png"):
         img = cv2.imread(str(wd / png))
         assert img is not None and img.shape[0] > 50 and img.shape[1] > 50, png
 

@@ -182,9 +182,14 @@ class Tokenizer:
             if loss_mask == "answer":
                 spans = _answer_spans(text, spans)
             starts = np.asarray([o[0] for o in enc.offsets], np.int64)
+            ends = np.asarray([o[1] for o in enc.offsets], np.int64)
             mask = np.zeros(len(ids), np.float32)
             for a, b in spans:
                 mask[(starts >= a) & (starts < b)] = 1.0
+                if loss_mask == "answer":
+                    # A token that merges the tag's ">" with the answer's first characters
+                    # (the tiny BPE's ">s" of "<answer>square") carries the answer: trained.
+                    mask[(starts < a) & (ends > a)] = 1.0
         else:
             mask = ((ids != self.pad_id) & (ids != self.image_pad_id)).astype(np.float32)
         ids, mask = self._expand(ids, mask, self.image_pad_id, image_grids, "image", merge_size)
