@@ -89,6 +89,9 @@ def get_config(arg=None):
     # its patches to the smallest that fits); [max_patches] = one vision shape, fewer compiles
     e.patch_buckets = []
     e.max_frames = frames
+    # Prompts longer than this are prefilled in [block, block] attention tiles (linear memory;
+    # docs/design.md decision 16); 0 = one dense [T, T] score matrix per layer.
+    e.prefill_block = 512
     e.image_min_pixels = 4 * _PX  # qwen_vl_utils image defaults (V-STaR frames, VideoMMMU image)
     e.image_max_pixels = 16384 * _PX
     e.video_min_pixels = 128 * _PX

@@ -180,6 +180,12 @@ class VisionConfig:
         """Most patches in one attention window (64 at window_size 112)."""
         return self.window_tokens**2 * self.merge_unit
 
+    def frame_patches_for(self, max_pixels: int) -> int:
+        """The most patches one frame or image can have when preprocessing keeps h * w <=
+        max_pixels (smart_resize does): a safe `max_frame_patches` for those budgets."""
+        unit = self.merge_unit
+        return max_pixels // self.patch_size**2 // unit * unit
+
     @property
     def patch_dim(self) -> int:
         """Length of one pixel_values row: C * T * Ph * Pw (1176)."""
