@@ -433,7 +433,9 @@ def plan(
         with jax.set_mesh(mesh), nn.logical_axis_rules(list(rules)):
             return jax.jit(fn, donate_argnums=donate).lower(*args)
 
-    def sampler_programs(sample, params, prompts, group, buckets, patches, t_new, resident):
+    def sampler_programs(
+        sample, params, prompts, group, buckets, patches, t_new, resident, penalised=False
+    ):
         """prefill[L] and decode[L] of every prompt bucket L (GSPO rollouts, evaluation)."""
         rows = prompts * group
         axes = tuple(a for a in sharding.BATCH_AXES if a in mesh.axis_names) or None
@@ -457,17 +459,21 @@ def plan(
             if not need_cache:
                 continue
             cache, logits = outputs
-            keys = jax.ShapeDtypeStruct(
-                (rows, 2), jnp.uint32, sharding=NamedSharding(mesh, PartitionSpec(axes))
-            )
+            by_rows = NamedSharding(mesh, PartitionSpec(axes))
+            keys = jax.ShapeDtypeStruct((rows, 2), jnp.uint32, sharding=by_rows)
+            # A repetition penalty (evaluation: 1.05) reads the tokens each row has seen.
+            seen = None
+            if penalised:
+                seen = jax.ShapeDtypeStruct((rows, mc.vocab_size), jnp.bool_, sharding=by_rows)
             add(
                 f"decode[{bucket}]",
-                lambda cache=cache, logits=logits, keys=keys: scoped_lower(
-                    lambda p, c, lg, k: sample.decode(p, c, lg, k),
+                lambda cache=cache, logits=logits, keys=keys, seen=seen: scoped_lower(
+                    lambda p, c, lg, k, sn: sample.decode(p, c, lg, k, sn),
                     params,
                     cache,
                     logits,
                     keys,
+                    seen,
                     donate=(1,),
                 ),
                 resident=resident,
@@ -491,15 +497,12 @@ def plan(
             )
         group = int(ev.samples)
         eos = (mc.eos_token_id, mc.pad_token_id)  # traced ids: they do not change the program
-        sample = sampler_lib.make_sampler(
-            model,
-            rollouts.sampling_config(ev, eos, mc.pad_token_id, group_size=group),
-            rules=rules,
-        )
+        scfg = rollouts.sampling_config(ev, eos, mc.pad_token_id, group_size=group)
+        sample = sampler_lib.make_sampler(model, scfg, rules=rules)
         buckets = sorted(int(x) for x in ev.prompt_buckets)
         sampler_programs(
             sample, state.params, int(ev.batch_size), group, buckets, int(ev.max_patches),
-            int(ev.max_new_tokens), resident=0,
+            int(ev.max_new_tokens), resident=0, penalised=scfg.repetition_penalty != 1.0,
         )  # fmt: skip
         return result
 

@@ -31,6 +31,7 @@ from o3video_jax.rl import sampler as sampler_lib
 
 __all__ = [
     "Generator",
+    "bounded_model_config",
     "eval_model_config",
     "frame_patches",
     "OverBudget",
@@ -69,16 +70,25 @@ def default_patch_buckets(max_patches: int, unit: int = 4, smallest: int = 64) -
 
 
 def eval_model_config(model_config: Qwen25VLConfig, ev) -> Qwen25VLConfig:
-    """The model config an evaluation runs with: memory linear in patches and tokens
-    (docs/design.md decision 16). `vision.max_frame_patches` is the bound the pixel budgets of
-    `ev` (`config.eval`) imply for one frame or image (every request is checked against it),
-    and `text.attention_chunk` is `ev.prefill_block`: prompts longer than it are prefilled in
-    [block, block] tiles instead of one [T, T] score matrix."""
-    v = model_config.vision
+    """The model config an evaluation (`ev`: `config.eval`) runs with: `bounded_model_config`
+    for its pixel budgets and `eval.prefill_block`."""
     pixels = max(ev.image_max_pixels, ev.video_max_pixels)
-    vision = dataclasses.replace(v, max_frame_patches=v.frame_patches_for(pixels))
-    block = int(ev.get("prefill_block", 0))
-    text = dataclasses.replace(model_config.text, attention_chunk=block)
+    return bounded_model_config(
+        model_config, max_pixels=pixels, prefill_block=int(ev.get("prefill_block", 0))
+    )
+
+
+def bounded_model_config(
+    model_config: Qwen25VLConfig, *, max_pixels: int, prefill_block: int
+) -> Qwen25VLConfig:
+    """Memory linear in patches and tokens (docs/design.md decision 16):
+    `vision.max_frame_patches` is the bound `max_pixels` (the largest frame or image budget)
+    implies for one frame (every request is checked against it), and `text.attention_chunk`
+    is `prefill_block`: prompts longer than it are prefilled in [block, block] tiles instead of
+    one [T, T] score matrix (0 = dense)."""
+    v = model_config.vision
+    vision = dataclasses.replace(v, max_frame_patches=v.frame_patches_for(max_pixels))
+    text = dataclasses.replace(model_config.text, attention_chunk=int(prefill_block))
     return dataclasses.replace(model_config, vision=vision, text=text)
 
 
