@@ -27,7 +27,7 @@ from o3video_jax.data.tokenizer import Tokenizer
 from o3video_jax.eval import animate, tts, visualize
 from o3video_jax.evaluate import media as media_lib
 from o3video_jax.evaluate import prompts
-from o3video_jax.evaluate.generate import Generator, Request
+from o3video_jax.evaluate.generate import Generator, Request, bounded_model_config
 from o3video_jax.evaluate.runner import tokenize_prompt
 from o3video_jax.rewards.config import TEMPORAL_SPATIAL
 from o3video_jax.rl import rollouts
@@ -105,6 +105,8 @@ def infer(
         (tokenizer.eos_id, tokenizer.pad_id),
         tokenizer.pad_id,
     )
+    # Frames bounded by their pixel budget, long prompts prefilled in tiles (linear memory).
+    config = bounded_model_config(config, max_pixels=frame_max_pixels, prefill_block=512)
     gen = Generator(
         config, params, tokenizer, sampling, batch_size=1, buckets=[bucket],
         max_patches=-(-patches // 4) * 4,

@@ -171,3 +171,41 @@ def test_only_naming_no_program_of_the_run_is_an_error():
         aot.plan(c, devices, "v5p:2x2x1", only=("logprob",))
     with pytest.raises(ValueError, match=r"--only updte selects no program.*update"):
         aot.plan(c, devices, "v5p:2x2x1", only=("updte",))
+
+
+@needs_libtpu
+def test_eval_plan_compiles_each_bucket_at_the_largest_vision_bucket():
+    """stage "eval": prefill[L] and decode[L] per prompt bucket, at eval.max_patches a row,
+    with the model config the evaluation builds (frame bound, tiled prefill)."""
+    import eval as eval_config
+
+    devices = aot.topology_devices("v5p:2x2x1")
+    c = eval_config.get_config("benchmark=vstar,runlocal")
+    with c.unlocked():
+        c.mesh.update({"data": 1, "fsdp": 4, "tensor": 1})
+        c.eval.batch_size = 4
+        c.eval.prompt_buckets = [64, 256]
+        c.eval.max_patches = 1024  # > vision.FRAME_BLOCK: the frame blocks take the tiles
+        c.eval.max_new_tokens = 8
+        c.eval.prefill_block = 128  # the 256 bucket is prefilled in tiles
+    p = aot.plan(c, devices, "v5p:2x2x1")
+    names = [q.name for q in p.programs]
+    assert (
+        names
+        == aot.program_names(c)
+        == [
+            "prefill[64]",
+            "decode[64]",
+            "prefill[256]",
+            "decode[256]",
+        ]
+    )
+    mem = {q.name: q.memory() for q in p.programs}
+    assert all(m["resident"] == 0 for m in mem.values())  # params alone: no optimiser state
+    assert mem["decode[256]"]["aliased"] > 0  # the donated cache
+    prog = {q.name: q for q in p.programs}
+    assert prog["decode[64]"].loop == 8
+    assert prog["prefill[64]"].patches == 4 * 1024
+    # 56 x 56 px budgets: a frame holds at most 3,136 / 196 = 16 patches.
+    assert "vision.max_frame_patches 16, prefill tiles 128" in p.summary
+    assert aot.fits(p)

@@ -1,7 +1,10 @@
 r"""Benchmark evaluation (V-STaR, VideoMME, WorldSense, VideoMMMU, temporal grounding).
 
 Args (`:arg`): benchmark=vstar|videomme|worldsense|videommmu|tvg (default vstar),
-think=true|false (default true: the grounded think prompts), runlocal (tiny budgets, CPU).
+think=true|false (default true: the grounded think prompts), runlocal (tiny budgets, CPU),
+size=3b|7b|... (the model preset when no checkpoint is given, e.g. for the AOT plan:
+`python -m o3video_jax.train.aot --config experiments/configs/eval.py:benchmark=vstar,size=7b
+--topology v5p:2x2x1` compiles each prompt bucket's prefill and decode loop).
 Per-benchmark settings are the reference's (docs/open_o3_video.md §5.1): V-STaR 2048 new tokens,
 16 frames at 1 fps near native resolution (qwen_vl_utils image budget 16384*28*28 px);
 VideoMME / WorldSense / VideoMMMU 8192 new tokens, native video at 2 fps, <= 64 frames of
@@ -51,11 +54,13 @@ _SETTINGS = {
 
 
 def get_config(arg=None):
-    a = common.parse_arg(arg, benchmark="vstar", think=True, runlocal=False)
+    a = common.parse_arg(arg, benchmark="vstar", think=True, runlocal=False, size="")
     if a.benchmark not in _SETTINGS:
         raise ValueError(f"benchmark={a.benchmark!r}; known: {sorted(_SETTINGS)}")
     c = common.base_config()
     c.stage = "eval"
+    if a.size:  # a preset's shapes (AOT plans without a checkpoint); hf_checkpoint overrides
+        c.model.preset = a.size
     c.model.dtype = "bfloat16"
     c.model.param_dtype = "bfloat16"
     c.model.remat = "none"
@@ -89,6 +94,9 @@ def get_config(arg=None):
     # its patches to the smallest that fits); [max_patches] = one vision shape, fewer compiles
     e.patch_buckets = []
     e.max_frames = frames
+    # Prompts longer than this are prefilled in [block, block] attention tiles (linear memory;
+    # docs/design.md decision 16); 0 = one dense [T, T] score matrix per layer.
+    e.prefill_block = 512
     e.image_min_pixels = 4 * _PX  # qwen_vl_utils image defaults (V-STaR frames, VideoMMMU image)
     e.image_max_pixels = 16384 * _PX
     e.video_min_pixels = 128 * _PX

@@ -20,6 +20,13 @@ executes**, at the shapes the loops feed:
                                  (max bucket + T positions), when rl.old_logp == "rollout"
         logprob_ref              the same program on the frozen reference params (rl.beta > 0)
         update                   one GSPO optimiser update on a minibatch (rl.minibatches)
+  eval  prefill[L], decode[L]    the evaluation sampler (experiments/configs/eval.py, stage
+                                 "eval"): per prompt bucket L, eval.batch_size prompts with
+                                 the largest vision bucket (eval.max_patches per row) and the
+                                 decode loop of eval.max_new_tokens steps, G = eval.samples;
+                                 the model config the evaluation builds (bf16 params alone,
+                                 `evaluate.generate.eval_model_config`: frame bound, tiled
+                                 prefill)
 
 For each it prints XLA's memory analysis per chip: arguments, outputs, temporaries, and
 `resident`, the bytes of the long-lived arrays that are not among its arguments but occupy the
@@ -291,6 +298,9 @@ def selects(token: str, name: str) -> bool:
 
 def program_names(config: ml_collections.ConfigDict) -> list[str]:
     """The programs a (preflight-resolved) config's run executes, in `plan`'s order."""
+    if config.stage == "eval":
+        buckets = sorted(int(x) for x in config.eval.prompt_buckets)
+        return [f"{kind}[{b}]" for b in buckets for kind in ("prefill", "decode")]
     names = ["sft_step"] if config.stage in ("sft", "sft+gspo") else []
     if config.stage in ("gspo", "sft+gspo"):
         for bucket in sorted(int(x) for x in config.rl.prompt_buckets):
@@ -338,12 +348,17 @@ def plan(
     """
     config = ml_collections.ConfigDict(config.to_dict())  # preflight writes back: a copy
     n = len(devices)
-    resolved = preflight.apply(config, n)
+    evaluating = config.stage == "eval"
+    resolved = None if evaluating else preflight.apply(config, n)
     rules = [tuple(r) for r in config.sharding.rules]
     mesh = sharding.make_mesh(
         dict(config.mesh), devices, allow_fallback=config.sharding.mesh_fallback
     )
     mc = experiment.model_config(config)
+    if evaluating:
+        from o3video_jax.evaluate.generate import eval_model_config
+
+        mc = eval_model_config(mc, config.eval)
     model = Qwen25VL(mc)
     tx = make_optimizer(preflight.optimizer_config(config))
     rng = jax.random.PRNGKey(0)
@@ -366,7 +381,7 @@ def plan(
         chip=roofline.chip(generation),
         num_devices=n,
         mesh=dict(mesh.shape),
-        summary=preflight.summary(resolved),
+        summary=_eval_summary(config, mesh, mc) if evaluating else preflight.summary(resolved),
         programs=programs,
         text_params=text_p,
         unembed_params=unembed_p,
@@ -418,6 +433,79 @@ def plan(
         with jax.set_mesh(mesh), nn.logical_axis_rules(list(rules)):
             return jax.jit(fn, donate_argnums=donate).lower(*args)
 
+    def sampler_programs(
+        sample, params, prompts, group, buckets, patches, t_new, resident, penalised=False
+    ):
+        """prefill[L] and decode[L] of every prompt bucket L (GSPO rollouts, evaluation)."""
+        rows = prompts * group
+        axes = tuple(a for a in sharding.BATCH_AXES if a in mesh.axis_names) or None
+        for bucket in buckets:
+            prompt = abstract_inputs(prompts, bucket, patches)
+            prompt = _with_shardings(prompt, sharding.batch_sharding(prompt, mesh))
+            need_cache = wanted(f"decode[{bucket}]")
+            outputs = add(
+                f"prefill[{bucket}]",
+                lambda prompt=prompt: scoped_lower(
+                    lambda p, pr: sample.prefill(p, pr), params, prompt
+                ),
+                outputs=need_cache,
+                resident=resident,
+                loop=1,
+                tokens=prompts * bucket,
+                logits=prompts,
+                patches=prompts * patches,
+                passes=1,
+            )
+            if not need_cache:
+                continue
+            cache, logits = outputs
+            by_rows = NamedSharding(mesh, PartitionSpec(axes))
+            keys = jax.ShapeDtypeStruct((rows, 2), jnp.uint32, sharding=by_rows)
+            # A repetition penalty (evaluation: 1.05) reads the tokens each row has seen.
+            seen = None
+            if penalised:
+                seen = jax.ShapeDtypeStruct((rows, mc.vocab_size), jnp.bool_, sharding=by_rows)
+            add(
+                f"decode[{bucket}]",
+                lambda cache=cache, logits=logits, keys=keys, seen=seen: scoped_lower(
+                    lambda p, c, lg, k, sn: sample.decode(p, c, lg, k, sn),
+                    params,
+                    cache,
+                    logits,
+                    keys,
+                    seen,
+                    donate=(1,),
+                ),
+                resident=resident,
+                loop=t_new,
+                tokens=rows,
+                logits=rows,
+                patches=0,
+                passes=1,
+            )
+
+    if evaluating:
+        from o3video_jax.rl import rollouts
+        from o3video_jax.rl import sampler as sampler_lib
+
+        ev = config.eval
+        shards = rollouts.batch_shards(mesh)
+        if int(ev.batch_size) % shards:
+            raise ValueError(
+                f"eval.batch_size {ev.batch_size} must be a multiple of the mesh's {shards} "
+                "data-parallel shards"
+            )
+        group = int(ev.samples)
+        eos = (mc.eos_token_id, mc.pad_token_id)  # traced ids: they do not change the program
+        scfg = rollouts.sampling_config(ev, eos, mc.pad_token_id, group_size=group)
+        sample = sampler_lib.make_sampler(model, scfg, rules=rules)
+        buckets = sorted(int(x) for x in ev.prompt_buckets)
+        sampler_programs(
+            sample, state.params, int(ev.batch_size), group, buckets, int(ev.max_patches),
+            int(ev.max_new_tokens), resident=0, penalised=scfg.repetition_penalty != 1.0,
+        )  # fmt: skip
+        return result
+
     if config.stage in ("sft", "sft+gspo"):
         from o3video_jax.drivers.sft import sft_step_config
 
@@ -460,47 +548,9 @@ def plan(
             rules=rules,
         )
         params = state.params
-        axes = tuple(a for a in sharding.BATCH_AXES if a in mesh.axis_names) or None
-        for bucket in sorted(int(x) for x in rl.prompt_buckets):
-            prompt = abstract_inputs(prompts, bucket, d.max_patches)
-            prompt = _with_shardings(prompt, sharding.batch_sharding(prompt, mesh))
-            need_cache = wanted(f"decode[{bucket}]")
-            outputs = add(
-                f"prefill[{bucket}]",
-                lambda prompt=prompt: scoped_lower(
-                    lambda p, pr: sample.prefill(p, pr), params, prompt
-                ),
-                outputs=need_cache,
-                resident=state_bytes - params_bytes + ref_bytes,
-                loop=1,
-                tokens=prompts * bucket,
-                logits=prompts,
-                patches=prompts * d.max_patches,
-                passes=1,
-            )
-            if not need_cache:
-                continue
-            cache, logits = outputs
-            keys = jax.ShapeDtypeStruct(
-                (rows, 2), jnp.uint32, sharding=NamedSharding(mesh, PartitionSpec(axes))
-            )
-            add(
-                f"decode[{bucket}]",
-                lambda cache=cache, logits=logits, keys=keys: scoped_lower(
-                    lambda p, c, lg, k: sample.decode(p, c, lg, k),
-                    params,
-                    cache,
-                    logits,
-                    keys,
-                    donate=(1,),
-                ),
-                resident=state_bytes - params_bytes + ref_bytes,
-                loop=t_new,
-                tokens=rows,
-                logits=rows,
-                patches=0,
-                passes=1,
-            )
+        buckets = sorted(int(x) for x in rl.prompt_buckets)
+        resident = state_bytes - params_bytes + ref_bytes
+        sampler_programs(sample, params, prompts, g, buckets, d.max_patches, t_new, resident)
 
         length = train_length(config)
         shared = bool(rl.get("share_vision", True)) and rollouts.can_share_vision(
@@ -580,6 +630,19 @@ def plan(
         )
 
     return result
+
+
+def _eval_summary(config: ml_collections.ConfigDict, mesh, mc) -> str:
+    """One line for an evaluation plan (preflight resolves training runs only)."""
+    ev = config.eval
+    mesh_text = ",".join(f"{k}={v}" for k, v in mesh.shape.items())
+    return (
+        f"eval {ev.benchmark}: {mesh.size} devices ({mesh_text}), batch {ev.batch_size} x "
+        f"{ev.samples} samples, prompt buckets {list(ev.prompt_buckets)}, "
+        f"{ev.max_patches} patches a row, {ev.max_new_tokens} new tokens; "
+        f"vision.max_frame_patches {mc.vision.max_frame_patches}, prefill tiles "
+        f"{mc.text.attention_chunk}"
+    )
 
 
 def compile_step(config: ml_collections.ConfigDict, devices: list) -> Any:

@@ -31,6 +31,9 @@ from o3video_jax.rl import sampler as sampler_lib
 
 __all__ = [
     "Generator",
+    "bounded_model_config",
+    "eval_model_config",
+    "frame_patches",
     "OverBudget",
     "Request",
     "check_budget",
@@ -66,14 +69,51 @@ def default_patch_buckets(max_patches: int, unit: int = 4, smallest: int = 64) -
     return out + [int(max_patches)]
 
 
-def check_budget(segment: Segment, buckets: Sequence[int], max_patches: int) -> None:
-    """Raises OverBudget when a request exceeds the largest prompt bucket or the patch budget."""
+def eval_model_config(model_config: Qwen25VLConfig, ev) -> Qwen25VLConfig:
+    """The model config an evaluation (`ev`: `config.eval`) runs with: `bounded_model_config`
+    for its pixel budgets and `eval.prefill_block`."""
+    pixels = max(ev.image_max_pixels, ev.video_max_pixels)
+    return bounded_model_config(
+        model_config, max_pixels=pixels, prefill_block=int(ev.get("prefill_block", 0))
+    )
+
+
+def bounded_model_config(
+    model_config: Qwen25VLConfig, *, max_pixels: int, prefill_block: int
+) -> Qwen25VLConfig:
+    """Memory linear in patches and tokens (docs/design.md decision 16):
+    `vision.max_frame_patches` is the bound `max_pixels` (the largest frame or image budget)
+    implies for one frame (every request is checked against it), and `text.attention_chunk`
+    is `prefill_block`: prompts longer than it are prefilled in [block, block] tiles instead of
+    one [T, T] score matrix (0 = dense)."""
+    v = model_config.vision
+    vision = dataclasses.replace(v, max_frame_patches=v.frame_patches_for(max_pixels))
+    text = dataclasses.replace(model_config.text, attention_chunk=int(prefill_block))
+    return dataclasses.replace(model_config, vision=vision, text=text)
+
+
+def frame_patches(segment: Segment) -> int:
+    """The most patches of one frame (one temporal grid step) or image of a request."""
+    return max((h * w for v in segment.vision for _, h, w in [v.grid_thw]), default=0)
+
+
+def check_budget(
+    segment: Segment, buckets: Sequence[int], max_patches: int, max_frame_patches: int = 0
+) -> None:
+    """Raises OverBudget when a request exceeds the largest prompt bucket, the patch budget or
+    (when > 0) the model's bound on one frame's patches."""
     n = len(segment.input_ids)
     if n > max(buckets):
         raise OverBudget(f"{n} prompt tokens exceed the largest bucket {max(buckets)}")
     p = sum(v.num_patches for v in segment.vision)
     if p > max_patches:
         raise OverBudget(f"{p} vision patches exceed eval.max_patches {max_patches}")
+    f = frame_patches(segment)
+    if max_frame_patches and f > max_frame_patches:
+        raise OverBudget(
+            f"a frame of {f} patches exceeds the model's vision.max_frame_patches "
+            f"{max_frame_patches} (the eval pixel budgets' bound)"
+        )
 
 
 class Generator:
@@ -124,7 +164,7 @@ class Generator:
 
     def check(self, segment: Segment) -> None:
         """Raises OverBudget when a request cannot fit the largest bucket / patch budget."""
-        check_budget(segment, self.buckets, self.max_patches)
+        check_budget(segment, self.buckets, self.max_patches, self.config.vision.max_frame_patches)
 
     def __call__(self, requests: Sequence[Request]) -> list[list[str]]:
         # Longest first, so each batch pads to a bucket close to its own lengths; the order is

@@ -40,7 +40,13 @@ from o3video_jax.data.tokenizer import Tokenizer
 from o3video_jax.drivers import experiment
 from o3video_jax.eval import results as results_lib
 from o3video_jax.evaluate import benchmarks, media, prompts, registry, summary
-from o3video_jax.evaluate.generate import Generator, OverBudget, Request, request_key
+from o3video_jax.evaluate.generate import (
+    Generator,
+    OverBudget,
+    Request,
+    eval_model_config,
+    request_key,
+)
 from o3video_jax.evaluate.judge import make_judge
 from o3video_jax.evaluate.spec import BatchScorer, Prepared
 from o3video_jax.rl import rollouts
@@ -217,7 +223,8 @@ def evaluate(
         config.model.hf_checkpoint, jnp.dtype(config.model.param_dtype), mesh=mesh, rules=rules,
         progress=False, scan_layers=bool(config.model.get("scan_layers", False)),
     )  # fmt: skip
-    mc = experiment.model_config(config)  # the checkpoint's config with model.dtype/remat/attention
+    # The checkpoint's config with model.dtype/remat/attention, bounded for linear memory.
+    mc = eval_model_config(experiment.model_config(config), ev)
     sampler_mesh = mesh if nproc == 1 else None  # processes run independently (module doc)
     max_new = ev.max_new_tokens
     gen = Generator(

@@ -24,10 +24,13 @@ Without a chunk, "xla" causal self-attention of T >= 256 runs in up to 4 query b
 scoring only the keys up to its last query (`_causal_blocks`): the same softmax terms, about
 3/8 fewer score entries. On CPU the "xla" path works heads-major (`_SPECS`: q, k, v transposed
 once; the score tensors never copied); accelerators keep the token-major einsums.
-`chunk` > 0 makes the "xla" backend run causal self-attention (T == S > chunk, q_offset 0)
-key-chunk by key-chunk with a running softmax (flash_attention.py): exact, and the largest
-score tensor is [B, N, T, chunk] instead of [B, N, T, S]. Other calls ignore it. The vision
-tower's bidirectional blocks have their own blocked path (local_attention.py).
+`chunk` > 0 makes self-attention (T == S > chunk, q_offset 0, causal or not) on the "xla" and
+"cudnn" backends run in [chunk, chunk] tiles with a running softmax, visiting only the key
+blocks its segments can reach (flash_attention.py `blocked_attention`): exact, the largest
+score tensor is one tile instead of [B, N, T, S], and memory is linear in T (docs/design.md
+decision 16). On "cudnn" this also avoids the kernel's [B, 1, T, S] mask. Other calls ignore
+it ("pallas" is blockwise already). The vision tower also has a banded path for short bounded
+segments (local_attention.py).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from .flash_attention import _NEG, chunked_causal_attention
+from .flash_attention import _NEG, blocked_attention
 
 BACKENDS = ("xla", "pallas", "cudnn")
 
@@ -60,7 +63,7 @@ def attention(
 
     q: [B, T, N, H]; k, v: [B, S, K, H] with N % K == 0; q_segment_ids: int32[B, T];
     kv_segment_ids: int32[B, S]; q_offset: scalar slot of query 0 for the causal mask;
-    chunk: static key chunk of the "xla" causal self-attention path (0 = dense).
+    chunk: static tile of the blocked self-attention path (0 = dense; module docstring).
     Returns [B, T, N, H] in q's dtype.
     """
     b, t, n, h = q.shape
@@ -77,9 +80,9 @@ def attention(
     if chunk < 0:
         raise ValueError(f"attention chunk must be >= 0, got {chunk}")
     self_attention = t == s and isinstance(q_offset, int) and q_offset == 0
-    if backend == "xla" and causal and chunk and t > chunk and self_attention:
-        return chunked_causal_attention(
-            q, k, v, q_segment_ids, kv_segment_ids, scale=scale, chunk=chunk
+    if backend in ("xla", "cudnn") and chunk and t > chunk and self_attention:
+        return blocked_attention(
+            q, k, v, q_segment_ids, kv_segment_ids, causal=causal, scale=scale, block=chunk
         )
     if backend == "xla" and causal and self_attention and t >= 2 * CAUSAL_BLOCK_MIN:
         return _causal_blocks(q, k, v, q_segment_ids, kv_segment_ids, scale)

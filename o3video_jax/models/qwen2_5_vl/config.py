@@ -49,8 +49,9 @@ class TextConfig:
     rope_theta: float = 1e6
     mrope_section: tuple[int, ...] = (16, 24, 24)
     max_position_embeddings: int = 32768
-    # Runtime knob, not an HF field: > 0 runs the XLA causal self-attention over key chunks of
-    # this size with a running softmax, so [T, S] scores never exist (long training rows).
+    # Runtime knob, not an HF field: > 0 runs self-attention longer than this in [chunk, chunk]
+    # tiles with a running softmax (flash_attention.py `blocked_attention`), so [T, S] scores
+    # never exist (long prefills, long training rows); the evaluation sets it (512).
     attention_chunk: int = 0
 
     def __post_init__(self):
@@ -117,8 +118,9 @@ class VisionConfig:
     # bound on the patches of one frame, i.e. one full-attention segment (0 = unknown: those
     # blocks stay dense). Windows need no bound: window_tokens^2 * merge_unit is one. A safe
     # frame bound is max_pixels // 196 of the preprocessing (smart_resize keeps h * w <=
-    # max_pixels); a frame above the bound gives NaN (at the patches it cannot cover), never a
-    # silently wrong value.
+    # max_pixels, `frame_patches_for`); a frame above the bound gives NaN on the banded path
+    # (at the patches it cannot cover), never a silently wrong value. Frames whose bound makes
+    # the band wide (or with no bound) take the tiled path (vision.py `frame_attention_path`).
     attention_chunk: int = 128
     max_frame_patches: int = 0
 
@@ -179,6 +181,12 @@ class VisionConfig:
     def max_window_patches(self) -> int:
         """Most patches in one attention window (64 at window_size 112)."""
         return self.window_tokens**2 * self.merge_unit
+
+    def frame_patches_for(self, max_pixels: int) -> int:
+        """The most patches one frame or image can have when preprocessing keeps h * w <=
+        max_pixels (smart_resize does): a safe `max_frame_patches` for those budgets."""
+        unit = self.merge_unit
+        return max_pixels // self.patch_size**2 // unit * unit
 
     @property
     def patch_dim(self) -> int:

@@ -150,3 +150,188 @@ def _flash_bwd(scale, res, d_out):
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+# ---- query x key tiles with skipping --------------------------------------------------------
+# `blocked_attention` cuts BOTH queries and keys into blocks of `block` and, for each query
+# block, visits only the key blocks that can hold an allowed key: the span of the segments of
+# its queries (from each segment's first and last key position, O(T) under jit), cut at the
+# block's last query when causal. The largest score tensor is one float32[B, K, g, C, C] tile,
+# whatever T; compute is O(T x segment span) (a frame's patches, a packed row's tokens) instead
+# of O(T^2), and the padding of a bucket costs nothing. The ranges are data, so the visits are
+# `while` loops (a forward and a custom VJP whose backward visits the same tiles); the result
+# equals the dense masked softmax up to rounding for any segment layout (a segment that is not
+# one contiguous run only widens the span).
+
+
+def blocked_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    q_segment_ids: jax.Array,
+    kv_segment_ids: jax.Array,
+    *,
+    causal: bool,
+    scale: float,
+    block: int = 512,
+) -> jax.Array:
+    """Self-attention within equal non-zero segment ids (causal or not) in [block, block] tiles.
+
+    q: [B, T, N, H]; k, v: [B, T, K, H] with N % K == 0; q/kv_segment_ids: int32[B, T].
+    Returns [B, T, N, H] in q's dtype, equal to `attention(..., backend="xla")` up to rounding.
+    """
+    b, t, n, h = q.shape
+    if k.shape != v.shape or k.shape[:2] != (b, t) or k.shape[3] != h:
+        raise ValueError(f"blocked attention: q {q.shape}, k {k.shape}, v {v.shape} do not match")
+    if q_segment_ids.shape != (b, t) or kv_segment_ids.shape != (b, t):
+        raise ValueError(
+            f"blocked attention: segment ids {q_segment_ids.shape}, {kv_segment_ids.shape} "
+            f"vs q {q.shape}"
+        )
+    kh = k.shape[2]
+    if n % kh:
+        raise ValueError(f"blocked attention: {n} query heads vs {kh} kv heads")
+    if block <= 0:
+        raise ValueError(f"blocked attention: block must be positive, got {block}")
+    c = min(block, -(-t // 8) * 8)
+    m = -(-t // c)
+    tp = m * c
+    pad = lambda x: jnp.pad(x, [(0, 0), (0, tp - t)] + [(0, 0)] * (x.ndim - 2))
+    q_seg, kv_seg = pad(q_segment_ids), pad(kv_segment_ids)  # padding: segment 0
+    lo, hi = _key_block_ranges(q_seg, kv_seg, c, causal)
+    # Block-major, heads-major tiles: q [M, B, K, g, C, H], k, v [M, B, K, C, H], ids [M, B, C].
+    qb = pad(q).reshape(b, m, c, kh, n // kh, h).transpose(1, 0, 3, 4, 2, 5)
+    kb = pad(k).reshape(b, m, c, kh, h).transpose(1, 0, 3, 2, 4)
+    vb = pad(v).reshape(b, m, c, kh, h).transpose(1, 0, 3, 2, 4)
+    qs = q_seg.reshape(b, m, c).transpose(1, 0, 2)
+    ks = kv_seg.reshape(b, m, c).transpose(1, 0, 2)
+    out = _tiled(qb, kb, vb, qs, ks, lo, hi, float(scale), bool(causal))  # [M, B, K, g, C, H]
+    out = out.transpose(1, 0, 4, 2, 3, 5).reshape(b, tp, n, h)[:, :t]
+    return out.astype(q.dtype)
+
+
+def _key_block_ranges(q_seg, kv_seg, c, causal):
+    """int32[M] first and one-past-last key block each query block visits (batch-wide)."""
+    b, tp = q_seg.shape
+    m = tp // c
+    pos = jnp.arange(tp, dtype=jnp.int32)
+    ids = jnp.clip(kv_seg, 0, tp)  # ids > T share a bucket: a wider span, never a missed key
+    first = jax.vmap(lambda s: jax.ops.segment_min(pos, s, num_segments=tp + 1))(ids)
+    last = jax.vmap(lambda s: jax.ops.segment_max(pos, s, num_segments=tp + 1))(ids)
+    qi = jnp.clip(q_seg, 0, tp)
+    real = q_seg != 0
+    lo = jnp.where(real, jnp.take_along_axis(first, qi, axis=1), tp)  # [B, T]
+    hi = jnp.where(real, jnp.take_along_axis(last, qi, axis=1), -1)
+    if causal:
+        hi = jnp.minimum(hi, pos[None])
+    lo = lo.reshape(b, m, c).min(axis=(0, 2))  # [M]
+    hi = hi.reshape(b, m, c).max(axis=(0, 2))
+    empty = hi < lo  # no query of the block sees any key
+    lo_blk = jnp.where(empty, 0, jnp.clip(lo, 0, tp - 1) // c)
+    hi_blk = jnp.where(empty, 0, jnp.clip(hi, 0, tp - 1) // c + 1)
+    return lo_blk.astype(jnp.int32), hi_blk.astype(jnp.int32)
+
+
+def _tile_mask(qs, ks, i, j, c, causal):
+    """bool[B, 1, 1, C, C] of query block i against key block j."""
+    allowed = (qs[:, :, None] == ks[:, None, :]) & (qs != 0)[:, :, None]
+    if causal:
+        q_pos = i * c + jnp.arange(c, dtype=jnp.int32)
+        k_pos = j * c + jnp.arange(c, dtype=jnp.int32)
+        allowed &= k_pos[None, None, :] <= q_pos[None, :, None]
+    return allowed[:, None, None]
+
+
+def _tile_scores(qi, kj, scale):
+    s = jnp.einsum("bkgch,bkdh->bkgcd", qi, kj, preferred_element_type=jnp.float32)
+    return s * jnp.float32(scale)
+
+
+def _tiled_forward(qb, kb, vb, qs, ks, lo, hi, scale, causal):
+    """(out [M, B, K, g, C, H] float32, lse float32[M, B, K, g, C])."""
+    _, b, kh, g, c, h = qb.shape
+
+    def query_block(i):
+        qi, qsi = qb[i], qs[i]
+
+        def visit(j, carry):
+            mx, den, acc = carry
+            kj = jax.lax.dynamic_index_in_dim(kb, j, 0, keepdims=False)
+            vj = jax.lax.dynamic_index_in_dim(vb, j, 0, keepdims=False)
+            ksj = jax.lax.dynamic_index_in_dim(ks, j, 0, keepdims=False)
+            mask = _tile_mask(qsi, ksj, i, j, c, causal)
+            s = jnp.where(mask, _tile_scores(qi, kj, scale), _NEG)
+            mx_new = jnp.maximum(mx, s.max(axis=-1))
+            p = jnp.where(mask, jnp.exp(s - mx_new[..., None]), 0.0)
+            alpha = jnp.exp(mx - mx_new)
+            pv = jnp.einsum(
+                "bkgcd,bkdh->bkgch", p.astype(vj.dtype), vj, preferred_element_type=jnp.float32
+            )
+            return mx_new, den * alpha + p.sum(axis=-1), acc * alpha[..., None] + pv
+
+        init = (
+            jnp.full((b, kh, g, c), _NEG, jnp.float32),
+            jnp.zeros((b, kh, g, c), jnp.float32),
+            jnp.zeros((b, kh, g, c, h), jnp.float32),
+        )
+        mx, den, acc = jax.lax.fori_loop(lo[i], hi[i], visit, init)
+        has_key = den > 0  # empty rows (padding queries): zeros, and a harmless lse of 0
+        out = jnp.where(has_key[..., None], acc / jnp.where(has_key, den, 1.0)[..., None], 0.0)
+        lse = jnp.where(has_key, mx + jnp.log(jnp.where(has_key, den, 1.0)), 0.0)
+        return out, lse
+
+    return jax.lax.map(query_block, jnp.arange(qb.shape[0], dtype=jnp.int32))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
+def _tiled(qb, kb, vb, qs, ks, lo, hi, scale, causal):
+    return _tiled_forward(qb, kb, vb, qs, ks, lo, hi, scale, causal)[0].astype(qb.dtype)
+
+
+def _tiled_fwd(qb, kb, vb, qs, ks, lo, hi, scale, causal):
+    out, lse = _tiled_forward(qb, kb, vb, qs, ks, lo, hi, scale, causal)
+    out = out.astype(qb.dtype)
+    return out, (qb, kb, vb, qs, ks, lo, hi, out, lse)
+
+
+def _tiled_bwd(scale, causal, res, d_out):
+    qb, kb, vb, qs, ks, lo, hi, out, lse = res
+    c = qb.shape[4]
+    d_out = d_out.astype(jnp.float32)
+    # D = sum_h dO * O = sum_s P dP per query: the softmax-Jacobian correction.
+    delta = jnp.sum(d_out * out.astype(jnp.float32), axis=-1)  # [M, B, K, g, C]
+
+    def query_block(carry, i):
+        dk, dv = carry  # float32[M, B, K, C, H]
+        qi = qb[i].astype(jnp.float32)
+        doi, li, di, qsi = d_out[i], lse[i], delta[i], qs[i]
+
+        def visit(j, inner):
+            dq, dk, dv = inner
+            kj = jax.lax.dynamic_index_in_dim(kb, j, 0, keepdims=False).astype(jnp.float32)
+            vj = jax.lax.dynamic_index_in_dim(vb, j, 0, keepdims=False).astype(jnp.float32)
+            ksj = jax.lax.dynamic_index_in_dim(ks, j, 0, keepdims=False)
+            mask = _tile_mask(qsi, ksj, i, j, c, causal)
+            p = jnp.where(mask, jnp.exp(_tile_scores(qi, kj, scale) - li[..., None]), 0.0)
+            dvj = jnp.einsum("bkgcd,bkgch->bkdh", p, doi)
+            dp = jnp.einsum("bkgch,bkdh->bkgcd", doi, vj)
+            ds = p * (dp - di[..., None]) * jnp.float32(scale)
+            dq = dq + jnp.einsum("bkgcd,bkdh->bkgch", ds, kj)
+            dkj = jnp.einsum("bkgcd,bkgch->bkdh", ds, qi)
+            add = lambda a, x: jax.lax.dynamic_update_index_in_dim(
+                a, jax.lax.dynamic_index_in_dim(a, j, 0, keepdims=False) + x, j, 0
+            )
+            return dq, add(dk, dkj), add(dv, dvj)
+
+        dq, dk, dv = jax.lax.fori_loop(lo[i], hi[i], visit, (jnp.zeros_like(qi), dk, dv))
+        return (dk, dv), dq
+
+    zeros = jnp.zeros(kb.shape, jnp.float32)
+    steps = jnp.arange(qb.shape[0], dtype=jnp.int32)
+    (dk, dv), dq = jax.lax.scan(query_block, (zeros, zeros), steps)
+    return (
+        dq.astype(qb.dtype), dk.astype(kb.dtype), dv.astype(vb.dtype), None, None, None, None,
+    )  # fmt: skip
+
+
+_tiled.defvjp(_tiled_fwd, _tiled_bwd)

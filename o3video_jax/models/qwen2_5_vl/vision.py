@@ -6,11 +6,15 @@ decision 2): rotary ids, the window permutation of 2x2 merge units, and segment 
 windowed and the full-attention blocks (both already in window order). Attention is the
 segment-id primitive, so padding (segment 0) never mixes with real patches.
 
-With the "xla" backend, blocks whose segments have a static length bound (windows always:
-`max_window_patches`; frames when `max_frame_patches` > 0) use the blocked local segment
-attention (local_attention.py): exact, O(P * band) instead of O(P^2) scores, and on CPU
-O(P * Smax) when every segment sits inside one aligned block of Smax patches. Short rows
-(band >= P) and the other backends keep the dense primitive.
+Memory is linear in P on every backend (docs/design.md decision 16). "pallas" runs splash
+attention (blockwise). Otherwise window blocks use the banded local segment attention
+(local_attention.py; windows have the static bound `max_window_patches`): exact, O(P * band)
+scores, and on CPU O(P * Smax) when every segment sits inside one aligned block of Smax
+patches. Frame (full-attention) blocks use the same banded path when `max_frame_patches`
+bounds a frame tightly enough that the band stays narrow (<= LOCAL_MAX_BAND keys), and
+otherwise, for rows longer than FRAME_BLOCK, the tiled attention of flash_attention.py
+(`blocked_attention`: [FRAME_BLOCK, FRAME_BLOCK] tiles, only the key blocks a query block's
+frames reach). Short rows keep the dense primitive.
 
 Forward per row (docs/qwen2_5_vl.md §2.6): patch matmul -> permute hidden states AND rotary tables into
 window order -> blocks (window / per-frame full attention) -> merger on 4 consecutive rows ->
@@ -25,12 +29,26 @@ import jax.numpy as jnp
 
 from .attention import attention
 from .config import VisionConfig
+from .flash_attention import blocked_attention
 from .layers import Dense, RMSNorm, remat_module, scan_stack
-from .local_attention import local_segment_attention
+from .local_attention import band_width, local_segment_attention, uses_local_path
 from .rope import apply_vision_rotary, vision_rotary
 
 VISION_EPS = 1e-6  # hard-coded in HF for every vision norm (docs/qwen2_5_vl.md §7.7)
 ACT_VISION = ("batch", "patches", "act_embed")
+# The frame blocks' tiled path: [FRAME_BLOCK, FRAME_BLOCK] score tiles (16 MB a row at 16 heads,
+# float32), used when the banded path would score more than LOCAL_MAX_BAND keys per query.
+FRAME_BLOCK = 512
+LOCAL_MAX_BAND = 1024
+
+
+def frame_attention_path(num_patches: int, config: VisionConfig) -> str:
+    """Which kernel a full-attention block of rows of P patches uses on the XLA path:
+    "local" (banded), "blocked" (tiles) or "dense"."""
+    bound, chunk = config.max_frame_patches, config.attention_chunk
+    if uses_local_path(num_patches, chunk, bound) and band_width(chunk, bound) <= LOCAL_MAX_BAND:
+        return "local"
+    return "blocked" if num_patches > FRAME_BLOCK else "dense"
 
 
 def permute_units(x: jax.Array, index: jax.Array) -> jax.Array:
@@ -66,13 +84,19 @@ class VisionAttention(nn.Module):
         def kernel(full: bool, q=q, k=k, v=v):
             with jax.named_scope("vision/full_attn" if full else "vision/window_attn"):
                 segment_ids = frame_segment_ids if full else window_segment_ids
-                if self.backend != "xla":
+                if self.backend == "pallas":
                     return attention(
                         q, k, v, segment_ids, segment_ids, causal=False, scale=h**-0.5,
                         backend=self.backend,
                     )  # fmt: skip
-                # The static bound on a segment's patches picks the blocked kernel's layout;
-                # it falls back to the dense path itself when blocking saves nothing.
+                # cuDNN would take a [B, 1, P, P] mask: the XLA paths serve "cudnn" too.
+                if full and frame_attention_path(p, cfg) == "blocked":
+                    return blocked_attention(
+                        q, k, v, segment_ids, segment_ids, causal=False, scale=h**-0.5,
+                        block=FRAME_BLOCK,
+                    )  # fmt: skip
+                # The static bound on a segment's patches picks the banded kernel's layout;
+                # it falls back to the dense path itself when banding saves nothing.
                 bound = cfg.max_frame_patches if full else cfg.max_window_patches
                 return local_segment_attention(
                     q, k, v, segment_ids, max_segment_len=bound, scale=h**-0.5,
@@ -83,9 +107,9 @@ class VisionAttention(nn.Module):
             out = kernel(full)
         else:
             # A scanned block: its kind is data, both kernels are in the body. Each branch is
-            # checkpointed: the residuals of a `cond` are the union of both branches', so the
-            # dense frame branch's [B, N, P, P] probabilities would otherwise be allocated for
-            # every block (and saved per block without remat); now both save only q, k, v.
+            # checkpointed: the residuals of a `cond` are the union of both branches', so a
+            # frame branch's score tiles would otherwise be allocated for every block (and
+            # saved per block without remat); now both save only q, k, v.
             branch = lambda f: jax.checkpoint(lambda q, k, v: kernel(f, q, k, v))
             out = jax.lax.cond(full, branch(True), branch(False), q, k, v)
         return Dense(d, ("vision_qkv", "vision_embed"), name="proj", **dense)(out.reshape(b, p, d))
