@@ -139,3 +139,20 @@ def make_layout(
         tensor=int(tensor),
         reshard=reshard,
     )
+
+
+def layout_for(config, mesh: Mesh, rules, param_shardings, model_config) -> ServingLayout | None:
+    """The rollout layout `config.rl.serving` asks for (None: sample on the training layout).
+
+    `rl.serving.tensor` is resolved by preflight; 0 here (an unchecked config) takes the
+    chips of this host (`auto_tensor`)."""
+    spec = config.rl.get("serving")
+    if spec is None or spec.layout == "training":
+        return None
+    if spec.layout not in LAYOUTS:
+        raise ValueError(f"rl.serving.layout={spec.layout!r} is not one of {LAYOUTS}")
+    text = model_config.text
+    tensor = int(spec.tensor) or auto_tensor(
+        jax.local_device_count(), text.num_attention_heads, text.num_key_value_heads
+    )
+    return make_layout(mesh, rules, param_shardings, tensor, model_config.dtype)
