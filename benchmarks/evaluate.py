@@ -112,8 +112,8 @@ def main() -> None:
     import jax.numpy as jnp
 
     from o3video_jax.checkpoints import hf
+    from o3video_jax.drivers import experiment
     from o3video_jax.evaluate.generate import Generator
-    from o3video_jax.train import experiment
 
     _, params = hf.load(ckpt, jnp.float32, progress=False)
     gen = Generator(

@@ -29,14 +29,14 @@ import numpy as np
 from o3video_jax import io
 from o3video_jax.checkpoints import hf
 from o3video_jax.data import synthetic, video, vision
+from o3video_jax.data import synthetic_runs as synthetic_data
+from o3video_jax.drivers import experiment, heldout
+from o3video_jax.drivers import gspo as rl_loop
+from o3video_jax.drivers import sft as sft_loop
 from o3video_jax.eval import results as eval_results
 from o3video_jax.eval.visualize import render_example
 from o3video_jax.models.qwen2_5_vl import Qwen25VL
 from o3video_jax.rewards import parse_completion
-from o3video_jax.rl import heldout
-from o3video_jax.rl import loop as rl_loop
-from o3video_jax.train import experiment, synthetic_data
-from o3video_jax.train import loop as sft_loop
 from o3video_jax.train.metrics_log import read_metrics
 
 CONFIG_FILE = os.path.join(

@@ -30,7 +30,7 @@ from o3video_jax.evaluate import prompts
 from o3video_jax.evaluate.generate import Generator, Request
 from o3video_jax.evaluate.runner import tokenize_prompt
 from o3video_jax.rewards.config import TEMPORAL_SPATIAL
-from o3video_jax.rl import sampler as sampler_lib
+from o3video_jax.rl import rollouts
 
 __all__ = ["InferResult", "grounded_prompt", "infer"]
 
@@ -96,12 +96,14 @@ def infer(
     n_tokens = len(segment.input_ids)
     patches = sum(v.num_patches for v in segment.vision)
     bucket = max(256, 1 << (n_tokens - 1).bit_length())
-    sampling = sampler_lib.SamplingConfig(
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        eos_ids=(tokenizer.eos_id, tokenizer.pad_id),
-        pad_id=tokenizer.pad_id,
-        repetition_penalty=repetition_penalty,
+    sampling = rollouts.sampling_config(
+        {
+            "max_new_tokens": max_new_tokens,
+            "temperature": temperature,
+            "repetition_penalty": repetition_penalty,
+        },
+        (tokenizer.eos_id, tokenizer.pad_id),
+        tokenizer.pad_id,
     )
     gen = Generator(
         config, params, tokenizer, sampling, batch_size=1, buckets=[bucket],

@@ -37,7 +37,7 @@ def loop_env(tmp_path_factory):
 @pytest.fixture(scope="module")
 def loop_data(tmp_path_factory):
     """One tiny synthetic dataset (the tiny config's sizes) shared by the module's runs."""
-    from o3video_jax.train import synthetic_data
+    from o3video_jax.data import synthetic_runs as synthetic_data
 
     return synthetic_data.prepare(
         tmp_path_factory.mktemp("synthetic"), videos=4, eval_videos=1, width=56, height=56

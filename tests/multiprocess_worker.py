@@ -96,8 +96,8 @@ def _spy(record: dict) -> None:
     """Records the mesh, the restored data state, the iterator states and the completions."""
     import numpy as np
 
-    from o3video_jax.rl import loop as rl_loop
-    from o3video_jax.train import experiment
+    from o3video_jax.drivers import experiment
+    from o3video_jax.drivers import gspo as rl_loop
 
     real_setup, real_dataset, real_rewards = (
         experiment.setup,
@@ -170,11 +170,11 @@ def run(spec: dict) -> int:
             config = _config(spec["stage"], spec["flags"])
             _spy(record)
             if spec["stage"] == "sft":
-                from o3video_jax.train import loop
+                from o3video_jax.drivers import sft as loop
 
                 record["last"] = loop.train(config, spec["workdir"])
             else:
-                from o3video_jax.rl import loop as rl_loop
+                from o3video_jax.drivers import gspo as rl_loop
 
                 record["last"] = rl_loop.train(config, spec["workdir"])
     except Exception:  # noqa: BLE001 - reported to the test, which asserts on it

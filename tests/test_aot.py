@@ -12,7 +12,8 @@ import sys
 import jax
 import pytest
 
-from o3video_jax.train import aot, roofline
+from o3video_jax.drivers import aot
+from o3video_jax.train import roofline
 
 HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
 needs_libtpu = pytest.mark.skipif(not HAS_LIBTPU, reason="needs libtpu (pip install jax[tpu])")

@@ -39,7 +39,7 @@ PRELUDE = textwrap.dedent(
     import jax, jax.numpy as jnp
     import numpy as np
     from o3video_jax.demo import load_config
-    from o3video_jax.train import experiment
+    from o3video_jax.drivers import experiment
     from o3video_jax.train.metrics_log import read_metrics
 
     FLAGS, ROOT = json.loads(sys.argv[1]), sys.argv[2]
@@ -69,7 +69,8 @@ PRELUDE = textwrap.dedent(
 
 SFT_PART = textwrap.dedent(
     """
-    from o3video_jax.train import evaluation, loop
+    from o3video_jax.drivers import evaluation
+    from o3video_jax.drivers import sft as loop
 
     OUT = ROOT + "/sft"
     made = []
@@ -128,7 +129,8 @@ SFT_PART = textwrap.dedent(
 
 GSPO_PART = textwrap.dedent(
     """
-    from o3video_jax.rl import heldout, loop as rl_loop
+    from o3video_jax.drivers import heldout
+    from o3video_jax.drivers import gspo as rl_loop
 
     OUT = ROOT + "/gspo"
     real = rl_loop.compute_rewards
@@ -236,8 +238,8 @@ def test_gspo_eval_every(results):
 def test_eval_every_without_eval_json_raises_before_setup(tmp_path, loop_data, stage):
     data = loop_data
     from o3video_jax.demo import load_config
-    from o3video_jax.rl import loop as rl_loop
-    from o3video_jax.train import loop
+    from o3video_jax.drivers import gspo as rl_loop
+    from o3video_jax.drivers import sft as loop
 
     train = loop.train if stage == "sft" else rl_loop.train
     c = load_config(f"size=tiny,stage={stage}")

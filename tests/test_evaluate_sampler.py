@@ -53,9 +53,9 @@ def test_greedy_with_penalty_equals_transformers_generate(ckpt, tmp_path):
     transformers = pytest.importorskip("transformers")
     from o3video_jax.checkpoints import hf
     from o3video_jax.data.tokenizer import Tokenizer
+    from o3video_jax.drivers import experiment
     from o3video_jax.evaluate import benchmarks, runner
     from o3video_jax.evaluate.generate import Generator
-    from o3video_jax.train import experiment
 
     data, media = write_vstar(str(tmp_path), n=1)
     cfg = eval_config("vstar", ckpt, data, media)
@@ -93,8 +93,8 @@ def test_patch_buckets_same_outputs_smaller_vision_shape(ckpt, tmp_path, monkeyp
     eval.max_patches), with the same greedy outputs as the single-shape generator."""
     from o3video_jax.checkpoints import hf
     from o3video_jax.data.tokenizer import Tokenizer
+    from o3video_jax.drivers import experiment
     from o3video_jax.evaluate import benchmarks, generate, runner
-    from o3video_jax.train import experiment
 
     assert generate.default_patch_buckets(2048) == [64, 128, 256, 512, 1024, 2048]
     assert generate.default_patch_buckets(100) == [64, 100]

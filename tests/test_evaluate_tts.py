@@ -91,7 +91,7 @@ def test_majority_vote_needs_no_scorer():
 
 def test_confidence_vote_with_the_model_batches_the_relevance_calls(ckpt):
     _, params = hf.load(ckpt, jnp.float32, progress=False)
-    from o3video_jax.train import experiment
+    from o3video_jax.drivers import experiment
 
     config = eval_config("videomme", ckpt, "", "")
     mc = experiment.model_config(config)

@@ -19,7 +19,7 @@ DRIVER = PRELUDE + textwrap.dedent(
     """
     import jax
     from o3video_jax.rl import gspo
-    from o3video_jax.rl import loop as rl_loop
+    from o3video_jax.drivers import gspo as rl_loop
 
     real_rewards, real_update = rl_loop.compute_rewards, gspo.make_gspo_update
     seen = {"fractions": [], "rows": []}

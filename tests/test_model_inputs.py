@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from o3video_jax.data.model_inputs import Segment, VisionItem, build_model_inputs
-from o3video_jax.data.positions import rope_positions
 from o3video_jax.models.qwen2_5_vl import Qwen25VLConfig, inputs_from_hf
+from o3video_jax.models.qwen2_5_vl.positions import rope_positions
 
 CFG = Qwen25VLConfig.preset("tiny")
 VS, VE = CFG.vision_start_token_id, CFG.vision_end_token_id

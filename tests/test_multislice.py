@@ -8,7 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from o3video_jax.train import aot, sharding
+from o3video_jax import mesh as mesh_lib
+from o3video_jax.drivers import aot
+from o3video_jax.train import sharding
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("libtpu") is None, reason="needs libtpu (pip install jax[tpu])"
@@ -50,7 +52,7 @@ def test_a_placement_that_cannot_follow_the_topology_is_an_error(monkeypatch, ca
     def cannot(*args, **kwargs):
         raise NotImplementedError("no assignment")
 
-    monkeypatch.setattr(sharding.mesh_utils, "create_device_mesh", cannot)
+    monkeypatch.setattr(mesh_lib.mesh_utils, "create_device_mesh", cannot)
     with pytest.raises(ValueError, match="mesh_fallback"):
         sharding.make_mesh({"data": 1, "fsdp": 4, "tensor": 1}, devices)
     mesh = sharding.make_mesh({"data": 1, "fsdp": 4, "tensor": 1}, devices, allow_fallback=True)

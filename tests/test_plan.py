@@ -1,5 +1,5 @@
 """Data budgets: the shipped configs admit Open-o3's inputs (issue 9, defect 3), and the
-data-budget planner (`o3video_jax.data.plan`) counts what the pipeline builds."""
+data-budget planner (`o3video_jax.data.planner`, command line `python -m o3video_jax.data.plan`) counts what the pipeline builds."""
 
 import os
 import sys
@@ -66,7 +66,7 @@ def test_shipped_budgets_admit_16_frames_and_4_key_frames(stage, size, config):
         if stage == "sft":
             assert tokens + SFT_TEXT <= d.max_seq_len, (stage, size, w, h, tokens)
         else:  # the prompt must fit the largest prompt bucket, the completion is extra
-            from o3video_jax.train import preflight
+            from o3video_jax.drivers import preflight
 
             buckets = preflight.check(config, num_devices=64).prompt_buckets
             assert tokens + RL_TEXT <= max(buckets), (stage, size, w, h, tokens)
@@ -156,7 +156,7 @@ def _example_config(root, kind="sft", **kw):
 
 @pytest.mark.parametrize("kind", ["sft", "rl"])
 def test_planner_counts_equal_the_pipeline_builder(stgr, kind):
-    from o3video_jax.data import plan
+    from o3video_jax.data import planner as plan
     from o3video_jax.data.examples import ExampleBuilder, ExampleError
 
     root, tok, good, bad = stgr
@@ -189,7 +189,7 @@ def test_planner_counts_equal_the_pipeline_builder(stgr, kind):
 def test_budget_for_is_the_smallest_admitting_budget():
     import numpy as np
 
-    from o3video_jax.data import plan
+    from o3video_jax.data import planner as plan
 
     v = np.arange(10, 1001, 10)  # 100 examples
     assert plan.budget_for(v, 0.99) == 990 and plan.budget_for(v, 1.0) == 1000

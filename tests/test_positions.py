@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from o3video_jax.data.positions import IMAGE, rope_positions, segment_positions
 from o3video_jax.models.qwen2_5_vl import Qwen25VLConfig
+from o3video_jax.models.qwen2_5_vl.positions import IMAGE, rope_positions, segment_positions
 
 CFG = Qwen25VLConfig.preset("tiny")
 VS, VE = CFG.vision_start_token_id, CFG.vision_end_token_id

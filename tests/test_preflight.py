@@ -1,4 +1,4 @@
-"""The config-vs-mesh pre-flight check (train.preflight) and the lr horizon in optimiser updates.
+"""The config-vs-mesh pre-flight check (drivers.preflight) and the lr horizon in optimiser updates.
 
 Pure host code: no devices, no compilation. Expected values are derived by hand in comments.
 """
@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from o3video_jax.train import preflight
+from o3video_jax.drivers import preflight
 from o3video_jax.train.state import make_schedule
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments", "configs")
@@ -232,7 +232,7 @@ def test_processes_must_each_get_rows():
 def test_setup_checks_before_building_anything(tmp_path):
     """experiment.setup runs the check first: on conftest's 8 CPU devices a batch of 3 stops
     before any tokenizer, model or compilation (the tokenizer dir does not even exist)."""
-    from o3video_jax.train import experiment
+    from o3video_jax.drivers import experiment
 
     config = load("synthetic", "size=tiny")
     config.data.batch_size = 3

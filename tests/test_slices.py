@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from o3video_jax.train import preflight
+from o3video_jax.drivers import preflight
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "experiments", "configs"))
 import common  # noqa: E402
@@ -18,7 +18,7 @@ SFT_RECORDS, RL_RECORDS = 31166, 37228
 
 
 def test_slice_names_and_topologies_agree():
-    from o3video_jax.train import aot
+    from o3video_jax.drivers import aot
 
     for name, (topology, chips, hosts, _) in common.SLICES.items():
         gen, n = name.split("-")

@@ -14,12 +14,12 @@ import sys
 import pytest
 from loop_fixtures import REPO, base_flags
 
+from o3video_jax.drivers.sft import TIMING_KEYS
 from o3video_jax.sweep import product, run_name, runner, spec, sweep
 from o3video_jax.sweep import results as sweep_results
 from o3video_jax.sweep import zip as zip_
 from o3video_jax.sweep.spec import fixed_argv
 from o3video_jax.train import completion
-from o3video_jax.train.loop import TIMING_KEYS
 
 sys.path.insert(0, os.path.join(REPO, "experiments", "configs"))
 CONFIG = "experiments/configs/synthetic.py:size=tiny"

@@ -196,7 +196,8 @@ PRELUDE = textwrap.dedent(
 
 NAN_DRIVER = PRELUDE + textwrap.dedent(
     """
-    from o3video_jax.train import loop, steps
+    from o3video_jax.train import steps
+    from o3video_jax.drivers import sft as loop
 
     BAD = 3  # the third batch gets NaN pixels
     orig, count = loop.sft_batch, [0]
@@ -293,7 +294,7 @@ GSPO_KEYS = (
 
 GSPO_DRIVER = PRELUDE + textwrap.dedent(
     """
-    from o3video_jax.rl import loop as rl_loop
+    from o3video_jax.drivers import gspo as rl_loop
 
     real = rl_loop.compute_rewards
 
@@ -352,7 +353,7 @@ def test_gspo_step_metrics_and_resume(tmp_path, loop_env, loop_data):
 GSPO_SIGTERM_DRIVER = PRELUDE + textwrap.dedent(
     """
     import os, signal
-    from o3video_jax.rl import loop as rl_loop
+    from o3video_jax.drivers import gspo as rl_loop
 
     real, calls, kill_at = rl_loop.compute_rewards, [0], [None]
 
@@ -397,7 +398,7 @@ def test_gspo_sigterm_saves_the_step_in_flight_and_resumes(tmp_path, loop_env, l
 def test_aot_needs_libtpu_and_a_valid_topology(monkeypatch):
     import importlib.util
 
-    from o3video_jax.train import aot
+    from o3video_jax.drivers import aot
 
     assert aot.parse_topology("v5p:4x4x4") == ("v5p", (4, 4, 4))
     assert aot.parse_topology("v5e:2x4") == ("v5e", (2, 4))

@@ -18,7 +18,7 @@ from loop_fixtures import REPO
 from test_train_loop import metrics, run, strip
 
 from o3video_jax.demo import load_config
-from o3video_jax.train import two_stage
+from o3video_jax.drivers import two_stage
 
 
 @pytest.mark.parametrize("size", ["tiny", "demo"])
@@ -62,8 +62,9 @@ DRIVER = textwrap.dedent(
     import json, os, signal, sys
     import numpy as np
     from o3video_jax.demo import load_config
-    from o3video_jax.rl import loop as rl_loop
-    from o3video_jax.train import loop as sft_loop, two_stage
+    from o3video_jax.drivers import gspo as rl_loop
+    from o3video_jax.drivers import sft as sft_loop
+    from o3video_jax.drivers import two_stage
 
     FLAGS, OUT = json.loads(sys.argv[1]), sys.argv[2]
 

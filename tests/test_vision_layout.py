@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from o3video_jax.data.vision_layout import vision_layout
 from o3video_jax.models.qwen2_5_vl import Qwen25VLConfig
+from o3video_jax.models.qwen2_5_vl.vision_layout import vision_layout
 
 CFG = Qwen25VLConfig.preset("tiny")  # window 112 px = 4 merged tokens, merge 2
 

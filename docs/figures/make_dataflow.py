@@ -110,7 +110,7 @@ def main(out: str) -> None:
     box(ax, COLS["batch"], y, "RLBatch (prompts)",
         "left padded ModelInputs\nrollouts.trim_left\n-> rl.prompt_buckets", HOST)
     box(ax, COLS["jit"], y, "rollout step (below)",
-        "rl/loop.py train\nsample -> score -> update", JIT)
+        "drivers/gspo.py train\nsample -> score -> update", JIT)
     box(ax, COLS["metrics"], y, "metrics + checkpoint",
         "rewards, KL, clip fractions\nMetricsWriter, Orbax", FILE)
     arrow(ax, right("record"), y, left("plan"), y, "pipeline.rl_dataset")

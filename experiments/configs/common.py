@@ -120,7 +120,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.layout = "upstream"  # upstream (DATA_ROOT/videos folder table) | flat
     c.data.tokenizer_dir = ""  # defaults to model.hf_checkpoint
     # Rows (SFT) or prompts (GSPO) per step, global; 0: data.per_device_batch_size x the batch
-    # shards (mesh data x fsdp). Checked against the mesh before compiling (train.preflight).
+    # shards (mesh data x fsdp). Checked against the mesh before compiling (drivers.preflight).
     c.data.batch_size = 8
     c.data.per_device_batch_size = 0
     c.data.num_examples = 0  # records of data.train_json, for total_steps = 0 (epochs)
@@ -143,7 +143,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.shuffle = True
     c.data.max_error_fraction = 0.05
     # Synthetic data generated into WORKDIR/synthetic when videos > 0 and train_json is empty
-    # (o3video_jax.train.synthetic_data); also builds the tiny tokenizer there.
+    # (o3video_jax.data.synthetic_runs); also builds the tiny tokenizer there.
     c.data.synthetic = ml_collections.ConfigDict(
         {"videos": 0, "eval_videos": 0, "seed": 0, "width": 112, "height": 84, "fps": 4}
     )
@@ -151,7 +151,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 1e-6
     c.optim.schedule = "cosine"  # cosine | linear | constant
-    c.optim.warmup_steps = 0  # run steps (x updates per step, train.preflight)
+    c.optim.warmup_steps = 0  # run steps (x updates per step, drivers.preflight)
     # lr horizon in optimiser updates; -1: total_steps x updates per step (GSPO: rl.num_updates
     # x rl.minibatches; SFT: 1, microbatches accumulate into one update).
     c.optim.total_steps = -1
@@ -175,7 +175,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.rl.top_k = 0
     c.rl.max_new_tokens = 768
     # Prompt-length buckets of the sampler's prefill; []: derived from the prompt budget
-    # data.max_seq_len - rl.max_new_tokens (train.preflight). Longer prompts are skipped.
+    # data.max_seq_len - rl.max_new_tokens (drivers.preflight). Longer prompts are skipped.
     c.rl.prompt_buckets = []
     c.rl.eps_low = 0.2
     c.rl.eps_high = 0.2

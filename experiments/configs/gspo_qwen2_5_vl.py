@@ -45,7 +45,7 @@ def get_config(arg=None):
     c.mesh.update(_MESH[a.size])
     # Upstream: 8 prompts a step (4654 steps). Here one prompt per batch shard (mesh data x
     # fsdp), one epoch of STGR-RL's 37,228 prompts whatever the slice; the lr horizon counts
-    # optimiser updates (rl.num_updates x rl.minibatches per step, train.preflight).
+    # optimiser updates (rl.num_updates x rl.minibatches per step, drivers.preflight).
     c.total_steps = 0
     c.epochs = 1.0
     c.data.num_examples = 37228

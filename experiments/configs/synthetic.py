@@ -4,7 +4,7 @@ Args (`:arg`): stage=sft|gspo|sft+gspo (default sft), size=tiny|demo (default de
 layers; tiny: the `tiny` preset with 56x56 frames, for tests), videos=N (training videos).
 
 The data (videos, STGR-SFT/RL records, a held-out split) and the tiny BPE tokenizer are
-generated into WORKDIR/synthetic on the first run (o3video_jax.train.synthetic_data).
+generated into WORKDIR/synthetic on the first run (o3video_jax.data.synthetic_runs).
 
   python -m o3video_jax.train --config experiments/configs/synthetic.py --workdir /tmp/syn_sft
   python -m o3video_jax.train --config experiments/configs/synthetic.py:stage=gspo \
@@ -36,7 +36,7 @@ def get_config(arg=None):
     if a.size not in ("tiny", "demo"):
         raise ValueError(f"size must be tiny or demo, got {a.size!r}")
     if a.stage == two_stage.STAGE:
-        # The SFT config plus the leaves the GSPO run changes (o3video_jax.train.two_stage).
+        # The SFT config plus the leaves the GSPO run changes (o3video_jax.drivers.two_stage).
         c = _config(a, "sft")
         c.stage = two_stage.STAGE
         c.gspo_stage = two_stage.stage_overrides(c, _config(a, "gspo"))

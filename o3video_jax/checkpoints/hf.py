@@ -41,9 +41,9 @@ from tqdm.auto import tqdm
 
 from o3video_jax import io
 from o3video_jax.checkpoints import layout, safetensors_io
+from o3video_jax.mesh import DEFAULT_RULES, MeshAxes
 from o3video_jax.models.qwen2_5_vl import Qwen25VL, Qwen25VLConfig
 from o3video_jax.models.qwen2_5_vl.inputs import init_inputs
-from o3video_jax.train.sharding import DEFAULT_RULES, MeshAxes
 
 Path_ = tuple[str, ...]
 

@@ -18,10 +18,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from o3video_jax.data import positions as positions_lib
-from o3video_jax.data.vision_layout import check_grid, vision_layout
+from o3video_jax.models.qwen2_5_vl import positions as positions_lib
 from o3video_jax.models.qwen2_5_vl.config import Qwen25VLConfig
 from o3video_jax.models.qwen2_5_vl.inputs import ModelInputs
+from o3video_jax.models.qwen2_5_vl.vision_layout import check_grid, vision_layout
 
 KINDS = {"image": positions_lib.IMAGE, "video": positions_lib.VIDEO}
 

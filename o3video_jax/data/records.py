@@ -25,15 +25,17 @@ from typing import Any
 import numpy as np
 
 from o3video_jax import io
+from o3video_jax.tasks import (  # noqa: F401 - re-exported: the task vocabulary
+    GENERAL_FREE_FORM,
+    GENERAL_MCQ,
+    SFT_TASKS,
+    TASKS,
+    TEMPORAL_QA,
+    TEMPORAL_QA_MCQ,
+    TEMPORAL_SPATIAL,
+    VISUAL_QA,
+)
 
-VISUAL_QA = "visual QA"
-TEMPORAL_SPATIAL = "temporal-spatial free-form QA"
-TEMPORAL_QA = "temporal QA"
-TEMPORAL_QA_MCQ = "temporal QA (MCQ)"
-GENERAL_MCQ = "General video QA MCQ"
-GENERAL_FREE_FORM = "General video QA Free-form"
-TASKS = (VISUAL_QA, TEMPORAL_SPATIAL, TEMPORAL_QA, TEMPORAL_QA_MCQ, GENERAL_MCQ, GENERAL_FREE_FORM)
-SFT_TASKS = tuple(t for t in TASKS if t != TEMPORAL_QA_MCQ)  # upstream SFT has no TG-MCQ prompt
 SPLITS = ("sft", "rl")
 
 # Flag names (counted, never fatal).

@@ -123,7 +123,7 @@ def generate_dataset(
     "vstar": record lists, "paths": {name: file}}. `perception` adds to the SFT records the
     dense one-hop `perception_records` of every video.
     """
-    out_dir = io.require_local(out_dir, "generate_dataset (train.synthetic_data.prepare uploads)")
+    out_dir = io.require_local(out_dir, "generate_dataset (data.synthetic_runs.prepare uploads)")
     for sub in ("videos", "kfs", "json_data"):
         os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
     sft, rl, vstar, gts, dense = [], [], [], {}, []

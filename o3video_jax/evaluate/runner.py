@@ -36,13 +36,13 @@ from o3video_jax.checkpoints import hf
 from o3video_jax.data import vision
 from o3video_jax.data.model_inputs import Segment, VisionItem
 from o3video_jax.data.tokenizer import Tokenizer
+from o3video_jax.drivers import experiment
 from o3video_jax.eval import letter_parsers, tts
 from o3video_jax.eval import results as results_lib
 from o3video_jax.evaluate import benchmarks, media, prompts, summary
 from o3video_jax.evaluate.generate import Generator, OverBudget, Request, request_key
 from o3video_jax.evaluate.judge import make_judge
-from o3video_jax.rl import sampler as sampler_lib
-from o3video_jax.train import experiment
+from o3video_jax.rl import rollouts
 from o3video_jax.train.sharding import make_mesh
 
 __all__ = ["evaluate", "items_path", "read_log", "tokenize_prompt", "write_summary"]
@@ -307,14 +307,10 @@ def _records(name, preps, outputs, ev, think, scorer: BatchScorer | None, judge)
 
 # ---- the driver ----------------------------------------------------------------------------
 def _sampling(ev, tokenizer: Tokenizer, group: int, max_new: int, greedy: bool = False):
-    return sampler_lib.SamplingConfig(
-        max_new_tokens=max_new,
-        temperature=0.0 if greedy else ev.temperature,
-        top_p=1.0 if greedy else ev.top_p,
-        eos_ids=(tokenizer.eos_id, tokenizer.pad_id),
-        pad_id=tokenizer.pad_id,
-        group_size=group,
-        repetition_penalty=ev.repetition_penalty,
+    """The sampler settings of `config.eval` (`rollouts.sampling_config`)."""
+    eos = (tokenizer.eos_id, tokenizer.pad_id)
+    return rollouts.sampling_config(
+        ev, eos, tokenizer.pad_id, greedy=greedy, group_size=group, max_new_tokens=max_new
     )
 
 

@@ -14,22 +14,16 @@ from __future__ import annotations
 
 import dataclasses
 
-# The six STGR task strings (docs/open_o3_video.md §1.3), in the order of their integer ids.
-TEMPORAL_SPATIAL = "temporal-spatial free-form QA"
-VISUAL_QA = "visual QA"
-TEMPORAL_QA = "temporal QA"
-TEMPORAL_QA_MCQ = "temporal QA (MCQ)"
-GENERAL_MCQ = "General video QA MCQ"
-GENERAL_FREE_FORM = "General video QA Free-form"
-TASKS = (
-    TEMPORAL_SPATIAL,
-    VISUAL_QA,
+from o3video_jax.tasks import (  # noqa: F401 - re-exported: the task vocabulary
+    GENERAL_FREE_FORM,
+    GENERAL_MCQ,
+    TASK_IDS,
+    TASKS,
     TEMPORAL_QA,
     TEMPORAL_QA_MCQ,
-    GENERAL_MCQ,
-    GENERAL_FREE_FORM,
+    TEMPORAL_SPATIAL,
+    VISUAL_QA,
 )
-TASK_IDS = {name: i for i, name in enumerate(TASKS)}
 
 # The seven reward functions of `reward_func.py`, in registration order.
 REWARD_NAMES = (

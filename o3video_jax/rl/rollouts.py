@@ -14,7 +14,7 @@ the same log-probs and gradients.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -39,17 +39,31 @@ VISION_FIELDS = sampler_lib.VISION_FIELDS
 REWARD_TERMS = (*REWARD_NAMES, "total")
 
 
-def sampling_config(config, tokenizer, *, greedy: bool = False, group_size: int | None = None):
-    """The rollout sampler's settings from `config.rl` (greedy: temperature 0)."""
-    rl = config.rl
+def sampling_config(
+    settings: Mapping[str, Any],
+    eos_ids: Sequence[int],
+    pad_id: int,
+    *,
+    greedy: bool = False,
+    group_size: int | None = None,
+    max_new_tokens: int | None = None,
+) -> sampler_lib.SamplingConfig:
+    """THE builder of the sampler's settings (GSPO rollouts, held-out and benchmark evaluation,
+    the AOT plan, infer): from a config section (`config.rl`, `config.eval`) or a dict with
+    the same field names: `max_new_tokens`, `temperature`, `top_p`, `top_k`,
+    `repetition_penalty`, `group_size` (absent fields: the sampler's defaults). `greedy` sets
+    temperature 0 (top-p and top-k then do not apply); `group_size` and `max_new_tokens`
+    override the section's."""
+    get = settings.get
     return sampler_lib.SamplingConfig(
-        max_new_tokens=rl.max_new_tokens,
-        temperature=0.0 if greedy else rl.temperature,
-        top_p=rl.top_p,
-        top_k=rl.top_k,
-        eos_ids=(tokenizer.eos_id, tokenizer.pad_id),
-        pad_id=tokenizer.pad_id,
-        group_size=rl.group_size if group_size is None else group_size,
+        max_new_tokens=int(max_new_tokens if max_new_tokens is not None else get("max_new_tokens")),
+        temperature=0.0 if greedy else float(get("temperature", 1.0)),
+        top_p=1.0 if greedy else float(get("top_p", 1.0)),
+        top_k=0 if greedy else int(get("top_k", 0)),
+        eos_ids=tuple(int(e) for e in eos_ids),
+        pad_id=int(pad_id),
+        group_size=int(group_size if group_size is not None else get("group_size", 1)),
+        repetition_penalty=float(get("repetition_penalty", 1.0)),
     )
 
 
@@ -115,7 +129,7 @@ def trim_left(inputs: ModelInputs, pad_id: int, buckets: Sequence[int]) -> Model
     if not len(buckets):
         raise ValueError(
             "no prompt buckets: rl.prompt_buckets=[] is derived from the length budget by "
-            "train.preflight.apply(config, num_devices), which must run first"
+            "drivers.preflight.apply(config, num_devices), which must run first"
         )
     seg = np.asarray(inputs.segment_ids)
     used = int((seg != 0).any(axis=0).sum()) if seg.size else 0

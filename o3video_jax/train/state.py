@@ -19,7 +19,7 @@ ConfigDict) has these fields:
 Schedules count optimiser updates (optax's internal count, `update_count`), so skipped
 non-finite steps do not advance them. An experiment config's `optim` section is turned into
 these units (horizon and warm-up in updates: GSPO makes several per rollout step) by
-`train.preflight.optimizer_config`.
+`drivers.preflight.optimizer_config`.
 """
 
 from __future__ import annotations

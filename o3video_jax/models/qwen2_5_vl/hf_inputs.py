@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from o3video_jax.data.positions import IMAGE, VIDEO, rope_positions
-from o3video_jax.data.vision_layout import check_grid, vision_layout
 from o3video_jax.models.qwen2_5_vl.config import Qwen25VLConfig
 from o3video_jax.models.qwen2_5_vl.inputs import ModelInputs
+from o3video_jax.models.qwen2_5_vl.positions import IMAGE, VIDEO, rope_positions
+from o3video_jax.models.qwen2_5_vl.vision_layout import check_grid, vision_layout
 
 
 def _numpy(x, dtype=None) -> np.ndarray | None:
