@@ -192,7 +192,7 @@ def base_config() -> ml_collections.ConfigDict:
     # rollout batch into model.dtype weights, tensor-parallel over `tensor` chips (0: the chips
     # of one host, reduced to divide the heads and KV heads), prompt rows over the other chips;
     # "training" samples on the training layout (FSDP, float32 master weights). Preflight
-    # resolves and checks it (train.preflight).
+    # resolves and checks it (drivers.preflight).
     c.rl.serving = ml_collections.ConfigDict({"layout": "serving", "tensor": 0})
     c.rl.old_logp = "rollout"  # rollout: recomputed before the updates | current: sg(logp)
     c.rl.reward_weights = ml_collections.ConfigDict(

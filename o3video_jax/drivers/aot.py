@@ -12,7 +12,11 @@ shardings only: nothing is allocated), and lowers and compiles **every program t
 executes**, at the shapes the loops feed:
 
   SFT   sft_step                 the train step, [batch, max_seq_len] rows, max_patches each
-  GSPO  prefill[L]               the sampler's prefill of every prompt bucket L ([P, L] prompts,
+  GSPO  reshard                  the policy from the training layout into the serving layout
+                                 (`rl.serving`, docs/design.md decision 15: model.dtype weights,
+                                 tensor-parallel; absent with rl.serving.layout=training), once
+                                 per rollout batch; prefill and decode then run on that layout
+        prefill[L]               the sampler's prefill of every prompt bucket L ([P, L] prompts,
                                  their pixels; KV cache of P*G rows with L + T slots out)
         decode[L]                the decode loop (T = rl.max_new_tokens steps at most) of that
                                  bucket's cache, donated
@@ -293,6 +297,9 @@ def program_names(config: ml_collections.ConfigDict) -> list[str]:
     """The programs a (preflight-resolved) config's run executes, in `plan`'s order."""
     names = ["sft_step"] if config.stage in ("sft", "sft+gspo") else []
     if config.stage in ("gspo", "sft+gspo"):
+        serving = config.rl.get("serving")
+        if serving is not None and serving.layout == "serving":
+            names.append("reshard")
         for bucket in sorted(int(x) for x in config.rl.prompt_buckets):
             names += [f"prefill[{bucket}]", f"decode[{bucket}]"]
         names += ["logprob"] if config.rl.old_logp == "rollout" else []
@@ -338,7 +345,8 @@ def plan(
     """
     config = ml_collections.ConfigDict(config.to_dict())  # preflight writes back: a copy
     n = len(devices)
-    resolved = preflight.apply(config, n)
+    hosts = len({getattr(d, "process_index", 0) for d in devices})
+    resolved = preflight.apply(config, n, host_devices=n // hosts)
     rules = [tuple(r) for r in config.sharding.rules]
     mesh = sharding.make_mesh(
         dict(config.mesh), devices, allow_fallback=config.sharding.mesh_fallback
@@ -414,8 +422,9 @@ def plan(
             append(program)
         return out
 
-    def scoped_lower(fn, *args, donate=()):
-        with jax.set_mesh(mesh), nn.logical_axis_rules(list(rules)):
+    def scoped_lower(fn, *args, donate=(), on=None):
+        on_mesh, on_rules = (mesh, rules) if on is None else on
+        with jax.set_mesh(on_mesh), nn.logical_axis_rules(list(on_rules)):
             return jax.jit(fn, donate_argnums=donate).lower(*args)
 
     if config.stage in ("sft", "sft+gspo"):
@@ -442,7 +451,7 @@ def plan(
 
     if config.stage in ("gspo", "sft+gspo"):
         from o3video_jax.drivers.gspo import gspo_step_config, train_length
-        from o3video_jax.rl import gspo, rollouts
+        from o3video_jax.rl import gspo, rollouts, serving
         from o3video_jax.rl import sampler as sampler_lib
 
         rl = config.rl
@@ -451,27 +460,50 @@ def plan(
         rows = prompts * g
         beta = float(rl.beta)
         ref_bytes = params_bytes if beta else 0
+        params = sample_params = state.params
+        # While the sampler runs, the training state stays resident beside the serving params
+        # (on the training layout the params are the sampler's own argument).
+        sampler_resident = state_bytes - params_bytes + ref_bytes
+        on = (mesh, rules)
+        if resolved.serving_tensor:
+            layout = serving.make_layout(
+                mesh, rules, shardings.params, resolved.serving_tensor, mc.dtype
+            )
+            add(
+                "reshard",
+                lambda: layout.reshard.lower(state.params),
+                resident=state_bytes - params_bytes + ref_bytes,
+                loop=1,
+                tokens=0,
+                logits=0,
+                patches=0,
+                passes=1,
+            )
+            sample_params = jax.eval_shape(layout.reshard, params)
+            sample_params = _with_shardings(sample_params, layout.shardings)
+            sampler_resident = state_bytes + ref_bytes
+            on = (layout.mesh, layout.rules)
         sample = sampler_lib.make_sampler(
             model,
             # the eos / pad ids are traced: they do not change the program
             rollouts.sampling_config(
                 config.rl, (mc.eos_token_id, mc.pad_token_id), mc.pad_token_id
             ),
-            rules=rules,
+            rules=on[1],
         )
-        params = state.params
-        axes = tuple(a for a in sharding.BATCH_AXES if a in mesh.axis_names) or None
+        sample_mesh = on[0]
+        axes = tuple(a for a in sharding.BATCH_AXES if a in sample_mesh.axis_names) or None
         for bucket in sorted(int(x) for x in rl.prompt_buckets):
             prompt = abstract_inputs(prompts, bucket, d.max_patches)
-            prompt = _with_shardings(prompt, sharding.batch_sharding(prompt, mesh))
+            prompt = _with_shardings(prompt, sharding.batch_sharding(prompt, sample_mesh))
             need_cache = wanted(f"decode[{bucket}]")
             outputs = add(
                 f"prefill[{bucket}]",
                 lambda prompt=prompt: scoped_lower(
-                    lambda p, pr: sample.prefill(p, pr), params, prompt
+                    lambda p, pr: sample.prefill(p, pr), sample_params, prompt, on=on
                 ),
                 outputs=need_cache,
-                resident=state_bytes - params_bytes + ref_bytes,
+                resident=sampler_resident,
                 loop=1,
                 tokens=prompts * bucket,
                 logits=prompts,
@@ -482,19 +514,20 @@ def plan(
                 continue
             cache, logits = outputs
             keys = jax.ShapeDtypeStruct(
-                (rows, 2), jnp.uint32, sharding=NamedSharding(mesh, PartitionSpec(axes))
+                (rows, 2), jnp.uint32, sharding=NamedSharding(sample_mesh, PartitionSpec(axes))
             )
             add(
                 f"decode[{bucket}]",
                 lambda cache=cache, logits=logits, keys=keys: scoped_lower(
                     lambda p, c, lg, k: sample.decode(p, c, lg, k),
-                    params,
+                    sample_params,
                     cache,
                     logits,
                     keys,
                     donate=(1,),
+                    on=on,
                 ),
-                resident=state_bytes - params_bytes + ref_bytes,
+                resident=sampler_resident,
                 loop=t_new,
                 tokens=rows,
                 logits=rows,

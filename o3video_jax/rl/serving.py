@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from o3video_jax.train.sharding import BATCH_AXES, MESH_AXES, MeshAxes
+from o3video_jax.mesh import BATCH_AXES, MESH_AXES, MeshAxes
 
 LAYOUTS = ("serving", "training")  # rl.serving.layout: where rollouts decode
 
