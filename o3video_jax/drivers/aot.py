@@ -497,12 +497,15 @@ def plan(
             prompt = abstract_inputs(prompts, bucket, d.max_patches)
             prompt = _with_shardings(prompt, sharding.batch_sharding(prompt, sample_mesh))
             need_cache = wanted(f"decode[{bucket}]")
+            # The decode loop alone (prefill not selected): its inputs are planned from the
+            # cache's logical axes (cache.py) instead of compiling the prefill for them.
+            planned = need_cache and not wanted(f"prefill[{bucket}]")
             outputs = add(
                 f"prefill[{bucket}]",
                 lambda prompt=prompt: scoped_lower(
                     lambda p, pr: sample.prefill(p, pr), sample_params, prompt, on=on
                 ),
-                outputs=need_cache,
+                outputs=need_cache and not planned,
                 resident=sampler_resident,
                 loop=1,
                 tokens=prompts * bucket,
@@ -512,7 +515,10 @@ def plan(
             )
             if not need_cache:
                 continue
-            cache, logits = outputs
+            if planned:
+                cache, logits = _planned_cache(mc, rows, bucket + t_new, on, axes)
+            else:
+                cache, logits = outputs
             keys = jax.ShapeDtypeStruct(
                 (rows, 2), jnp.uint32, sharding=NamedSharding(sample_mesh, PartitionSpec(axes))
             )
@@ -613,6 +619,34 @@ def plan(
         )
 
     return result
+
+
+def _planned_cache(mc, rows: int, slots: int, on, axes) -> tuple[Any, Any]:
+    """The abstract KV cache (stacked [N, B, K, S, H] in the compute dtype, sharded by its
+    logical axes under the sampler's rules) and float32[B, V] logits split by rows, as the
+    prefill hands them to the decode loop (`--only decode[L]` without `prefill[L]`)."""
+    from o3video_jax.models.qwen2_5_vl.cache import KVCache
+
+    mesh, rules = on
+    t = mc.text
+    shapes = KVCache.shape(
+        t.num_hidden_layers, rows, t.num_key_value_heads, slots, t.head_dim, mc.dtype
+    )
+    specs = jax.tree.map(
+        lambda a: nn.logical_to_mesh_axes(a, list(rules)),
+        KVCache.logical_axes(),
+        is_leaf=lambda x: isinstance(x, tuple),
+    )
+    cache = jax.tree.map(
+        lambda s, spec: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=NamedSharding(mesh, spec)),
+        shapes,
+        specs,
+        is_leaf=lambda x: isinstance(x, PartitionSpec),
+    )
+    logits = jax.ShapeDtypeStruct(
+        (rows, mc.vocab_size), jnp.float32, sharding=NamedSharding(mesh, PartitionSpec(axes))
+    )
+    return cache, logits
 
 
 def compile_step(config: ml_collections.ConfigDict, devices: list) -> Any:
