@@ -3,16 +3,19 @@
     python benchmarks/run_all.py [--quick] [--repeats 5] [--only forward sampler ...]
                                  [--out benchmarks/results.md]
 
-Runs each benchmark's `bench(repeats, quick)` (forward, sampler, rewards, data_pipeline), which
-measures ours and the reference back to back in every repeat, each in a fresh process (XLA:CPU
-sizes its thread pool when a process starts; the sampler runs twice: pinned to one core, its
-default, and on all cores), and prints and writes markdown:
+Runs each benchmark's `bench(repeats, quick)` (forward, sampler, rewards, data_pipeline,
+evaluate), which measures ours and the reference back to back in every repeat, each in a fresh
+process (XLA:CPU sizes its thread pool when a process starts; the sampler runs twice: pinned to
+one core, its default, and on all cores; evaluate twice: 16 and 128 new tokens), and prints and
+writes markdown:
 for each figure and each ratio the median and the min-max over the repeats, with the machine
 (CPU model, cores), the date and the load average before and after each benchmark. On a shared
 machine run it with a raised priority (`nice -n -10 python benchmarks/run_all.py`) and read
 the load averages: the ratios are the result, the absolute numbers move with the load.
 --quick shrinks every workload (smaller video, fewer tokens and completions, one clip): a smoke
-test of the whole command in a few minutes, not figures to quote.
+test of the whole command in a few minutes, not figures to quote. `--only evaluate` (or any
+subset) runs only those benchmarks; `--out` then names a file other than results.md if the
+other tables there should stay.
 """
 
 from __future__ import annotations
@@ -29,9 +32,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import stats  # noqa: E402
 
-BENCHMARKS = ("forward", "sampler", "rewards", "data_pipeline")
+BENCHMARKS = ("forward", "sampler", "rewards", "data_pipeline", "evaluate")
 # Keyword arguments of each process's `bench` call, per benchmark (one process each).
-RUNS = {"sampler": ({}, {"cores": 0})}
+RUNS = {
+    "sampler": ({}, {"cores": 0}),
+    "evaluate": ({"max_new_tokens": 16}, {"max_new_tokens": 128}),
+}
 _TABLE = "<<<table>>>"
 
 

@@ -10,7 +10,8 @@ import pytest
 from evaluate_fixtures import REPO, write_video
 
 from o3video_jax.data.tokenizer import make_tiny_tokenizer
-from o3video_jax.evaluate import benchmarks, media, prompts, runner
+from o3video_jax.evaluate import benchmarks, media, prompts, registry, runner
+from o3video_jax.evaluate.bench import videommmu
 from o3video_jax.evaluate.generate import OverBudget, check_budget
 
 
@@ -41,7 +42,7 @@ def test_vstar_item_on_a_10s_1080p_clip_fits_the_shipped_budgets(tmp_path):
         "bboxes": [{"timestamp": 3, "xmin": 0, "ymin": 0, "xmax": 100, "ymax": 100}],
         "video": path, "key": "0",
     }  # fmt: skip
-    m = runner._load_media("vstar", item, ev)
+    m = registry.get("vstar").media(item, ev)
     assert len(m.items) == 10 and m.times == tuple(float(i) for i in range(10))
     assert {v.grid_thw for v in m.items} == {(1, 78, 138)} and m.size == (1932, 1092)
     tok = make_tiny_tokenizer(tmp_path / "tok", ["Frame 1 at 0.0s: Answer the question"] * 3)
@@ -66,18 +67,18 @@ def test_native_video_second_per_grid_and_videommmu_image_switches(tmp_path):
     ev = _config("videomme").eval
     assert ev.second_per_grid == "upstream" and ev.max_frames == 64
     item = {"video": path}
-    assert runner._load_media("videomme", item, ev).items[0].second_per_grid == 1.0
+    assert registry.get("videomme").media(item, ev).items[0].second_per_grid == 1.0
     with ev.unlocked():
         ev.second_per_grid = "sampled"
-    m = runner._load_media("videomme", item, ev)
+    m = registry.get("videomme").media(item, ev)
     assert m.sample_fps == pytest.approx(1.6)
     assert m.items[0].second_per_grid == pytest.approx(1.25)
     mmmu = _config("videommmu").eval
     assert mmmu.videommmu_image == "upstream" and mmmu.image_max_pixels == 16384 * 28 * 28
-    assert runner._videommmu_image_max_pixels(mmmu) == 16384 * 28 * 28
+    assert videommmu.image_max_pixels(mmmu) == 16384 * 28 * 28
     with mmmu.unlocked():
         mmmu.videommmu_image = "capped"
-    assert runner._videommmu_image_max_pixels(mmmu) == 854 * 480
+    assert videommmu.image_max_pixels(mmmu) == 854 * 480
     # a 1200x900 image: kept near native size upstream (1204x896), 854x480-capped otherwise
     img = cv2.imencode(".png", np.zeros((900, 1200, 3), np.uint8))[1].tobytes()
     up = media.decode_image(img, min_pixels=4 * 784, max_pixels=16384 * 784)
@@ -124,7 +125,10 @@ def test_relevance_scorer_questions_per_benchmark():
     """test_videomme.py: q + "\\n" + options; test_worldsense.py: 'Question: {}\\n'.format(q +
     "\\n" + candidates); test_videommmu.py: q + "\\n" + parse_options(options) (letters added
     when missing)."""
-    q = runner._scorer_question
+
+    def q(name, item):
+        return registry.get(name).mcq.scorer_question(item)
+
     assert q("videomme", {"question": "Q?", "options": ["A. x", "B. y"]}) == "Q?\nA. x\nB. y"
     assert q("worldsense", {"question": "Q?", "candidates": ["A. x", "B. y"]}) == (
         "Question: Q?\nA. x\nB. y\n"

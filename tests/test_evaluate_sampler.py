@@ -79,6 +79,8 @@ def test_greedy_with_penalty_equals_transformers_generate(ckpt, tmp_path):
                 input_ids=ids, attention_mask=torch.ones_like(ids),
                 pixel_values=torch.tensor(np.concatenate([v.pixel_values for v in seg.vision])),
                 image_grid_thw=torch.tensor([list(v.grid_thw) for v in seg.vision]),
+                # without them transformers 5.x gives the prompt 1-D positions, not M-RoPE
+                mm_token_type_ids=(ids == model.config.image_token_id).long(),
                 do_sample=False, max_new_tokens=cfg.eval.max_new_tokens, repetition_penalty=1.3,
                 eos_token_id=[tok.eos_id, tok.pad_id], pad_token_id=tok.pad_id,
             )  # fmt: skip

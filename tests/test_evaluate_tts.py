@@ -10,6 +10,7 @@ from o3video_jax.checkpoints import hf
 from o3video_jax.data.tokenizer import Tokenizer
 from o3video_jax.evaluate import media, read_log, runner
 from o3video_jax.evaluate.generate import Generator
+from o3video_jax.evaluate.spec import Prepared
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,7 @@ def _preps():
     for k in range(2):
         item = {"key": str(k), "id": str(k), "question": "How many?", "options": OPTIONS,
                 "answer": "A", "duration": "short"}  # fmt: skip
-        out.append(runner._Prepared(item, m, [], [f"prompt {k}"], []))
+        out.append(Prepared(item, m, [], [f"prompt {k}"], []))
     return out
 
 

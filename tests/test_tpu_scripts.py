@@ -75,10 +75,22 @@ if sys.argv[1:3] == ["-m", "o3video_jax.train"] and os.environ.get("FAKE_TRAIN_F
     time.sleep(120)
     sys.exit(1)
 if sys.argv[1:3] == ["-m", "o3video_jax.train"]:
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(7))  # as the train loop: save, exit
+    def on_term(*_):  # as the train loop: save, exit (FAKE_IGNORE_TERM_ON: that node hangs)
+        with open(os.path.join(os.environ["HOME"], "sigterm_at"), "w") as f:
+            f.write(repr(time.time()))
+        if os.environ.get("FAKE_IGNORE_TERM_ON") != os.environ.get("FAKE_NODE", ""):
+            sys.exit(7)
+    signal.signal(signal.SIGTERM, on_term)
     print("training", flush=True)
     time.sleep(60)
     sys.exit(1)
+"""
+
+# The worker's hostname: a multislice fake cloud names each node's worker (FAKE_HOSTNAME).
+FAKE_HOSTNAME = """\
+#!{python}
+import os, socket
+print(os.environ.get("FAKE_HOSTNAME") or socket.gethostname())
 """
 
 # uv as setup_workers.sh uses it: `venv ... DIR` makes DIR/bin/python{,3} (the fake python3).
@@ -105,6 +117,7 @@ def fake(tmp_path):
         (bin_dir / "gcloud", FAKE_GCLOUD),
         (worker_bin / "python3", FAKE_PYTHON3),
         (worker_bin / "fake_uv", FAKE_UV),
+        (worker_bin / "hostname", FAKE_HOSTNAME),
     ):
         path.write_text(text.format(python=sys.executable))
         path.chmod(0o755)
@@ -805,3 +818,415 @@ def test_run_until_done_with_a_queued_spot_request(fake, tmp_path):
     )
     assert "queued resource o3v-qr is SUSPENDED: deleting it" in r.stdout
     assert (workdir / "COMPLETE.json").exists()
+
+
+# A cloud of queued resources with several nodes (multislice), its state in a file: a queued
+# request NAME-qr with --node-count N --node-prefix P makes the nodes P-0 ... P-(N-1), each with
+# its own worker (home FAKE_NODE_HOMES/NODE, hostname NODE-w-0) for scp/ssh while it exists.
+# The first time `describe FAKE_DELETE_NODE` finds that node training, the node is deleted
+# under the run (its processes SIGKILLed, its disk wiped) and the request is SUSPENDED, as a
+# preemption of one slice.
+FAKE_SLICES_CLOUD = """\
+#!{python}
+import glob, json, os, shutil, signal, subprocess, sys, time
+argv = sys.argv[1:]
+with open(os.environ["FAKE_GCLOUD_LOG"], "a") as f:
+    f.write(json.dumps(argv) + "\\n")
+state_file = os.environ["FAKE_CLOUD_STATE"]
+st = json.load(open(state_file)) if os.path.exists(state_file) else {{}}
+st.setdefault("qr", None); st.setdefault("nodes", {{}}); st.setdefault("deleted", 0)
+homes = os.environ["FAKE_NODE_HOMES"]
+def save():
+    json.dump(st, open(state_file, "w"))
+def gone():
+    print("ERROR: (gcloud) NOT_FOUND: node not found", file=sys.stderr)
+    sys.exit(1)
+def value(flag):
+    return argv[argv.index(flag) + 1]
+def wipe(node):  # a deleted node: its processes and its disk go with it
+    home = os.path.join(homes, node)
+    for pid_file in glob.glob(os.path.join(home, "o3video_runs", "*", "*.pid")):
+        try:
+            os.killpg(int(open(pid_file).read()), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+    for d in ("o3video_runs", "o3video_jax", "o3video_venv", ".local", "training_started"):
+        shutil.rmtree(os.path.join(home, d), ignore_errors=True)
+        if os.path.isfile(os.path.join(home, d)):
+            os.remove(os.path.join(home, d))
+if argv[:3] == ["compute", "tpus", "queued-resources"]:
+    if argv[3] == "create":
+        if st["qr"]:
+            print("ERROR: already exists", file=sys.stderr); sys.exit(1)
+        prefix, n = value("--node-prefix"), int(value("--node-count"))
+        st["qr"], st["nodes"] = "ACTIVE", {{f"{{prefix}}-{{i}}": "READY" for i in range(n)}}
+        for node in st["nodes"]:
+            os.makedirs(os.path.join(homes, node), exist_ok=True)
+    elif argv[3] == "delete":
+        for node in st["nodes"]:
+            wipe(node)
+        st["qr"], st["nodes"] = None, {{}}
+    elif argv[3] == "describe":
+        if not st["qr"]:
+            gone()
+        print(st["qr"])
+    save()
+    sys.exit(0)
+if argv[:3] != ["compute", "tpus", "tpu-vm"]:
+    sys.exit(f"fake cloud: unexpected {{argv}}")
+node = (argv[5] if argv[3] == "scp" else argv[4]).split(":")[0]
+home = os.path.join(homes, node)
+if argv[3] == "describe":
+    if node == os.environ.get("FAKE_DELETE_NODE") and node in st["nodes"] and \\
+            st["deleted"] < 1 and os.path.exists(os.path.join(home, "training_started")):
+        wipe(node)
+        del st["nodes"][node]
+        st["deleted"] += 1
+        st["qr"] = "SUSPENDED"
+        save()
+    if node not in st["nodes"]:
+        gone()
+    ip = "--format=value(networkEndpoints[0].ipAddress)" in argv
+    print(f"10.0.0.{{list(st['nodes']).index(node) + 2}}" if ip else st["nodes"][node])
+    sys.exit(0)
+if node not in st["nodes"]:
+    gone()
+if argv[3] == "scp":
+    shutil.copy(argv[4], os.path.join(home, argv[5].split(":", 1)[1]))
+elif argv[3] == "ssh":
+    command = next(a for a in argv if a.startswith("--command="))[len("--command="):]
+    if node == os.environ.get("FAKE_FAIL_LAUNCH_ON") and "setsid nohup" in command and \
+            not st.get("failed_launch"):  # once: a launch that does not reach this node
+        st["failed_launch"] = 1
+        save()
+        for _ in range(200):  # a timeout, while the slices it reached start training
+            if all(os.path.exists(os.path.join(homes, n, "training_started"))
+                   for n in st["nodes"] if n != node):
+                break
+            time.sleep(0.1)
+        print("ssh: connect to host 10.0.0.3 port 22: Connection timed out", file=sys.stderr)
+        sys.exit(255)
+    path = [p for p in os.environ["PATH"].split(os.pathsep)
+            if not os.path.exists(os.path.join(p, "uv"))]
+    env = dict(os.environ, HOME=home, FAKE_NODE=node, FAKE_HOSTNAME=f"{{node}}-w-0",
+               PATH=os.pathsep.join([os.environ["FAKE_WORKER_BIN"], *path]))
+    sys.exit(subprocess.run(["bash", "-c", command], cwd=home, env=env).returncode)
+else:
+    sys.exit(f"fake cloud: unexpected {{argv}}")
+"""
+
+
+@pytest.fixture
+def slices(fake, tmp_path):
+    """The fake with FAKE_SLICES_CLOUD as gcloud and, already there, the queued resource o3v-qr
+    with the nodes o3v-0 and o3v-1 (fake.node_home(i): their workers' homes)."""
+    (tmp_path / "bin" / "gcloud").write_text(FAKE_SLICES_CLOUD.format(python=sys.executable))
+    homes = tmp_path / "nodes"
+    state = tmp_path / "cloud.json"
+    fake.env.update(FAKE_NODE_HOMES=str(homes), FAKE_CLOUD_STATE=str(state))
+    fake.node_home = lambda i: homes / f"o3v-{i}"
+    nodes = {"o3v-0": "READY", "o3v-1": "READY"}
+    state.write_text(json.dumps({"qr": "ACTIVE", "nodes": nodes, "deleted": 0}))
+    for i in (0, 1):
+        fake.node_home(i).mkdir(parents=True)
+    yield fake
+    for pid_file in homes.glob("*/o3video_runs/*/*.pid"):  # never leave a detached run behind
+        try:
+            os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+
+
+def _ssh(call):
+    """(node, --worker, the remote command) of an ssh call."""
+    assert call[:4] == ["compute", "tpus", "tpu-vm", "ssh"], call
+    worker = next(a for a in call if a.startswith("--worker="))
+    command = next(a for a in call if a.startswith("--command="))[len("--command=") :]
+    return call[4], worker, command
+
+
+def _dry_and_real_any_order(fake, script, *args, **env):
+    """As _dry_and_real, for a script that runs its slices at once: --dry_run prints them in
+    order (deterministic), the real calls may come in any order."""
+    dry = fake.run(script, *args, "--dry_run", **env)
+    assert fake.calls() == [], "--dry_run must not call gcloud"
+    again = fake.run(script, *args, "--dry_run", **env)
+    assert again.stdout == dry.stdout  # deterministic
+    printed = [shlex.split(line) for line in dry.stdout.splitlines() if line.startswith("gcloud")]
+    fake.run(script, *args, **env)
+    real = fake.calls()
+    fake.log.unlink()
+    assert sorted(printed) == sorted(["gcloud", *c] for c in real)
+    return [c[1:] for c in printed]
+
+
+def test_slices_option_names_the_nodes_per_script(fake):
+    """--slices 2: each script addresses the nodes o3v-0 and o3v-1 (the queued resource o3v-qr
+    once), with the same per-node command as a single slice o3v gets today."""
+    common = ["--name", "o3v", "--zone", "z", "--run", "r"]
+
+    def one_and_two(script, *args, any_order=False):
+        one = _dry_and_real(fake, script, *common, *args)
+        run = _dry_and_real_any_order if any_order else _dry_and_real
+        two = run(fake, script, *common, "--slices", "2", *args)
+        return one, two
+
+    for script, args, any_order in [
+        ("stop.sh", ["--grace", "30"], True),
+        ("logs.sh", ["--worker", "all", "--lines", "5"], False),
+        ("logs.sh", ["--follow"], True),
+    ]:
+        (single,), two = one_and_two(script, *args, any_order=any_order)
+        node, worker, command = _ssh(single)
+        assert node == "o3v"
+        assert [_ssh(c) for c in two] == [("o3v-0", worker, command), ("o3v-1", worker, command)]
+
+    (describe, ssh), two = one_and_two("status.sh")
+    assert describe[:5] == "compute tpus tpu-vm describe o3v".split()
+    qr = "compute tpus queued-resources describe o3v-qr --zone=z".split()
+    qr.append("--format=table(name.basename(), state.state)")
+    # The queued resource once (no --queued needed: a multislice run is one), then each node.
+    assert two == [
+        qr,
+        [*describe[:4], "o3v-0", *describe[5:]],
+        [*describe[:4], "o3v-1", *describe[5:]],
+        [*ssh[:4], "o3v-0", *ssh[5:]],
+        [*ssh[:4], "o3v-1", *ssh[5:]],
+    ]
+    # --slices 1 (the default) is the single node NAME, exactly as without the option.
+    for script, args in [
+        ("setup_workers.sh", ["--no_install"]),
+        ("stop.sh", ["--run", "r"]),
+        ("status.sh", ["--queued", "--run", "r"]),
+        ("logs.sh", ["--follow"]),
+        ("launch.sh", ["--run", "r", "--", "python3", "-V"]),
+        ("create_tpu_vm.sh", ["--type", "v5p-8", "--queued"]),
+        ("delete_tpu_vm.sh", []),
+    ]:
+        cut = args.index("--") if "--" in args else len(args)
+        outs = [
+            fake.run(script, *common[:4], *extra, *args[:cut], "--dry_run", *args[cut:]).stdout
+            for extra in ([], ["--slices", "1"], ["--slices=1"])
+        ]
+        outs = [re.sub(r"/tmp/\S+/o3video_jax_sync.tgz", "TARBALL", o) for o in outs]
+        assert outs[0] == outs[1] == outs[2] and "o3v-0" not in outs[0], (script, outs)
+    # --slices comes from the environment too, and is checked in every script.
+    assert _dry_and_real(
+        fake, "delete_tpu_vm.sh", "--name", "o3v", "--zone", "z", TPU_SLICES="2"
+    ) == ["compute tpus queued-resources delete o3v-qr --zone=z --force --quiet".split()]
+    for script in ("setup_workers.sh", "stop.sh", "status.sh", "logs.sh", "launch.sh"):
+        for bad in ("0", "-1", "two", "1.5"):
+            r = fake.run(script, *common, "--slices", bad, "--", "x", check=False)
+            assert r.returncode == 2 and "--slices" in r.stderr, (script, bad, r.stderr)
+    assert fake.calls() == []
+
+
+def test_create_slices_is_the_queued_multislice_request(fake):
+    calls = _dry_and_real(
+        fake,
+        "create_tpu_vm.sh",
+        *"--name o3v --zone z --type v5p-64 --slices 2 --spot --internal-ips".split(),
+    )
+    assert calls == [
+        "compute tpus queued-resources create o3v-qr --zone=z --accelerator-type=v5p-64 "
+        "--runtime-version=v2-alpha-tpuv5 --spot --node-count 2 --node-prefix o3v "
+        "--internal-ips".split()
+    ]
+    r = fake.run(
+        "create_tpu_vm.sh",
+        *"--name o3v --zone z --type v5p-64 --slices 2 --node-count 3".split(),
+        check=False,
+    )
+    assert r.returncode == 2 and "drop --node-count" in r.stderr
+    assert fake.calls() == []
+
+
+def test_slices_setup_launch_status_logs_stop(slices):
+    """Against a cloud of two nodes, each with its own worker: setup reaches both, launch runs
+    on both, status and logs show both hosts, and stop's SIGTERM reaches slice 1 while slice
+    0's run (which ignores it) is still in its grace period."""
+    fake = slices
+    common = ["--name", "o3v", "--zone", "z", "--slices", "2"]
+    fake.run("setup_workers.sh", *common)
+    scp = [c for c in fake.calls() if c[3] == "scp"]
+    assert sorted(c[5] for c in scp) == ["o3v-0:o3video_jax_sync.tgz", "o3v-1:o3video_jax_sync.tgz"]
+    for i in (0, 1):
+        home = fake.node_home(i)
+        assert (home / "o3video_jax" / "tpu_scripts" / "launch.sh").exists()
+        assert (home / "o3video_venv" / "bin" / "python").exists()
+        uv = [json.loads(line) for line in (home / "uv_calls.jsonl").read_text().splitlines()]
+        assert [c[0] for c in uv] == ["venv", "pip"]
+    fake.log.unlink()
+
+    program = ["python3", "-m", "o3video_jax.train", "--config", "c.py"]
+    run = [*common, "--run", "ms"]
+    # Slice 0's program will ignore SIGTERM (as a run stuck in a collective).
+    fake.run("launch.sh", *run, "--logs_to", "none", "--", *program, FAKE_IGNORE_TERM_ON="o3v-0")
+    assert [c[3:5] for c in fake.calls()] == [
+        ["describe", "o3v-0"],
+        ["ssh", "o3v-0"],
+        ["ssh", "o3v-1"],
+    ]
+    for i in (0, 1):
+        run_sh = (fake.node_home(i) / "o3video_runs" / "ms" / "run.sh").read_text()
+        assert f"export MEGASCALE_SLICE_ID={i}\n" in run_sh
+        assert "export MEGASCALE_COORDINATOR_ADDRESS=10.0.0.2:8080\n" in run_sh
+    log = lambda i: fake.node_home(i) / "o3video_runs" / "ms" / f"o3v-{i}-w-0.log"  # noqa: E731
+    assert _wait_for(
+        lambda: all(log(i).exists() and "training" in log(i).read_text() for i in (0, 1))
+    )
+
+    status = fake.run("status.sh", *run).stdout
+    assert "o3v-0-w-0 ms: running" in status and "o3v-1-w-0 ms: running" in status
+    logs = fake.run("logs.sh", *run, "--worker", "all").stdout.splitlines()
+    assert "[o3v-0-w-0] training" in logs and "[o3v-1-w-0] training" in logs
+
+    t0 = time.monotonic()
+    stop = fake.run("stop.sh", *run, "--grace", "8")
+    took = time.monotonic() - t0
+    assert "o3v-0-w-0: SIGKILL sent" in stop.stdout  # slice 0 ignored SIGTERM: killed at 8 s
+    assert "o3v-1-w-0: SIGTERM sent" in stop.stdout and "o3v-1-w-0: stopped" in stop.stdout
+    sigterm_at = [float((fake.node_home(i) / "sigterm_at").read_text()) for i in (0, 1)]
+    assert abs(sigterm_at[1] - sigterm_at[0]) < 4, sigterm_at  # not after slice 0's grace
+    assert took < 8 + 8, took  # one grace period, not one per slice
+    assert _wait_for((fake.node_home(1) / "o3video_runs" / "ms" / "o3v-1-w-0.exit").exists)
+    status = fake.run("status.sh", *run).stdout
+    assert "o3v-1-w-0 ms: exited 7" in status  # the program's own SIGTERM exit
+    pid0 = int((fake.node_home(0) / "o3video_runs" / "ms" / "o3v-0-w-0.pid").read_text())
+    assert _wait_for(lambda: not _alive(pid0))  # SIGKILLed after its grace period
+
+
+def test_slices_logs_follow_runs_at_once_and_stops_together(slices):
+    """logs.sh --slices 2 --follow follows both slices at once; a SIGTERM (or Ctrl-C) to it
+    ends both followers, leaving no ssh or tail behind."""
+    fake = slices
+    for i in (0, 1):
+        d = fake.node_home(i) / "o3video_runs" / "f"
+        d.mkdir(parents=True)
+        (d / f"o3v-{i}-w-0.log").write_text(f"hello from {i}\n")
+    out = fake.home / "follow.out"
+    with open(out, "w") as f:
+        p = subprocess.Popen(
+            [os.path.join(SCRIPTS, "logs.sh"), *"--name o3v --zone z --slices 2".split()]
+            + ["--run", "f", "--follow"],
+            env=fake.env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        assert _wait_for(
+            lambda: all(f"[o3v-{i}-w-0] hello from {i}" in out.read_text() for i in (0, 1))
+        ), out.read_text()
+        assert p.poll() is None  # still following
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=20)
+    finally:
+        if p.poll() is None:
+            p.kill()
+
+    def followers():
+        found = []
+        for proc in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{proc}/cmdline", "rb") as c:
+                    cmd = c.read()
+            except OSError:
+                continue
+            if str(fake.node_home(0).parent).encode() in cmd or b"o3video_runs/f" in cmd:
+                found.append(cmd)
+        return found
+
+    assert _wait_for(lambda: not followers(), timeout=10), followers()
+
+
+def test_run_until_done_with_slices_recreates_and_relaunches_every_slice(slices, tmp_path):
+    """--slices 2: the queued resource with --node-count 2 --node-prefix o3v; when node o3v-1
+    is deleted mid-run, the request is deleted and made again, both slices set up and launched
+    again, and the loop ends when COMPLETE.json exists."""
+    fake = slices
+    (tmp_path / "cloud.json").unlink()  # an empty project: the loop creates the request
+    workdir = tmp_path / "workdir"
+    workdir.mkdir()
+    program = ["python3", "-m", "o3video_jax.train", "--config", "c.py", "--workdir", str(workdir)]
+    r = fake.run(
+        "run_until_done.sh",
+        *"--name o3v --zone z --type v5p-64 --slices 2 --spot --run sft".split(),
+        "--",
+        *program,
+        check=False,
+        TPU_POLL_S="1",
+        FAKE_DELETE_NODE="o3v-1",
+        FAKE_TRAIN_FINISHES_ON="2",
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    calls = fake.calls()
+    create = (
+        "compute tpus queued-resources create o3v-qr --zone=z --accelerator-type=v5p-64 "
+        "--runtime-version=v2-alpha-tpuv5 --spot --node-count 2 --node-prefix o3v".split()
+    )
+    assert [c for c in calls if c[3] == "create"] == [create, create]
+    assert [c[3] for c in calls if c[2] == "queued-resources"] == [
+        "describe",
+        "create",
+        "describe",  # none yet: request it, wait until ACTIVE
+        "describe",
+        "delete",
+        "create",
+        "describe",  # o3v-1 gone, the request SUSPENDED
+    ]
+    assert "slice o3v-1 is GONE (preempted or deleted): relaunching" in r.stdout
+    assert "queued resource o3v-qr is SUSPENDED: deleting it" in r.stdout
+    assert "done:" in r.stdout and (workdir / "COMPLETE.json").exists()
+    # Set up and launched on both slices, twice (the coordinator looked up each time).
+    scp = sorted(c[5].split(":")[0] for c in calls if c[3] == "scp")
+    assert scp == ["o3v-0", "o3v-0", "o3v-1", "o3v-1"]
+    ips = [c[4] for c in calls if c[3] == "describe" and any("ipAddress" in a for a in c)]
+    assert ips == ["o3v-0", "o3v-0"]
+    for i in (0, 1):
+        calls = (fake.node_home(i) / "python3_calls.jsonl").read_text().splitlines()
+        trains = [c for c in map(json.loads, calls) if c[:2] == ["-m", "o3video_jax.train"]]
+        assert trains == [program[1:]] * 2, (i, trains)
+        assert (fake.node_home(i) / "train_runs").read_text() == "xx"
+    assert "launch failed" not in r.stdout and "setup failed" not in r.stdout
+    # Every slice's hosts mirror their logs into the one workdir (the final copy may land a few
+    # seconds after the loop has seen COMPLETE.json).
+    hosts = {"o3v-0-w-0.log", "o3v-1-w-0.log"}
+    assert _wait_for(lambda: {p.name for p in workdir.glob("logs/*/*.log")} == hosts, 60)
+
+
+def test_run_until_done_stops_a_launch_that_failed_on_one_slice(slices, tmp_path):
+    """A launch that reached slice 0 but not slice 1: the loop stops the run on every slice
+    (slice 0 would wait for slice 1 and block the next launch as "still running"), then
+    launches again on both."""
+    fake = slices
+    workdir = tmp_path / "workdir"
+    workdir.mkdir()
+    program = ["python3", "-m", "o3video_jax.train", "--workdir", str(workdir)]
+    r = fake.run(
+        "run_until_done.sh",
+        *"--name o3v --zone z --type v5p-64 --slices 2 --run sft --max_attempts 2".split(),
+        "--",
+        *program,
+        check=False,
+        TPU_POLL_S="1",
+        FAKE_FAIL_LAUNCH_ON="o3v-1",
+        FAKE_TRAIN_FINISHES_ON="2",  # slice 0's second launch finishes
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "launch failed: stopping it where it started" in r.stdout
+    assert "still running" not in r.stderr
+    steps = []
+    for c in fake.calls():
+        if c[3] == "ssh":
+            node, _, command = _ssh(c)
+            kind = (
+                "launch" if "setsid nohup" in command else "stop" if "kill -TERM" in command else ""
+            )
+            if kind:
+                steps.append((kind, node))
+    launches = [("launch", "o3v-0"), ("launch", "o3v-1")]
+    assert steps[:2] == launches and steps[4:] == launches, steps
+    assert sorted(steps[2:4]) == [("stop", "o3v-0"), ("stop", "o3v-1")], steps  # at once
+    assert (workdir / "COMPLETE.json").exists()
+    # Slice 0's first run got the SIGTERM (it was training); its second run finished.
+    assert (fake.node_home(0) / "train_runs").read_text() == "xx"

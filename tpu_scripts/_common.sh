@@ -9,6 +9,9 @@
 #                                      relative to the worker's home)
 #   --venv DIR        TPU_VENV         the Python environment on every worker (default
 #                                      o3video_venv, relative to the worker's home)
+#   --slices N        TPU_SLICES       multislice: N slices, the nodes NAME-0 ... NAME-(N-1) of
+#                                      the queued resource NAME-qr (create_tpu_vm.sh --slices N);
+#                                      default 1: the one node NAME
 #   --iap                              ssh/scp through Identity-Aware Proxy (no external IPs)
 #   --dry_run                          print the exact gcloud commands instead of running them
 #   -h, --help                         this script's usage
@@ -24,6 +27,7 @@ TPU_PROJECT=${TPU_PROJECT:-}
 TPU_TYPE=${TPU_TYPE:-}
 TPU_REMOTE_DIR=${TPU_REMOTE_DIR:-o3video_jax}
 TPU_VENV=${TPU_VENV:-o3video_venv}
+TPU_SLICES=${TPU_SLICES:-1}
 DRY_RUN=0
 IAP=0
 # shellcheck disable=SC2034  # used by setup_workers.sh
@@ -65,12 +69,14 @@ parse_common() {
       --type) TPU_TYPE=${2:?--type needs a value}; shift 2 ;;
       --remote_dir) TPU_REMOTE_DIR=${2:?--remote_dir needs a value}; shift 2 ;;
       --venv) TPU_VENV=${2:?--venv needs a value}; shift 2 ;;
+      --slices) TPU_SLICES=${2:?--slices needs a count}; shift 2 ;;
       --name=*) TPU_NAME=${1#*=}; shift ;;
       --zone=*) TPU_ZONE=${1#*=}; shift ;;
       --project=*) TPU_PROJECT=${1#*=}; shift ;;
       --type=*) TPU_TYPE=${1#*=}; shift ;;
       --remote_dir=*) TPU_REMOTE_DIR=${1#*=}; shift ;;
       --venv=*) TPU_VENV=${1#*=}; shift ;;
+      --slices=*) TPU_SLICES=${1#*=}; shift ;;
       --iap) IAP=1; shift ;;
       --dry_run) DRY_RUN=1; shift ;;
       -h | --help) usage 0 ;;
@@ -78,6 +84,9 @@ parse_common() {
       *) ARGS+=("$1"); shift ;;
     esac
   done
+  if ! [[ "$TPU_SLICES" =~ ^[1-9][0-9]{0,2}$ ]]; then
+    die "--slices (TPU_SLICES) needs a count >= 1, got '$TPU_SLICES'"
+  fi
 }
 
 # take_positional VAR...: the leading positional words, in order, into these variables.
@@ -121,6 +130,63 @@ ssh_workers() {
   if [ "$IAP" = 1 ]; then extra+=(--tunnel-through-iap); fi
   gcloud_run compute tpus tpu-vm ssh "$TPU_NAME" "${GFLAGS[@]}" --worker="$worker" \
     "${extra[@]+"${extra[@]}"}" --command="$command"
+}
+
+# slice_node NAME I: the node of slice I: NAME itself with one slice, else NAME-I (the nodes of
+# a queued resource made with --node-count N --node-prefix NAME).
+slice_node() {
+  if [ "$TPU_SLICES" = 1 ]; then printf '%s' "$1"; else printf '%s' "$1-$2"; fi
+}
+
+# on_slices [--keep_going | --parallel] FUNC [ARG...]: FUNC once per slice, with TPU_NAME set to
+# that slice's node (slice_node) and SLICE_ID to its index; TPU_NAME is restored after. With one
+# slice every form is a plain call of FUNC, as before multislice. With several:
+#   (default)     in order, stopping at the first failure (as set -e does for one)
+#   --keep_going  in order, every slice, then the last failure's exit status
+#   --parallel    every slice at once, so that no slice waits for another's (a SIGTERM's grace
+#                 period, a log that never ends); in order under --dry_run, so its output is
+#                 deterministic. Each runs in its own process group: an interrupt or SIGTERM
+#                 to this script reaches all of them, and gcloud's ssh gets no stdin.
+on_slices() {
+  local mode=stop
+  case "$1" in
+    --keep_going) mode=keep; shift ;;
+    --parallel) mode=parallel; shift ;;
+  esac
+  if [ "$TPU_SLICES" = 1 ]; then
+    # shellcheck disable=SC2034  # read by FUNC
+    SLICE_ID=0
+    "$@"
+    return
+  fi
+  if [ "$mode" = parallel ] && [ "$DRY_RUN" = 1 ]; then mode=keep; fi
+  local name=$TPU_NAME i rc=0
+  SLICE_PIDS=()
+  if [ "$mode" = parallel ]; then
+    trap 'kill -TERM -- "${SLICE_PIDS[@]/#/-}" 2>/dev/null; exit 130' INT
+    trap 'kill -TERM -- "${SLICE_PIDS[@]/#/-}" 2>/dev/null; exit 143' TERM
+  fi
+  for ((i = 0; i < TPU_SLICES; i++)); do
+    # shellcheck disable=SC2034  # read by FUNC (launch.sh: MEGASCALE_SLICE_ID)
+    SLICE_ID=$i
+    TPU_NAME=$(slice_node "$name" "$i")
+    case "$mode" in
+      stop) "$@" || { rc=$?; break; } ;;
+      keep) "$@" || rc=$? ;;
+      parallel)
+        set -m  # job control: each slice's job in its own process group
+        "$@" </dev/null &
+        SLICE_PIDS+=("$!")
+        set +m ;;
+    esac
+  done
+  TPU_NAME=$name
+  if [ "$mode" = parallel ]; then
+    for i in "${SLICE_PIDS[@]}"; do wait "$i" || rc=$?; done
+    trap - INT TERM
+    SLICE_PIDS=()
+  fi
+  return "$rc"
 }
 
 # runtime_for_type TYPE: the TPU software version for an accelerator type's generation

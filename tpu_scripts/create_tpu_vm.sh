@@ -10,11 +10,13 @@
 #   --runtime VERSION   TPU software version; default by generation: v6e v2-alpha-tpuv6e,
 #                       v5p v2-alpha-tpuv5, v5e (v5litepod) v2-alpha-tpuv5-lite,
 #                       v4 and older tpu-ubuntu2204-base
+#   --slices N          multislice: N slices in one queued resource NAME-qr (implies --queued),
+#                       its nodes NAME-0 ... NAME-(N-1) (--node-count N --node-prefix NAME)
 #   plus the common options of tpu_scripts/_common.sh (--project, --dry_run, env TPU_NAME, ...)
 #   Any other flag goes to the gcloud create command as given (after ours), e.g. --reserved,
 #   --network NET, --subnetwork SUB, --internal-ips (with --iap), --service-account SA,
 #   --scopes S, --boot-disk-size... (tpu-vm create only), --labels k=v, --best-effort,
-#   --node-count N and --node-prefix P (queued: multislice, see BUILD.md).
+#   --node-count N and --node-prefix P (queued multislice by hand; --slices N does it).
 # e.g. tpu_scripts/create_tpu_vm.sh --name o3v --zone us-east5-a --type v5p-64 --queued --wait
 #      tpu_scripts/create_tpu_vm.sh --name o3v-spot --zone us-east1-d --type v6e-8 --spot
 # shellcheck source=_common.sh
@@ -39,6 +41,16 @@ if [ "${#PASS[@]}" -gt 0 ] && [[ "${PASS[0]}" != -* ]]; then
 fi
 require_name_zone
 [ -n "$TPU_TYPE" ] || die "no accelerator type: pass --type (e.g. v5p-64, v6e-8) or set TPU_TYPE"
+if [ "$TPU_SLICES" -gt 1 ]; then  # the nodes the other scripts' --slices N address
+  for flag in "${PASS[@]+"${PASS[@]}"}"; do
+    case "$flag" in
+      --node-count | --node-count=* | --node-prefix | --node-prefix=* | --node-id | --node-id=*)
+        die "--slices $TPU_SLICES names the nodes itself ($TPU_NAME-0 ...): drop $flag" ;;
+    esac
+  done
+  QUEUED=1
+  PASS=(--node-count "$TPU_SLICES" --node-prefix "$TPU_NAME" "${PASS[@]+"${PASS[@]}"}")
+fi
 if [ -z "$RUNTIME" ]; then
   RUNTIME=$(runtime_for_type "$TPU_TYPE") ||
     die "no default runtime for accelerator type '$TPU_TYPE': pass --runtime VERSION"

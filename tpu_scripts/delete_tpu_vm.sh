@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Delete a TPU VM (and with --queued its queued resource NAME-qr, which deletes the node too).
 # Usage: tpu_scripts/delete_tpu_vm.sh --name NAME --zone ZONE [--queued] [--dry_run]
-#   plus the common options of tpu_scripts/_common.sh
+#   plus the common options of tpu_scripts/_common.sh (--slices N: the queued resource NAME-qr
+#   with all its nodes; implies --queued)
 # shellcheck source=_common.sh
 source "$(dirname "$0")/_common.sh"
 
@@ -17,7 +18,7 @@ while [ $# -gt 0 ]; do
 done
 require_name_zone
 gcloud_flags
-if [ "$QUEUED" = 1 ]; then
+if [ "$QUEUED" = 1 ] || [ "$TPU_SLICES" -gt 1 ]; then
   gcloud_run compute tpus queued-resources delete "$TPU_NAME-qr" "${GFLAGS[@]}" --force --quiet
 else
   gcloud_run compute tpus tpu-vm delete "$TPU_NAME" "${GFLAGS[@]}" --quiet

@@ -20,20 +20,19 @@
 #   --logs_to DIR       where the logs go (default WORKDIR/logs from the command's --workdir);
 #                       none: no mirroring and no watchdog
 #   --watch_every S     seconds between log copies and checks of the other workers (default 30)
-#   --slices N          multislice: the nodes NAME-0 ... NAME-(N-1) of a queued resource made with
-#                       create_tpu_vm.sh --queued --node-count N --node-prefix NAME; every worker
-#                       of every slice runs the command with MEGASCALE_COORDINATOR_ADDRESS (slice
-#                       0's worker 0, port MEGASCALE_PORT, default 8080), MEGASCALE_NUM_SLICES
-#                       and MEGASCALE_SLICE_ID set
 #   plus the common options of tpu_scripts/_common.sh (--remote_dir, --venv, --project, --iap,
-#   --dry_run)
+#   --dry_run, --slices)
+# With --slices N (multislice: the nodes NAME-0 ... NAME-(N-1) of the queued resource made with
+# create_tpu_vm.sh --slices N), every worker of every slice runs the command with
+# MEGASCALE_COORDINATOR_ADDRESS (slice 0's worker 0, port MEGASCALE_PORT, default 8080),
+# MEGASCALE_NUM_SLICES and MEGASCALE_SLICE_ID set.
 # e.g. tpu_scripts/launch.sh --name o3v --zone us-east5-a --run sft7b -- python3 -m \
 #        o3video_jax.train --config experiments/configs/sft_qwen2_5_vl.py:size=7b \
 #        --workdir gs://BUCKET/runs/sft7b
 # shellcheck source=_common.sh
 source "$(dirname "$0")/_common.sh"
 
-WORKER=all; CACHE_DIR='"$HOME"/jax_cache'; ENVS=(); LOGS_TO=""; WATCH_EVERY=30; SLICES=1
+WORKER=all; CACHE_DIR='"$HOME"/jax_cache'; ENVS=(); LOGS_TO=""; WATCH_EVERY=30
 MEGASCALE_PORT=${MEGASCALE_PORT:-8080}
 parse_common "$@"
 take_positional TPU_NAME TPU_ZONE
@@ -48,14 +47,12 @@ while [ $# -gt 0 ]; do
       ENVS+=("$2"); shift 2 ;;
     --logs_to) LOGS_TO=${2:?--logs_to needs a folder or none}; shift 2 ;;
     --watch_every) WATCH_EVERY=${2:?--watch_every needs seconds}; shift 2 ;;
-    --slices) SLICES=${2:?--slices needs a count}; shift 2 ;;
     --) shift; break ;;
     *) die "unknown argument '$1': put the command after -- (see --help)" ;;
   esac
 done
 [ $# -gt 0 ] || die "no command: tpu_scripts/launch.sh ... -- python3 -m o3video_jax.train ..."
 require_name_zone
-if ! [[ "$SLICES" =~ ^[1-9][0-9]*$ ]]; then die "--slices needs a count >= 1, got '$SLICES'"; fi
 if ! [[ "$WATCH_EVERY" =~ ^[0-9]+$ ]] || [ "$WATCH_EVERY" -eq 0 ]; then
   die "--watch_every needs whole seconds > 0, got '$WATCH_EVERY'"
 fi
@@ -121,15 +118,14 @@ launch_on() {
   ssh_workers "$WORKER" "$remote"
 }
 
-if [ "$SLICES" = 1 ]; then
+if [ "$TPU_SLICES" = 1 ]; then
   launch_on
   exit 0
 fi
-# Multislice (a queued resource with --node-count N --node-prefix NAME: nodes NAME-0 ...
-# NAME-(N-1)): every worker of every slice, with the MEGASCALE settings that JAX's multislice
+# Multislice: every worker of every slice, with the MEGASCALE settings that JAX's multislice
 # runtime reads: the coordinator (worker 0 of slice 0), the slice count, this slice's id.
 gcloud_flags
-describe=(compute tpus tpu-vm describe "$TPU_NAME-0" "${GFLAGS[@]}"
+describe=(compute tpus tpu-vm describe "$(slice_node "$TPU_NAME" 0)" "${GFLAGS[@]}"
   --format="value(networkEndpoints[0].ipAddress)")
 if [ "$DRY_RUN" = 1 ]; then
   gcloud_run "${describe[@]}"
@@ -138,10 +134,9 @@ else
   COORDINATOR=$(gcloud "${describe[@]}")
   [ -n "$COORDINATOR" ] || die "no internal IP for $TPU_NAME-0 (is the multislice slice up?)"
 fi
-NODE_PREFIX=$TPU_NAME
-for i in $(seq 0 $((SLICES - 1))); do
-  TPU_NAME=$NODE_PREFIX-$i
+launch_slice() {
   launch_on "export MEGASCALE_COORDINATOR_ADDRESS=$COORDINATOR:$MEGASCALE_PORT" \
-    "export MEGASCALE_NUM_SLICES=$SLICES" "export MEGASCALE_SLICE_ID=$i" \
+    "export MEGASCALE_NUM_SLICES=$TPU_SLICES" "export MEGASCALE_SLICE_ID=$SLICE_ID" \
     "export MEGASCALE_PORT=$MEGASCALE_PORT"
-done
+}
+on_slices launch_slice

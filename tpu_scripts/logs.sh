@@ -5,7 +5,8 @@
 #   --worker W   a worker index (default 0) or all
 #   --lines N    last N lines (default 100)
 #   --follow     keep following (tail -F) until interrupted
-#   plus the common options of tpu_scripts/_common.sh (--project, --iap, --dry_run)
+#   plus the common options of tpu_scripts/_common.sh (--project, --iap, --dry_run, --slices:
+#   the worker(s) of every slice, slice by slice; with --follow all at once)
 # shellcheck source=_common.sh
 source "$(dirname "$0")/_common.sh"
 
@@ -29,4 +30,9 @@ if [ "$FOLLOW" = 1 ]; then tail_flags+=" -F"; fi
 remote="$(remote_run_vars)"
 remote+='if [ ! -f "$d/$h.log" ] && [ '"$FOLLOW"' = 0 ]; then echo "[$h] no log for '"$TPU_RUN"'"; exit 0; fi; '
 remote+="tail $tail_flags \"\$d/\$h.log\" | sed -u \"s/^/[\$h] /\""
-ssh_workers "$WORKER" "$remote"
+logs_slice() { ssh_workers "$WORKER" "$remote"; }
+if [ "$FOLLOW" = 1 ]; then
+  on_slices --parallel logs_slice
+else
+  on_slices --keep_going logs_slice
+fi

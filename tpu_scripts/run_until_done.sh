@@ -13,12 +13,18 @@
 #                        --wait: a rerun polls the existing request)
 #   --spot               a Spot VM / spot queued request
 #   --create_arg ARG     one more word for create_tpu_vm.sh (repeatable, e.g. --create_arg
-#                        --internal-ips, --create_arg --node-count=2)
+#                        --internal-ips)
 #   --env KEY=VALUE      for launch.sh (repeatable)
 #   --max_attempts N     launches before giving up (default 5)
 #   --poll S             seconds between checks (default 60; env TPU_POLL_S)
 #   --delete_when_done   delete the slice once the marker exists
-#   plus the common options of tpu_scripts/_common.sh (--project, --iap, --venv, --remote_dir)
+#   plus the common options of tpu_scripts/_common.sh (--project, --iap, --venv, --remote_dir,
+#   --slices)
+# With --slices N (multislice), the slice is the queued resource NAME-qr with N nodes NAME-0 ...
+# NAME-(N-1) (create_tpu_vm.sh --slices N; --queued is implied); it is ready when every node is
+# READY, and one node preempted or deleted recreates the queued resource and relaunches on every
+# slice. setup_workers.sh, launch.sh and stop.sh (after a launch that failed somewhere) get the
+# same --slices.
 # e.g. tpu_scripts/run_until_done.sh --name o3v --zone us-east5-a --type v5p-64 --queued --spot \
 #        --run sft7b -- python3 -m o3video_jax.train --config ... --workdir gs://BUCKET/runs/sft7b
 # shellcheck source=_common.sh
@@ -61,10 +67,12 @@ if [ -z "$WORKDIR" ]; then
 fi
 [ -n "$WORKDIR" ] || die "no workdir: the command has no --workdir (or pass --workdir)"
 [ "$DRY_RUN" = 0 ] || die "--dry_run: see the --dry_run of the scripts this one calls"
+if [ "$TPU_SLICES" -gt 1 ]; then QUEUED=1; fi  # multislice nodes come from a queued resource
 
 COMMON=(--name "$TPU_NAME" --zone "$TPU_ZONE" --venv "$TPU_VENV" --remote_dir "$TPU_REMOTE_DIR")
 if [ -n "$TPU_PROJECT" ]; then COMMON+=(--project "$TPU_PROJECT"); fi
 if [ "$IAP" = 1 ]; then COMMON+=(--iap); fi
+if [ "$TPU_SLICES" -gt 1 ]; then COMMON+=(--slices "$TPU_SLICES"); fi
 gcloud_flags
 say() { echo "[run_until_done] $(date -u +%H:%M:%S) $*"; }
 
@@ -80,6 +88,18 @@ vm_state() {  # READY, CREATING, PREEMPTED, ... or GONE
     2>/dev/null || echo GONE
 }
 
+node_down() {  # "NODE is STATE" unless the node is READY
+  local state
+  state=$(vm_state)
+  if [ "$state" != READY ]; then echo "$TPU_NAME is $state"; fi
+}
+
+slices_down() {  # the nodes that are not READY ("" when the slice is ready), on one line
+  local down
+  down=$(on_slices --keep_going node_down)
+  printf '%s' "${down//$'\n'/, }"
+}
+
 qr_state() {
   gcloud compute tpus queued-resources describe "$TPU_NAME-qr" "${GFLAGS[@]}" \
     --format="value(state.state)" 2>/dev/null || echo GONE
@@ -89,7 +109,7 @@ ensure_slice() {  # a READY slice, however it has to be made
   local state
   if [ "$QUEUED" = 1 ]; then
     state=$(qr_state)
-    if [ "$state" = ACTIVE ] && [ "$(vm_state)" = READY ]; then return 0; fi
+    if [ "$state" = ACTIVE ] && [ -z "$(slices_down)" ]; then return 0; fi
     case "$state" in
       GONE | WAITING_FOR_RESOURCES | ACCEPTED | PROVISIONING | CREATING) ;;  # create/wait
       *)  # FAILED, SUSPENDED, or ACTIVE with its node preempted: a new request
@@ -129,7 +149,9 @@ run_states() {  # one word per worker: RUNNING, EXITED:N or NONE (empty when ssh
   remote+='p=$(cat "$d/$h.pid" 2>/dev/null || true); '
   remote+='if [ -n "$p" ] && kill -0 "$p" 2>/dev/null; then echo RUNNING; '
   remote+='elif [ -f "$d/$h.exit" ]; then echo "EXITED:$(cat "$d/$h.exit")"; else echo NONE; fi'
-  ssh_workers all "$remote" 2>/dev/null || true
+  # shellcheck disable=SC2317  # called through on_slices
+  run_states_slice() { ssh_workers all "$remote"; }
+  on_slices --keep_going run_states_slice 2>/dev/null || true
 }
 
 attempt=0
@@ -157,14 +179,19 @@ while true; do
     continue
   fi
   "$HERE/setup_workers.sh" "${COMMON[@]}" || { say "setup failed"; continue; }
-  "$HERE/launch.sh" "${COMMON[@]}" --run "$TPU_RUN" "${LAUNCH[@]+"${LAUNCH[@]}"}" -- "$@" ||
-    { say "launch failed"; continue; }
+  if ! "$HERE/launch.sh" "${COMMON[@]}" --run "$TPU_RUN" "${LAUNCH[@]+"${LAUNCH[@]}"}" -- "$@"; then
+    # Workers (or slices) where it did start would wait for the others until a timeout, and
+    # the next launch would find RUN still running there.
+    say "launch failed: stopping it where it started"
+    "$HERE/stop.sh" "${COMMON[@]}" --run "$TPU_RUN" || true
+    continue
+  fi
   while true; do
     sleep "$POLL"
     if done_marker; then break; fi
-    state=$(vm_state)
-    if [ "$state" != READY ]; then
-      say "slice $TPU_NAME is $state (preempted or deleted): relaunching"
+    down=$(slices_down)
+    if [ -n "$down" ]; then
+      say "slice $down (preempted or deleted): relaunching"
       break
     fi
     states=$(run_states)

@@ -15,7 +15,7 @@
 #   --no_install        only sync the code
 #   --worker W          all (default) or one worker index
 #   plus the common options of tpu_scripts/_common.sh (--remote_dir, --venv, --project, --iap,
-#   --dry_run)
+#   --dry_run, --slices: every worker of every slice, the slices at once)
 # shellcheck source=_common.sh
 source "$(dirname "$0")/_common.sh"
 
@@ -57,11 +57,6 @@ else
   tar -C "$REPO_ROOT" --exclude=.git --exclude=__pycache__ --exclude=.venv -czf "$TARBALL" .
 fi
 
-gcloud_flags
-extra=()
-if [ "$IAP" = 1 ]; then extra+=(--tunnel-through-iap); fi
-gcloud_run compute tpus tpu-vm scp "$TARBALL" "$TPU_NAME:o3video_jax_sync.tgz" "${GFLAGS[@]}" \
-  --worker="$WORKER" "${extra[@]+"${extra[@]}"}"
 
 remote="set -e; dest=$DEST; new=\$(mktemp -d \"\$dest.new.XXXXXX\"); "
 remote+="tar -xzf \"\$HOME\"/o3video_jax_sync.tgz -C \"\$new\"; rm -f \"\$HOME\"/o3video_jax_sync.tgz; "
@@ -75,4 +70,13 @@ if [ "$INSTALL" = 1 ]; then
   remote+='"$venv/bin/python" -c "import sys, jax; print(sys.argv[1], sys.version.split()[0], '
   remote+="'jax', jax.__version__, sys.executable)\" \"\$(hostname)\""
 fi
-ssh_workers "$WORKER" "$remote"
+
+setup_slice() {  # the tarball to the slice's workers, then unpack and install there
+  gcloud_flags
+  local extra=()
+  if [ "$IAP" = 1 ]; then extra+=(--tunnel-through-iap); fi
+  gcloud_run compute tpus tpu-vm scp "$TARBALL" "$TPU_NAME:o3video_jax_sync.tgz" "${GFLAGS[@]}" \
+    --worker="$WORKER" "${extra[@]+"${extra[@]}"}" || return
+  ssh_workers "$WORKER" "$remote"
+}
+on_slices --parallel setup_slice

@@ -4,7 +4,8 @@
 # Usage: tpu_scripts/stop.sh --name NAME --zone ZONE [--run RUN] [--grace S] [--force] [--worker W]
 #   --grace S    seconds to wait after SIGTERM before SIGKILL (default 120)
 #   --force      SIGKILL at once
-#   plus the common options of tpu_scripts/_common.sh (--project, --iap, --dry_run)
+#   plus the common options of tpu_scripts/_common.sh (--project, --iap, --dry_run, --slices:
+#   every slice at once, so each gets its SIGTERM now and its own grace period)
 # shellcheck source=_common.sh
 source "$(dirname "$0")/_common.sh"
 
@@ -33,4 +34,5 @@ if [ "$FORCE" = 0 ]; then
 fi
 remote+='if kill -0 "$p" 2>/dev/null; then kill -KILL -- "-$p"; echo "$h: SIGKILL sent"; fi; '
 remote+='echo "$h: stopped"'
-ssh_workers "$WORKER" "$remote"
+stop_slice() { ssh_workers "$WORKER" "$remote"; }
+on_slices --parallel stop_slice

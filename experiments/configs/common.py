@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from o3video_jax.train.sharding import DEFAULT_RULES
+from o3video_jax.mesh import DEFAULT_RULES
+from o3video_jax.rewards.registry import DEFAULT_WEIGHTS
 
 
 def parse_arg(arg: str | None, **defaults):
@@ -195,17 +196,8 @@ def base_config() -> ml_collections.ConfigDict:
     # resolves and checks it (drivers.preflight).
     c.rl.serving = ml_collections.ConfigDict({"layout": "serving", "tensor": 0})
     c.rl.old_logp = "rollout"  # rollout: recomputed before the updates | current: sg(logp)
-    c.rl.reward_weights = ml_collections.ConfigDict(
-        {
-            "ans_acc": 1.0,
-            "ans_tiou": 1.0,
-            "ans_viou": 1.0,
-            "thk_temporal_point": 1.0,
-            "thk_temporal_segment": 1.0,
-            "thk_spatial": 1.0,
-            "format": 1.0,
-        }
-    )
+    # One weight per reward of the table (the seven, then any added: docs/extending.md).
+    c.rl.reward_weights = ml_collections.ConfigDict(dict(DEFAULT_WEIGHTS))
 
     c.ckpt = ml_collections.ConfigDict()
     c.ckpt.save_every = 500

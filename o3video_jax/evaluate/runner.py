@@ -11,6 +11,9 @@ recomputed whole, so its batches (hence greedy outputs, and sampled ones: keys d
 (seed, item, call) only) are exactly those of an uninterrupted run, and only its missing items
 are appended. Every item appears once.
 
+The benchmark is named nowhere here: its reader, media, prompts, records and summary are the
+fields of its `spec.Benchmark` in `registry` (docs/extending.md).
+
 Processes evaluate their chunks independently (params replicated or sharded over the
 process's own devices); process 0 waits for all, then reads every file and writes the summary
 (`summary.md`, `summary.json`) and `report.md` with the first `eval.render_items` items drawn.
@@ -18,11 +21,9 @@ process's own devices); process 0 waits for all, then reads every file and write
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -37,18 +38,15 @@ from o3video_jax.data import vision
 from o3video_jax.data.model_inputs import Segment, VisionItem
 from o3video_jax.data.tokenizer import Tokenizer
 from o3video_jax.drivers import experiment
-from o3video_jax.eval import letter_parsers, tts
 from o3video_jax.eval import results as results_lib
-from o3video_jax.evaluate import benchmarks, media, prompts, summary
+from o3video_jax.evaluate import benchmarks, media, prompts, registry, summary
 from o3video_jax.evaluate.generate import Generator, OverBudget, Request, request_key
 from o3video_jax.evaluate.judge import make_judge
+from o3video_jax.evaluate.spec import BatchScorer, Prepared
 from o3video_jax.rl import rollouts
 from o3video_jax.train.sharding import make_mesh
 
 __all__ = ["evaluate", "items_path", "read_log", "tokenize_prompt", "write_summary"]
-
-# scorer(list of (crops, question)) -> one reply (text or 0/1/2) per entry, batched.
-BatchScorer = Callable[[list[tuple[list[np.ndarray], str]]], list[Any]]
 
 
 # ---- the resume log ------------------------------------------------------------------------
@@ -90,81 +88,6 @@ def _append(path: str, records: Sequence[dict]) -> None:
 
 
 # ---- one item's inputs ---------------------------------------------------------------------
-@dataclasses.dataclass
-class _Prepared:
-    item: dict
-    media: media.Media
-    prompts: list[prompts.Prompt]
-    texts: list[str]  # the rendered chats, one per prompt
-    requests: list[Request]
-
-
-# VideoMMMU's image cap if `eval.videommmu_image="capped"`: the max_pixels upstream gives the
-# processor it uses only for the chat template (eval/models/model_vllm.py).
-CAPPED_IMAGE_PIXELS = 854 * 480
-
-
-def _second_per_grid(ev) -> float | None:
-    """None: 2 / sample fps ("sampled"); 1.0: what upstream's vLLM used ("upstream": frames
-    handed over without fps, so the processor's default fps 2.0 set 1.0 s per grid)."""
-    mode = ev.get("second_per_grid", "upstream")
-    if mode not in ("upstream", "sampled"):
-        raise ValueError(f"eval.second_per_grid must be 'upstream' or 'sampled', got {mode!r}")
-    return 1.0 if mode == "upstream" else None
-
-
-def _videommmu_image_max_pixels(ev) -> int:
-    mode = ev.get("videommmu_image", "upstream")
-    if mode not in ("upstream", "capped"):
-        raise ValueError(f"eval.videommmu_image must be 'upstream' or 'capped', got {mode!r}")
-    return ev.image_max_pixels if mode == "upstream" else CAPPED_IMAGE_PIXELS
-
-
-def _load_media(name: str, item: dict, ev) -> media.Media:
-    if name == "vstar":
-        return media.vstar_frames(
-            item["video"],
-            max_frames=ev.max_frames,
-            min_pixels=ev.image_min_pixels,
-            max_pixels=ev.image_max_pixels,
-        )
-    if name == "tvg":
-        return media.frames_media(
-            item["video"],
-            max_frames=ev.max_frames,
-            min_pixels=ev.video_min_pixels,
-            max_pixels=ev.video_max_pixels,
-        )
-    m = media.native_video(
-        item["video"],
-        max_frames=ev.max_frames,
-        min_pixels=ev.video_min_pixels,
-        max_pixels=ev.video_max_pixels,
-        second_per_grid=_second_per_grid(ev),
-    )
-    if item.get("image_bytes") is not None:  # VideoMMMU Adaptation: the video, then the image
-        img = media.decode_image(
-            item["image_bytes"],
-            min_pixels=ev.image_min_pixels,
-            max_pixels=_videommmu_image_max_pixels(ev),
-        )
-        m = dataclasses.replace(m, items=m.items + (img,))
-    return m
-
-
-def _prompts(name: str, item: dict, m: media.Media, think: bool) -> list[prompts.Prompt]:
-    if name == "vstar":
-        return prompts.vstar_prompts(item, m.times, think)
-    if name == "tvg":
-        return [prompts.tvg_prompt(item, m.times, m.sample_fps, len(m.frames))]
-    build = {
-        "videomme": prompts.videomme_prompt,
-        "worldsense": prompts.worldsense_prompt,
-        "videommmu": prompts.videommmu_prompt,
-    }[name]
-    return [build(item, think)]
-
-
 def tokenize_prompt(tokenizer: Tokenizer, msgs, vision_items) -> tuple[Segment, str]:
     """(the model's prompt segment with expanded vision pads, the rendered chat text)."""
     images = [v.grid_thw for v in vision_items if v.kind == "image"]
@@ -173,9 +96,11 @@ def tokenize_prompt(tokenizer: Tokenizer, msgs, vision_items) -> tuple[Segment, 
     return Segment(chat.input_ids, tuple(vision_items)), chat.text
 
 
-def _prepare(name, item, ev, think, tokenizer, gen: Generator, seed: int) -> _Prepared:
-    m = _load_media(name, item, ev)
-    ps = _prompts(name, item, m, think)
+def _prepare(name, item, ev, think, tokenizer, gen: Generator, seed: int) -> Prepared:
+    """Media, prompts and tokenized requests of one item of benchmark `name`."""
+    bench = registry.get(name)
+    m = bench.media(item, ev)
+    ps = bench.prompts(item, m, think)
     texts, reqs = [], []
     for i, p in enumerate(ps):
         n_images = len(m.items) if p.mode == "frames" else 0
@@ -183,7 +108,7 @@ def _prepare(name, item, ev, think, tokenizer, gen: Generator, seed: int) -> _Pr
         gen.check(seg)
         texts.append(text)
         reqs.append(Request(seg, request_key(seed, item["key"], i)))
-    return _Prepared(item, m, ps, texts, reqs)
+    return Prepared(item, m, ps, texts, reqs)
 
 
 # ---- relevance scoring (confidence voting, §5.4) --------------------------------------------
@@ -215,94 +140,9 @@ def model_scorer(tokenizer: Tokenizer, gen: Generator) -> BatchScorer:
     return score
 
 
-class _Collect:
-    """A per-path scorer for `tts.vote`: records the crops (first pass) or replays replies."""
-
-    def __init__(self, replies: Sequence[Any] | None = None):
-        self.calls: list[list[np.ndarray]] = []
-        self.replies = replies
-
-    def __call__(self, crops, question):
-        self.calls.append(crops)
-        return 0 if self.replies is None else self.replies[len(self.calls) - 1]
-
-
-def _letter_parser(name: str, item: dict, letters: str, ev):
-    """The non-think letter parser: upstream's per-benchmark substring search ("upstream",
-    default) or `mcq.extract_letter` ("ours": word-bounded, no letter inside a word)."""
-    mode = ev.get("letter_parser", "upstream")
-    if mode not in letter_parsers.LETTER_PARSERS:
-        raise ValueError(f"eval.letter_parser must be one of {letter_parsers.LETTER_PARSERS}")
-    if mode == "ours":
-        return None
-    options = item.get("candidates" if name == "worldsense" else "options") or ()
-    return functools.partial(
-        letter_parsers.upstream_letter, benchmark=name, options=list(options), letters=letters
-    )
-
-
-def _scorer_question(name: str, item: dict) -> str:
-    """The question the relevance scorer sees, per upstream's test scripts: WorldSense wraps it
-    as "Question: ...\n" (so the rubric reads "Question: Question: ..."), VideoMMMU letters
-    the options, VideoMME joins them as given."""
-    if name == "worldsense":
-        return "Question: {}\n".format(item["question"] + "\n" + "\n".join(item["candidates"]))
-    if name == "videommmu":
-        return item["question"] + "\n" + prompts._lettered(item["options"])
-    return item["question"] + "\n" + "\n".join(item["options"])
-
-
 def _records(name, preps, outputs, ev, think, scorer: BatchScorer | None, judge) -> list[dict]:
     """Records of one chunk's prepared items from their generations (list of G texts each)."""
-    recs: list[dict] = []
-    if name == "vstar":
-        for p, outs in zip(preps, outputs, strict=True):
-            by_call = {pr.call: o[0] for pr, o in zip(p.prompts, outs, strict=True)}
-            texts = {pr.call: t for pr, t in zip(p.prompts, p.texts, strict=True)}
-            recs.append(
-                summary.vstar_record(
-                    p.item, by_call, texts, p.media.times, p.media.size, think, judge
-                )
-            )
-        return recs
-    if name == "tvg":
-        return [
-            summary.tvg_record(p.item, p.texts[0], o[0][0])
-            for p, o in zip(preps, outputs, strict=True)
-        ]
-    mode = ev.vote
-    votes, firsts = [], []
-    for p, outs in zip(preps, outputs, strict=True):
-        completions = outs[0]
-        if p.item.get("question_type", "multiple-choice") != "multiple-choice":
-            votes.append(None)
-            firsts.append(None)
-            continue
-        letters = summary.mcq_letters(name, p.item)
-        col = _Collect()
-        kw = dict(mode=mode, letters=letters, think_mode=think, frames=p.media.frames,
-                  fps=p.media.sample_fps, question=_scorer_question(name, p.item),
-                  parse_letter=_letter_parser(name, p.item, letters, ev))  # fmt: skip
-        tts.vote(completions, scorer=col, **kw)
-        votes.append((completions, kw))
-        firsts.append(col.calls)
-    entries = [
-        (crops, v[1]["question"])
-        for v, calls in zip(votes, firsts, strict=True)
-        if v is not None
-        for crops in calls
-    ]
-    replies = scorer(entries) if entries and scorer is not None else []
-    pos = 0
-    for p, outs, v, calls in zip(preps, outputs, votes, firsts, strict=True):
-        if v is None:
-            recs.append(summary.mcq_record(p.item, name, p.texts[0], outs[0], None))
-            continue
-        mine = list(replies[pos : pos + len(calls)])
-        pos += len(calls)
-        result = tts.vote(v[0], scorer=_Collect(mine), **v[1])
-        recs.append(summary.mcq_record(p.item, name, p.texts[0], v[0], result, mine))
-    return recs
+    return registry.get(name).records(preps, outputs, ev, think, scorer, judge)
 
 
 # ---- the driver ----------------------------------------------------------------------------
@@ -316,13 +156,14 @@ def _sampling(ev, tokenizer: Tokenizer, group: int, max_new: int, greedy: bool =
 
 def _check(config) -> None:
     ev = config.eval
-    if ev.benchmark not in benchmarks.BENCHMARKS:
-        raise ValueError(f"eval.benchmark {ev.benchmark!r} is not one of {benchmarks.BENCHMARKS}")
+    if ev.benchmark not in registry.names():
+        raise ValueError(f"eval.benchmark {ev.benchmark!r} is not one of {registry.names()}")
     if ev.samples < 1:
         raise ValueError(f"eval.samples must be >= 1, got {ev.samples}")
-    if ev.samples > 1 and ev.benchmark not in summary.CATEGORIES:
+    if ev.samples > 1 and registry.get(ev.benchmark).mcq is None:
         raise ValueError(
-            "eval.samples > 1 (test-time scaling) applies to videomme / worldsense / videommmu"
+            "eval.samples > 1 (test-time scaling) applies to "
+            + " / ".join(registry.multiple_choice_names())
         )
     if ev.samples > 1 and ev.temperature == 0:
         raise ValueError(
@@ -349,6 +190,7 @@ def evaluate(
     """
     _check(config)
     ev, name = config.eval, config.eval.benchmark
+    bench = registry.get(name)
     # The per-item log is appended line by line (the resume log), which object stores cannot
     # do: evaluate into a local or mounted folder and copy it to the bucket afterwards.
     io.require_local(workdir, "the evaluation workdir (its items.jsonl is an append log)")
@@ -384,7 +226,7 @@ def evaluate(
         patch_buckets=list(ev.get("patch_buckets", [])), mesh=sampler_mesh, rules=rules,
     )  # fmt: skip
     scorer = relevance_scorer
-    if scorer is None and ev.vote == "confidence" and ev.think and name in summary.CATEGORIES:
+    if scorer is None and ev.vote == "confidence" and ev.think and bench.mcq is not None:
         # "greedy" (default) or "generation": upstream rates with the generation's sampling
         # parameters (the yaml's temperature 0.0, i.e. greedy, unless changed for TTS)
         mode = ev.get("relevance_sampling", "greedy")
@@ -397,9 +239,7 @@ def evaluate(
             patch_buckets=list(ev.get("patch_buckets", [])), mesh=sampler_mesh, rules=rules,
         )  # fmt: skip
         scorer = model_scorer(tokenizer, rel)
-    judge = (
-        make_judge(ev.judge_url, ev.judge_model, ev.judge_api_key_env) if name == "vstar" else None
-    )
+    judge = _judge(bench, ev)
 
     total = sum(len(c) for c in mine)
     bar = tqdm.tqdm(
@@ -424,7 +264,7 @@ def evaluate(
             try:
                 preps.append(_prepare(name, entry, ev, ev.think, tokenizer, gen, config.seed))
             except OverBudget as e:  # scored as a failure inside n (upstream scores every item)
-                recs_bad[str(key)] = summary.failed_record(name, entry, e.reason, str(e))
+                recs_bad[str(key)] = bench.failed(entry, e.reason, str(e))
             except media.MediaError as e:
                 recs_bad[str(key)] = _bad_record(
                     benchmarks.BadItem(entry["key"], entry["id"], e.reason, str(e))
@@ -441,7 +281,7 @@ def evaluate(
         _append(log, new)
         for p in preps:
             if int(p.item["key"]) < ev.render_items:
-                _render(name, p, recs[p.item["key"]], report_dir)
+                _render(bench, p, recs[p.item["key"]], report_dir)
         done.update(todo)
         bar.update(len(todo))
         computed += 1
@@ -458,6 +298,13 @@ def evaluate(
     return write_summary(config, workdir, nproc)
 
 
+def _judge(bench, ev):
+    """The V-STaR "What" judge (`eval.judge_url`) for a judged benchmark, else None."""
+    if not bench.judged:
+        return None
+    return make_judge(ev.judge_url, ev.judge_model, ev.judge_api_key_env)
+
+
 def _bad_record(b: benchmarks.BadItem) -> dict:
     return {"key": b.key, "id": b.id, "status": "bad", "reason": b.reason, "detail": b.detail}
 
@@ -472,17 +319,14 @@ def all_records(workdir: str, processes: int) -> list[dict]:
 def write_summary(config, workdir: str, processes: int = 1) -> dict:
     """Summary of every process's records -> summary.md / summary.json / report.md."""
     name = config.eval.benchmark
+    bench = registry.get(name)
     recs = all_records(workdir, processes)
     ev = config.eval
     # With a judge configured, items finished before it was (no `vqa_score`) are judged here.
-    judge = (
-        make_judge(ev.judge_url, ev.judge_model, ev.judge_api_key_env) if name == "vstar" else None
-    )
+    judge = _judge(bench, ev)
     s = summary.summarize(name, recs, judge)
     title = f"{name}{' (think)' if config.eval.think else ''}"
-    columns = summary.table_columns(
-        "vstar_exact_match" if s.get("what_scoring") in ("exact_match", "mixed") else name
-    )
+    columns = bench.columns(s)
     results_lib.write_summary(workdir, "summary", s, columns, echo=True)
     bad, failed = s["bad"], s.get("failed", [])
     if bad:
@@ -511,18 +355,11 @@ def write_summary(config, workdir: str, processes: int = 1) -> dict:
     return s
 
 
-def _render(name: str, p: _Prepared, rec: dict, out_dir: str) -> None:
+def _render(bench, p: Prepared, rec: dict, out_dir: str) -> None:
     from o3video_jax.eval import animate, visualize
 
     os.makedirs(out_dir, exist_ok=True)
-    if name == "vstar":
-        text = rec["answer_vqa_raw_output"]
-    elif name == "tvg":
-        text = rec["output"]
-    else:
-        letters = rec.get("path_letters") or []
-        pick = letters.index(rec["pred"]) if rec.get("pred") in letters else 0
-        text = rec["outputs"][pick]
+    text = bench.report_text(rec)
     key = p.item["key"]
     visualize.render_example(
         p.media.frames, p.media.times, text, os.path.join(out_dir, f"{key}.png")

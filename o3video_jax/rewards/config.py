@@ -13,6 +13,8 @@ a ValueError, because dropping ground truth would silently change the reward.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 from o3video_jax.tasks import (  # noqa: F401 - re-exported: the task vocabulary
     GENERAL_FREE_FORM,
@@ -25,8 +27,9 @@ from o3video_jax.tasks import (  # noqa: F401 - re-exported: the task vocabulary
     VISUAL_QA,
 )
 
-# The seven reward functions of `reward_func.py`, in registration order.
-REWARD_NAMES = (
+# The seven reward functions of the original's `reward_func.py`, in registration order: the
+# first entries of the reward table (`rewards.registry`, which adds any others after them).
+OPEN_O3_REWARDS = (
     "ans_acc",
     "ans_tiou",
     "ans_viou",
@@ -35,6 +38,17 @@ REWARD_NAMES = (
     "thk_spatial",
     "format",
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class Reward:
+    """name; score: None for the original's seven, else (parsed arrays, target arrays) ->
+    float[N]; weight: its default weight in the total."""
+
+    name: str
+    score: Callable[[dict[str, Any], dict[str, Any]], Any] | None = None
+    weight: float = 1.0
+
 
 SPATIAL_GATES = ("intended", "reference")
 

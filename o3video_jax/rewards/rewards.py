@@ -12,11 +12,10 @@ from collections.abc import Mapping, Sequence
 import jax
 import numpy as np
 
-from o3video_jax.rewards import batch, rouge, scan, scoring, targets
+from o3video_jax.rewards import batch, registry, rouge, scan, scoring, targets
 from o3video_jax.rewards.config import (
     GENERAL_FREE_FORM,
     GENERAL_MCQ,
-    REWARD_NAMES,
     SPATIAL_GATES,
     TASK_IDS,
     TEMPORAL_QA_MCQ,
@@ -53,12 +52,13 @@ def answer_accuracy(parsed: batch.ParsedBatch, gt: targets.Targets) -> np.ndarra
     return out
 
 
-def _weights(weights: Mapping[str, float] | None) -> np.ndarray:
+def _weights(weights: Mapping[str, float] | None, rewards) -> np.ndarray:
     weights = dict(weights or {})
-    unknown = set(weights) - set(REWARD_NAMES)
+    names = tuple(r.name for r in rewards)
+    unknown = set(weights) - set(names)
     if unknown:
-        raise ValueError(f"unknown reward weights {sorted(unknown)}; names are {REWARD_NAMES}")
-    out = np.array([float(weights.get(name, 1.0)) for name in REWARD_NAMES])
+        raise ValueError(f"unknown reward weights {sorted(unknown)}; names are {names}")
+    out = np.array([float(weights.get(r.name, r.weight)) for r in rewards])
     if not np.all(np.isfinite(out)):
         raise ValueError(f"reward weights must be finite, got {weights}")
     return out
@@ -72,6 +72,7 @@ def compute_rewards(
     weights: Mapping[str, float] | None = None,
     spatial_gate: str = "intended",
     config: RewardConfig | None = None,
+    added: Sequence[registry.Reward] | None = None,
 ) -> dict[str, np.ndarray]:
     """Scores N completions against their N examples.
 
@@ -80,8 +81,8 @@ def compute_rewards(
       examples: N STGR records plus "frame_size": [W, H] of the frames/image fed to the model.
       step_fraction: p = (global_step + 1) / max_steps; thk_temporal_point uses
         sigma = 4 (1 - p) for p < 0.75, else 1.
-      weights: optional per-term weights of the total (missing names weigh 1; default: the
-        original's unweighted sum).
+      weights: optional per-term weights of the total (missing names take their table weight,
+        1 for the seven: the original's unweighted sum).
       spatial_gate: "intended" (|g - T| < 1 s) or "reference" (the original's g - T < 1 s).
       config: array budgets (RewardConfig()).
 
@@ -97,7 +98,8 @@ def compute_rewards(
     if spatial_gate not in SPATIAL_GATES:
         raise ValueError(f"spatial_gate must be one of {SPATIAL_GATES}, got {spatial_gate!r}")
     sigma = sigma_schedule(step_fraction)
-    w = _weights(weights)
+    added = tuple(registry.ADDED if added is None else added)
+    w = _weights(weights, registry.table(added))
     cfg = config or RewardConfig()
     gt = targets.build_targets(examples, cfg)  # validates the tasks first
     parsed = scan.parse_batch(completions, cfg, [ex["task"] for ex in examples])
@@ -106,6 +108,12 @@ def compute_rewards(
     cpu = jax.local_devices(backend="cpu")[0]  # this process's (multi-host CPU backends)
     with jax.enable_x64(True), jax.default_device(cpu):
         out = scoring.score_batch(
-            parsed.arrays(), gt.arrays(), acc, np.float64(sigma), w, gate=spatial_gate
+            parsed.arrays(),
+            gt.arrays(),
+            acc,
+            np.float64(sigma),
+            w,
+            gate=spatial_gate,
+            added=added,
         )
         return {name: np.asarray(value, np.float32) for name, value in out.items()}

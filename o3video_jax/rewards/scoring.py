@@ -19,7 +19,7 @@ from jax import lax
 from o3video_jax.rewards.config import (
     GENERAL_FREE_FORM,
     GENERAL_MCQ,
-    REWARD_NAMES,
+    OPEN_O3_REWARDS,
     TASK_IDS,
     TEMPORAL_QA,
     TEMPORAL_QA_MCQ,
@@ -176,13 +176,15 @@ def _format(p, task):
     return jnp.where(ok, jnp.where(grounded | general, 1.0, 0.5), 0.0)
 
 
-@functools.partial(jax.jit, static_argnames=("gate",))
-def score_batch(p, t, ans_acc, sigma, weights, *, gate="intended"):
-    """All seven rewards and their weighted total.
+@functools.partial(jax.jit, static_argnames=("gate", "added"))
+def score_batch(p, t, ans_acc, sigma, weights, *, gate="intended", added=()):
+    """All seven rewards, the added ones, and their weighted total.
 
     p: ParsedBatch.arrays(); t: Targets.arrays(); ans_acc: float[N] (host-side text reward);
-    sigma: scalar Gaussian width of thk_temporal_point; weights: float[7] in REWARD_NAMES
-    order. Returns dict name -> float[N] for REWARD_NAMES and "total".
+    sigma: scalar Gaussian width of thk_temporal_point; added: the added `registry.Reward`s
+    (each `score(p, t) -> float[N]`); weights: float[7 + len(added)], the seven in
+    OPEN_O3_REWARDS order, then the added ones. Returns dict name -> float[N] for every reward
+    and "total".
     """
     task = t["task"]
     is_ts = task == TASK_IDS[TEMPORAL_SPATIAL]
@@ -222,5 +224,8 @@ def score_batch(p, t, ans_acc, sigma, weights, *, gate="intended"):
         "thk_spatial": spatial,
         "format": _format(p, task),
     }
-    out["total"] = sum(weights[i] * out[name] for i, name in enumerate(REWARD_NAMES))
+    for reward in added:
+        out[reward.name] = jnp.asarray(reward.score(p, t), ans_acc.dtype)
+    names = (*OPEN_O3_REWARDS, *(r.name for r in added))
+    out["total"] = sum(weights[i] * out[name] for i, name in enumerate(names))
     return out
