@@ -77,6 +77,7 @@ def test_gspo_plan_compiles_every_program_with_consistent_numbers():
     names = [q.name for q in p.programs]
     assert names == aot.program_names(c)  # the names `--only` is checked against, up front
     assert names == [
+        "reshard",  # rl.serving: the tiny model's 2 KV heads -> tensor=2, 2 row shards
         "prefill[64]",
         "decode[64]",
         "prefill[128]",
@@ -92,9 +93,13 @@ def test_gspo_plan_compiles_every_program_with_consistent_numbers():
     )
     # The reference params are resident during the update, with the state's shardings.
     assert mem["update"]["resident"] == params > 0
-    # The optimiser state (Adam mu and nu, float32 like the params) is resident while the
-    # sampler runs: state - params + reference = 2 params + scalars + reference.
-    assert mem["prefill[64]"]["resident"] == pytest.approx(3 * params, rel=0.01)
+    # The reshard reads the params: the optimiser state (Adam mu and nu, float32 like the
+    # params) and the reference stay resident, state - params + reference = 3 params. While
+    # the sampler runs on the serving params, the whole training state is resident too.
+    assert mem["reshard"]["resident"] == pytest.approx(3 * params, rel=0.01)
+    assert mem["prefill[64]"]["resident"] == pytest.approx(4 * params, rel=0.01)
+    # The serving params (model.dtype, split over tensor=2 of 4 chips) are the reshard's output.
+    assert mem["reshard"]["outputs"] == pytest.approx(2 * mem["reshard"]["arguments"], rel=0.2)
     for name, m in mem.items():
         assert m["total"] == (
             m["resident"]
@@ -118,6 +123,8 @@ def test_gspo_plan_compiles_every_program_with_consistent_numbers():
     for name, q in prog.items():
         r = p.roofline(q)
         assert r.seconds == max(r.flops / p.chip.peak_flops, r.bytes / p.chip.hbm_bw) > 0
+        if name == "reshard":  # moves bytes, no model FLOPs
+            continue
         assert 0 < r.mfu <= 1, name
         assert r.flops >= r.model_flops > 0, name
     assert prog["decode[64]"].loop == t
@@ -132,6 +139,10 @@ def test_gspo_plan_compiles_every_program_with_consistent_numbers():
     for name in names:
         assert f"| {name}" in text
     assert aot.fits(p)
+    # Rollouts on the training layout: no reshard program.
+    with c.unlocked():
+        c.rl.serving.layout = "training"
+    assert aot.program_names(c)[0] == "prefill[64]"
 
 
 @needs_libtpu

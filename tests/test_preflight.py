@@ -209,6 +209,42 @@ def test_weights_that_do_not_split_over_the_mesh():
     assert preflight.check(config, 256).mesh["fsdp"] == 256  # 1280 / 256 = 5, 3584 / 256 = 14
 
 
+def test_serving_layout_is_resolved_and_checked():
+    """rl.serving (docs/design.md decision 15): the tensor width defaults to the chips of one
+    host, reduced to divide the attention and KV heads; every misfit names its fields."""
+    # 7B (28 heads, 4 KV heads) on v5p:4x4x4 (64 chips, 4 a host): 4 chips, 16 row shards.
+    config = load("gspo_qwen2_5_vl", "size=7b")
+    r = preflight.apply(config, 64, 16)
+    assert r.serving_tensor == 4 == config.rl.serving.tensor
+    assert "serving layout (tensor=4, rows=16)" in preflight.summary(r)
+    assert preflight.apply(config, 64, 16) == r  # idempotent
+    # 3B (16 heads, 2 KV heads): 2 chips; the AOT tool passes the topology's host size.
+    config = load("gspo_qwen2_5_vl", "size=3b")
+    assert preflight.check(config, 64, host_devices=4).serving_tensor == 2
+    # The training layout: nothing to resolve.
+    config.rl.serving.layout = "training"
+    assert preflight.check(config, 64, host_devices=4).serving_tensor == 0
+    # 7B at tensor=8: 4 KV heads do not split 8 ways.
+    config = load("gspo_qwen2_5_vl", "size=7b")
+    config.rl.serving.tensor = 8
+    with pytest.raises(preflight.PreflightError) as e:
+        preflight.check(config, 64, 16)
+    assert "rl.serving.tensor=8 does not split the 28 attention heads and 4 KV heads" in str(
+        e.value
+    )
+    assert "divisor of 4" in str(e.value)
+    # 8 prompts over 64 / 4 = 16 serving row shards.
+    config = load("gspo_qwen2_5_vl", "size=7b")
+    config.data.batch_size, config.data.per_device_batch_size = 8, 0
+    config.mesh.update({"data": 1, "fsdp": 8, "tensor": 8})
+    with pytest.raises(preflight.PreflightError, match=r"data.batch_size=8 prompts do not split "
+                       r"over the 16 serving row shards .*rl.serving.tensor=4"):  # fmt: skip
+        preflight.check(config, 64, 16)
+    config.rl.serving.tensor = 3
+    with pytest.raises(preflight.PreflightError, match=r"rl.serving.tensor=3 does not divide"):
+        preflight.check(config, 64, 16)
+
+
 def test_batch_shards_must_not_span_hosts():
     # tensor=8 on 4-chip hosts: each batch shard would need the same rows from 2 processes.
     config = load("sft_qwen2_5_vl", "size=72b")

@@ -189,6 +189,12 @@ def base_config() -> ml_collections.ConfigDict:
         True  # training forwards run the vision tower once per prompt (docs/design.md decision 6)
     )
     c.rl.spatial_gate = "intended"  # intended | reference
+    # Where rollouts decode (docs/design.md decision 15): "serving" reshards the policy once per
+    # rollout batch into model.dtype weights, tensor-parallel over `tensor` chips (0: the chips
+    # of one host, reduced to divide the heads and KV heads), prompt rows over the other chips;
+    # "training" samples on the training layout (FSDP, float32 master weights). Preflight
+    # resolves and checks it (drivers.preflight).
+    c.rl.serving = ml_collections.ConfigDict({"layout": "serving", "tensor": 0})
     c.rl.old_logp = "rollout"  # rollout: recomputed before the updates | current: sg(logp)
     # One weight per reward of the table (the seven, then any added: docs/extending.md).
     c.rl.reward_weights = ml_collections.ConfigDict(dict(DEFAULT_WEIGHTS))

@@ -12,7 +12,11 @@ shardings only: nothing is allocated), and lowers and compiles **every program t
 executes**, at the shapes the loops feed:
 
   SFT   sft_step                 the train step, [batch, max_seq_len] rows, max_patches each
-  GSPO  prefill[L]               the sampler's prefill of every prompt bucket L ([P, L] prompts,
+  GSPO  reshard                  the policy from the training layout into the serving layout
+                                 (`rl.serving`, docs/design.md decision 15: model.dtype weights,
+                                 tensor-parallel; absent with rl.serving.layout=training), once
+                                 per rollout batch; prefill and decode then run on that layout
+        prefill[L]               the sampler's prefill of every prompt bucket L ([P, L] prompts,
                                  their pixels; KV cache of P*G rows with L + T slots out)
         decode[L]                the decode loop (T = rl.max_new_tokens steps at most) of that
                                  bucket's cache, donated
@@ -303,6 +307,9 @@ def program_names(config: ml_collections.ConfigDict) -> list[str]:
         return [f"{kind}[{b}]" for b in buckets for kind in ("prefill", "decode")]
     names = ["sft_step"] if config.stage in ("sft", "sft+gspo") else []
     if config.stage in ("gspo", "sft+gspo"):
+        serving = config.rl.get("serving")
+        if serving is not None and serving.layout == "serving":
+            names.append("reshard")
         for bucket in sorted(int(x) for x in config.rl.prompt_buckets):
             names += [f"prefill[{bucket}]", f"decode[{bucket}]"]
         names += ["logprob"] if config.rl.old_logp == "rollout" else []
@@ -349,7 +356,8 @@ def plan(
     config = ml_collections.ConfigDict(config.to_dict())  # preflight writes back: a copy
     n = len(devices)
     evaluating = config.stage == "eval"
-    resolved = None if evaluating else preflight.apply(config, n)
+    hosts = len({getattr(d, "process_index", 0) for d in devices})
+    resolved = None if evaluating else preflight.apply(config, n, host_devices=n // hosts)
     rules = [tuple(r) for r in config.sharding.rules]
     mesh = sharding.make_mesh(
         dict(config.mesh), devices, allow_fallback=config.sharding.mesh_fallback
@@ -429,26 +437,34 @@ def plan(
             append(program)
         return out
 
-    def scoped_lower(fn, *args, donate=()):
-        with jax.set_mesh(mesh), nn.logical_axis_rules(list(rules)):
+    def scoped_lower(fn, *args, donate=(), on=None):
+        on_mesh, on_rules = (mesh, rules) if on is None else on
+        with jax.set_mesh(on_mesh), nn.logical_axis_rules(list(on_rules)):
             return jax.jit(fn, donate_argnums=donate).lower(*args)
 
     def sampler_programs(
-        sample, params, prompts, group, buckets, patches, t_new, resident, penalised=False
-    ):
-        """prefill[L] and decode[L] of every prompt bucket L (GSPO rollouts, evaluation)."""
+        sample, params, prompts, group, buckets, patches, t_new, resident, penalised=False,
+        on=None,
+    ):  # fmt: skip
+        """prefill[L] and decode[L] of every prompt bucket L (GSPO rollouts, evaluation), on
+        the sampler's mesh and rules `on` (default: the training mesh)."""
+        on = (mesh, rules) if on is None else on
+        sample_mesh = on[0]
         rows = prompts * group
-        axes = tuple(a for a in sharding.BATCH_AXES if a in mesh.axis_names) or None
+        axes = tuple(a for a in sharding.BATCH_AXES if a in sample_mesh.axis_names) or None
         for bucket in buckets:
             prompt = abstract_inputs(prompts, bucket, patches)
-            prompt = _with_shardings(prompt, sharding.batch_sharding(prompt, mesh))
+            prompt = _with_shardings(prompt, sharding.batch_sharding(prompt, sample_mesh))
             need_cache = wanted(f"decode[{bucket}]")
+            # The decode loop alone (prefill not selected): its inputs are planned from the
+            # cache's logical axes (cache.py) instead of compiling the prefill for them.
+            planned = need_cache and not wanted(f"prefill[{bucket}]")
             outputs = add(
                 f"prefill[{bucket}]",
                 lambda prompt=prompt: scoped_lower(
-                    lambda p, pr: sample.prefill(p, pr), params, prompt
+                    lambda p, pr: sample.prefill(p, pr), params, prompt, on=on
                 ),
-                outputs=need_cache,
+                outputs=need_cache and not planned,
                 resident=resident,
                 loop=1,
                 tokens=prompts * bucket,
@@ -458,8 +474,11 @@ def plan(
             )
             if not need_cache:
                 continue
-            cache, logits = outputs
-            by_rows = NamedSharding(mesh, PartitionSpec(axes))
+            if planned:
+                cache, logits = _planned_cache(mc, rows, bucket + t_new, on, axes)
+            else:
+                cache, logits = outputs
+            by_rows = NamedSharding(sample_mesh, PartitionSpec(axes))
             keys = jax.ShapeDtypeStruct((rows, 2), jnp.uint32, sharding=by_rows)
             # A repetition penalty (evaluation: 1.05) reads the tokens each row has seen.
             seen = None
@@ -475,6 +494,7 @@ def plan(
                     keys,
                     seen,
                     donate=(1,),
+                    on=on,
                 ),
                 resident=resident,
                 loop=t_new,
@@ -530,7 +550,7 @@ def plan(
 
     if config.stage in ("gspo", "sft+gspo"):
         from o3video_jax.drivers.gspo import gspo_step_config, train_length
-        from o3video_jax.rl import gspo, rollouts
+        from o3video_jax.rl import gspo, rollouts, serving
         from o3video_jax.rl import sampler as sampler_lib
 
         rl = config.rl
@@ -539,18 +559,42 @@ def plan(
         rows = prompts * g
         beta = float(rl.beta)
         ref_bytes = params_bytes if beta else 0
+        params = sample_params = state.params
+        # While the sampler runs, the training state stays resident beside the serving params
+        # (on the training layout the params are the sampler's own argument).
+        sampler_resident = state_bytes - params_bytes + ref_bytes
+        on = (mesh, rules)
+        if resolved.serving_tensor:
+            layout = serving.make_layout(
+                mesh, rules, shardings.params, resolved.serving_tensor, mc.dtype
+            )
+            add(
+                "reshard",
+                lambda: layout.reshard.lower(state.params),
+                resident=state_bytes - params_bytes + ref_bytes,
+                loop=1,
+                tokens=0,
+                logits=0,
+                patches=0,
+                passes=1,
+            )
+            sample_params = jax.eval_shape(layout.reshard, params)
+            sample_params = _with_shardings(sample_params, layout.shardings)
+            sampler_resident = state_bytes + ref_bytes
+            on = (layout.mesh, layout.rules)
         sample = sampler_lib.make_sampler(
             model,
             # the eos / pad ids are traced: they do not change the program
             rollouts.sampling_config(
                 config.rl, (mc.eos_token_id, mc.pad_token_id), mc.pad_token_id
             ),
-            rules=rules,
+            rules=on[1],
         )
-        params = state.params
         buckets = sorted(int(x) for x in rl.prompt_buckets)
-        resident = state_bytes - params_bytes + ref_bytes
-        sampler_programs(sample, params, prompts, g, buckets, d.max_patches, t_new, resident)
+        sampler_programs(
+            sample, sample_params, prompts, g, buckets, d.max_patches, t_new, sampler_resident,
+            on=on,
+        )  # fmt: skip
 
         length = train_length(config)
         shared = bool(rl.get("share_vision", True)) and rollouts.can_share_vision(
@@ -643,6 +687,34 @@ def _eval_summary(config: ml_collections.ConfigDict, mesh, mc) -> str:
         f"vision.max_frame_patches {mc.vision.max_frame_patches}, prefill tiles "
         f"{mc.text.attention_chunk}"
     )
+
+
+def _planned_cache(mc, rows: int, slots: int, on, axes) -> tuple[Any, Any]:
+    """The abstract KV cache (stacked [N, B, K, S, H] in the compute dtype, sharded by its
+    logical axes under the sampler's rules) and float32[B, V] logits split by rows, as the
+    prefill hands them to the decode loop (`--only decode[L]` without `prefill[L]`)."""
+    from o3video_jax.models.qwen2_5_vl.cache import KVCache
+
+    mesh, rules = on
+    t = mc.text
+    shapes = KVCache.shape(
+        t.num_hidden_layers, rows, t.num_key_value_heads, slots, t.head_dim, mc.dtype
+    )
+    specs = jax.tree.map(
+        lambda a: nn.logical_to_mesh_axes(a, list(rules)),
+        KVCache.logical_axes(),
+        is_leaf=lambda x: isinstance(x, tuple),
+    )
+    cache = jax.tree.map(
+        lambda s, spec: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=NamedSharding(mesh, spec)),
+        shapes,
+        specs,
+        is_leaf=lambda x: isinstance(x, PartitionSpec),
+    )
+    logits = jax.ShapeDtypeStruct(
+        (rows, mc.vocab_size), jnp.float32, sharding=NamedSharding(mesh, PartitionSpec(axes))
+    )
+    return cache, logits
 
 
 def compile_step(config: ml_collections.ConfigDict, devices: list) -> Any:

@@ -2,7 +2,8 @@
 
 Per step (docs/design.md decision 8):
   1. a prompt batch (grain, RL mode) -> G samples per prompt (`rl.sampler`: one prefill per
-     prompt, KV cache broadcast to the group)                                     [rollout]
+     prompt, KV cache broadcast to the group), on the serving layout the policy is resharded
+     into first (`rl.serving`, docs/design.md decision 15)                        [rollout]
   2. completions decoded to text -> `rewards.compute_rewards` (step_fraction = (step + 1) / total)
      -> group advantages
   3. rollout-policy log-probs (the params before this step's updates) and, when beta > 0, the
@@ -32,7 +33,7 @@ from jax.experimental import multihost_utils
 
 from o3video_jax.drivers import evaluation, experiment, heldout, loop, preflight
 from o3video_jax.rewards import compute_rewards, step_fraction
-from o3video_jax.rl import gspo, rollouts
+from o3video_jax.rl import gspo, rollouts, serving
 from o3video_jax.rl import sampler as sampler_lib
 from o3video_jax.rl.rollouts import REWARD_TERMS, sampling_config
 from o3video_jax.train import sharding, steps
@@ -178,7 +179,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         it.set_state(exp.data_state)
 
     scfg = sampling_config(config.rl, (tok.eos_id, tok.pad_id), tok.pad_id)
-    sample = sampler_lib.make_sampler(exp.model, scfg, mesh=exp.mesh, rules=exp.rules)
+    # docs/design.md decision 15: prefill and decode on the serving layout (None: training's).
+    layout = serving.layout_for(config, exp.mesh, exp.rules, exp.shardings.params, exp.model_config)
+    if layout is None:
+        sample = sampler_lib.make_sampler(exp.model, scfg, mesh=exp.mesh, rules=exp.rules)
+    else:
+        sample = sampler_lib.make_sampler(
+            exp.model, scfg, mesh=layout.mesh, rules=layout.rules, feed_mesh=exp.mesh
+        )
     ucfg = gspo_step_config(config)
     update = gspo.make_gspo_update(exp.model, ucfg, exp.mesh, exp.shardings, rules=exp.rules)
     logprobs = rollouts.make_logprob_fn(
@@ -211,7 +219,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         pid = jax.process_index()
         keys = jax.random.split(jax.random.fold_in(base_key, step), n * jax.process_count())
         keys = keys[pid * n : (pid + 1) * n]
-        out = sample(state.params, prompt, keys)
+        # The policy in its serving layout for this batch only (the update changes it).
+        policy = state.params if layout is None else layout.reshard(state.params)
+        out = sample(policy, prompt, keys)
+        del policy
         out_host = jax.tree.map(lambda x: rollouts.host_local(x, exp.mesh), out)
         t1 = time.perf_counter()
 

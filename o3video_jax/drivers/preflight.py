@@ -27,6 +27,12 @@ lists every problem, each naming the config fields to change:
               largest bucket are skipped and counted by the data pipeline (under
               `data.max_error_fraction`), never passed to the sampler.
 
+  serving    GSPO rollouts in the serving layout (`rl.serving`, docs/design.md decision 15):
+              `rl.serving.tensor` (0: the chips of one host, reduced to divide the attention
+              and KV heads) must divide the devices, the heads, the KV heads and every weight
+              dimension the rule table splits over `tensor`; the prompts must split over the
+              serving rows (devices / tensor).
+
 `apply` also writes the resolved batch, run length, schedule horizon and buckets back into the
 config (idempotent), so every later reader (data pipeline, loops, evaluation, AOT) sees them.
 `optimizer_config(config)` is the optimiser section in optimiser updates, as `state.py` reads it.
@@ -69,6 +75,7 @@ class Resolved:
     prompt_buckets: tuple[int, ...]  # GSPO; () for SFT
     prompt_budget: int  # GSPO: the longest prompt kept (tokens); 0 for SFT
     warnings: tuple[str, ...]
+    serving_tensor: int = 0  # GSPO rollouts: tensor-parallel chips (0: the training layout)
 
 
 def resolve_mesh(shape: Mapping[str, int], num_devices: int) -> tuple[dict[str, int], list[str]]:
@@ -117,9 +124,16 @@ def optimizer_config(config: ml_collections.ConfigDict) -> ml_collections.Config
     return out
 
 
-def check(config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1) -> Resolved:
+def check(
+    config: ml_collections.ConfigDict,
+    num_devices: int,
+    num_processes: int = 1,
+    host_devices: int = 0,
+) -> Resolved:
     """Resolves and checks `config` for `num_devices` devices in `num_processes` processes
-    (no devices needed: the AOT tool passes a TPU topology's count). Raises PreflightError."""
+    (no devices needed: the AOT tool passes a TPU topology's count). `host_devices`: the chips
+    of one host (default num_devices / num_processes; the AOT tool passes the topology's).
+    Raises PreflightError."""
     errors: list[str] = []
     warnings: list[str] = []
     if num_devices < 1 or num_processes < 1 or num_devices % num_processes:
@@ -299,6 +313,12 @@ def check(config: ml_collections.ConfigDict, num_devices: int, num_processes: in
     if not problems:
         errors += _weight_errors(config, mesh, warnings)
 
+    # ---- GSPO rollouts: the serving layout
+    serving_tensor = 0
+    if gspo and not problems:
+        host = host_devices or num_devices // num_processes
+        serving_tensor = _serving_errors(config, num_devices, host, batch, errors, warnings)
+
     if errors:
         raise PreflightError(
             f"config does not fit {num_devices} devices ({num_processes} processes):\n  - "
@@ -319,6 +339,7 @@ def check(config: ml_collections.ConfigDict, num_devices: int, num_processes: in
         prompt_buckets=buckets,
         prompt_budget=budget,
         warnings=tuple(warnings),
+        serving_tensor=serving_tensor,
     )
 
 
@@ -367,15 +388,86 @@ def _weight_errors(config, mesh: dict[str, int], warnings: list[str]) -> list[st
     return errors
 
 
-def apply(config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1) -> Resolved:
-    """`check`, then writes the resolved batch, run length, schedule horizon and GSPO buckets
-    into `config` (its existing fields; a locked config stays locked). Idempotent."""
-    r = check(config, num_devices, num_processes)
+SERVING_LAYOUTS = ("serving", "training")  # as `rl.serving.LAYOUTS` (no jax here)
+
+
+def _serving_errors(config, num_devices: int, host: int, batch: int, errors, warnings) -> int:
+    """Checks `rl.serving` (see the module docstring); returns the resolved tensor width (0 for
+    rollouts on the training layout), appending to `errors` / `warnings`."""
+    serving = config.rl.get("serving")
+    if serving is None or serving.layout == "training":
+        return 0
+    if serving.layout not in SERVING_LAYOUTS:
+        errors.append(f"rl.serving.layout={serving.layout!r} is not one of {SERVING_LAYOUTS}")
+        return 0
+    from o3video_jax.train.model_config import model_config  # jax/flax: only when checked
+
+    try:
+        mc = model_config(config)
+    except (OSError, ValueError) as e:
+        warnings.append(f"serving layout not checked against the model: {e}")
+        return int(serving.tensor)
+    heads, kv = mc.text.num_attention_heads, mc.text.num_key_value_heads
+    tensor = int(serving.tensor) or math.gcd(max(host, 1), math.gcd(heads, kv))
+    fix = (
+        f"set rl.serving.tensor to a divisor of {math.gcd(num_devices, math.gcd(heads, kv))} "
+        "(0 = the chips of one host, reduced to divide the heads), or "
+        "rl.serving.layout='training'"
+    )
+    if tensor < 1 or num_devices % tensor:
+        errors.append(
+            f"rl.serving.tensor={serving.tensor} does not divide the {num_devices} devices: {fix}"
+        )
+        return tensor
+    model = f"model.preset={config.model.preset!r}"
+    if heads % tensor or kv % tensor:
+        errors.append(
+            f"rl.serving.tensor={tensor} does not split the {heads} attention heads and {kv} KV "
+            f"heads of {model} evenly: {fix}"
+        )
+    dims = weight_dims(mc)
+    for name, axes in (tuple(r) for r in config.sharding.rules):
+        axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        if name in dims and "tensor" in axes:
+            bad = [d for d in dims[name] if d % tensor]
+            if bad and name not in ("heads", "kv_heads"):
+                errors.append(
+                    f"serving layout: weights with logical axis {name!r} have dimension "
+                    f"{bad[0]}, which does not split over rl.serving.tensor={tensor} chips "
+                    f"({model}): {fix}"
+                )
+    rows = num_devices // tensor
+    if batch > 0 and batch % rows:
+        errors.append(
+            f"data.batch_size={batch} prompts do not split over the {rows} serving row shards "
+            f"({num_devices} devices / rl.serving.tensor={tensor}): set data.batch_size to a "
+            f"multiple of {rows}, or raise rl.serving.tensor"
+        )
+    if tensor > host:
+        warnings.append(
+            f"rl.serving.tensor={tensor} spans more than one host's {host} chips: every decode "
+            "step's tensor-parallel all-reduces cross hosts"
+        )
+    return tensor
+
+
+def apply(
+    config: ml_collections.ConfigDict,
+    num_devices: int,
+    num_processes: int = 1,
+    host_devices: int = 0,
+) -> Resolved:
+    """`check`, then writes the resolved batch, run length, schedule horizon, GSPO buckets and
+    serving tensor width into `config` (its existing fields; a locked config stays locked).
+    Idempotent."""
+    r = check(config, num_devices, num_processes, host_devices)
     config.data.batch_size = r.batch_size
     config.total_steps = r.total_steps
     config.optim.total_steps = r.schedule_steps
     if config.stage == "gspo":
         config.rl.prompt_buckets = list(r.prompt_buckets)
+        if r.serving_tensor and config.rl.get("serving") is not None:
+            config.rl.serving.tensor = r.serving_tensor
     return r
 
 
@@ -389,6 +481,9 @@ def summary(r: Resolved) -> str:
     )
     if r.prompt_buckets:
         text += f", prompt buckets {list(r.prompt_buckets)}"
+    if r.serving_tensor:
+        rows = r.num_devices // r.serving_tensor
+        text += f", rollouts on a serving layout (tensor={r.serving_tensor}, rows={rows})"
     return text
 
 

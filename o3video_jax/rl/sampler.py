@@ -324,6 +324,13 @@ def compile_count() -> int:
     return _prefill._cache_size() + _decode._cache_size()
 
 
+def _to_rows_of(mesh: Mesh, tree):
+    """`tree` (global arrays, batch axis first) with its rows split over `mesh`'s batch axes:
+    one jitted copy, valid between meshes over the same devices in the same order."""
+    shardings = batch_sharding(tree, mesh)
+    return jax.jit(lambda t: t, out_shardings=shardings)(tree)
+
+
 def make_sampler(
     model: nn.Module,
     cfg: SamplingConfig,
@@ -332,6 +339,7 @@ def make_sampler(
     shardings=None,
     rules: Sequence[tuple[str, MeshAxes]] = DEFAULT_RULES,
     decode_unroll: int = DECODE_UNROLL,
+    feed_mesh: Mesh | None = None,
 ) -> Callable[[dict, ModelInputs, jax.Array], SampleOutput]:
     """Returns `sample(params, prompt_inputs, rng_keys) -> SampleOutput`.
 
@@ -344,6 +352,12 @@ def make_sampler(
     (cache, logits)` and `sample.decode(params, cache, logits, keys) -> (SampleOutput, cache)`
     (the cache is donated). One compile each per prompt bucket and batch size.
     `decode_unroll`: decode steps per loop iteration (tokens do not depend on it).
+
+    Serving layout (docs/design.md decision 15, `rl.serving`): `mesh` and `rules` of a
+    `ServingLayout` and params from its `reshard`. `feed_mesh` (its `train_mesh`): the mesh
+    whose batch layout the callers' host-local rows follow; with several processes, prompts and
+    keys are assembled on it, moved to `mesh` inside one program, and the outputs moved back,
+    so each process still reads its own rows (`rollouts.host_local`).
     """
     if decode_unroll < 1:
         raise ValueError(f"decode_unroll must be >= 1, got {decode_unroll}")
@@ -384,10 +398,13 @@ def make_sampler(
         if isinstance(seg, np.ndarray) and not np.all(seg[:, -1] != 0):
             rows = np.flatnonzero(seg[:, -1] == 0).tolist()
             raise ValueError(f"prompts must be LEFT-padded (end at L - 1); rows {rows} do not")
+        feed = mesh if feed_mesh is None else feed_mesh
         if mesh is not None and jax.process_count() > 1:
             # Multi-host: each process holds its own prompts and keys -> global arrays.
-            prompt_inputs = shard_batch(jax.device_get(prompt_inputs), mesh)
-            rng_keys = shard_batch(np.asarray(jax.device_get(rng_keys)), mesh)
+            prompt_inputs = shard_batch(jax.device_get(prompt_inputs), feed)
+            rng_keys = shard_batch(np.asarray(jax.device_get(rng_keys)), feed)
+            if feed is not mesh:
+                prompt_inputs, rng_keys = _to_rows_of(mesh, (prompt_inputs, rng_keys))
             if shardings is not None:
                 params = jax.device_put(params, shardings)
         elif mesh is not None:
@@ -404,6 +421,8 @@ def make_sampler(
                 vocab=logits.shape[-1], group_size=g,
             )  # fmt: skip
         out, _ = decode(params, cache, logits, rng_keys, seen)
+        if mesh is not None and feed is not mesh and jax.process_count() > 1:
+            out = _to_rows_of(feed, out)
         return out
 
     sample.prefill = prefill
