@@ -138,11 +138,11 @@ def main(out: str) -> None:
         ("6 GSPO update(s)", "gspo.make_gspo_update\nnum_updates x minibatches\n"
          "rollouts.group_minibatches", JIT),
     ]
-    for (t, b, c), x in zip(sub1, xs):
+    for (t, b, c), x in zip(sub1, xs, strict=False):
         box(ax, x, ys1, t, b, c, w=sw, h=sh)
     for i in range(3):
         arrow(ax, xs[i] + sw / 2, ys1, xs[i + 1] - sw / 2, ys1)
-    for (t, b, c), x in zip(sub2, [COLS["jit"], COLS["metrics"]]):
+    for (t, b, c), x in zip(sub2, [COLS["jit"], COLS["metrics"]], strict=True):
         box(ax, x, ys2, t, b, c, w=sw, h=sh)
     arrow(ax, xs[3] - 0.4, ys1 - sh / 2, xs[2] + 0.4, ys2 + sh / 2)
     ax.text((xs[2] + xs[3]) / 2 + 0.55, (ys1 + ys2) / 2 + 0.02, "sharding.shard_batch", fontsize=7.5,
