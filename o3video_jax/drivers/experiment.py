@@ -166,6 +166,29 @@ def dataset(
     return pipeline.make_dataset(raw, builder, model_config, cfg, mode)
 
 
+def train_iterator(exp: Experiment, kind: str, group_size: int | None = None):
+    """The run's training data iterator ("sft" or "rl" records of `data.train_json`), resumed
+    at the checkpoint's data state when there is one."""
+    config = exp.config
+    extra = {} if group_size is None else {"group_size": group_size}
+    ds = dataset(
+        config,
+        exp.tokenizer,
+        exp.model_config,
+        kind,
+        config.data.train_json,
+        config.data.media_root,
+        batch_size=local_batch_size(config.data.batch_size),
+        shuffle=config.data.shuffle,
+        num_epochs=None,
+        **extra,
+    )
+    it = iter(ds)
+    if exp.data_state is not None:
+        it.set_state(exp.data_state)
+    return it
+
+
 def local_batch_size(global_batch: int) -> int:
     n = jax.process_count()
     if global_batch % n:

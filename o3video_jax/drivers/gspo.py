@@ -162,21 +162,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     exp = experiment.setup(config, workdir)
     rl, total, g = config.rl, int(config.total_steps), int(config.rl.group_size)
     tok = exp.tokenizer
-    ds = experiment.dataset(
-        config,
-        tok,
-        exp.model_config,
-        "rl",
-        config.data.train_json,
-        config.data.media_root,
-        batch_size=experiment.local_batch_size(config.data.batch_size),
-        shuffle=config.data.shuffle,
-        num_epochs=None,
-        group_size=g,
-    )
-    it = iter(ds)
-    if exp.data_state is not None:
-        it.set_state(exp.data_state)
+    it = experiment.train_iterator(exp, "rl", group_size=g)
 
     scfg = sampling_config(config.rl, (tok.eos_id, tok.pad_id), tok.pad_id)
     # docs/design.md decision 15: prefill and decode on the serving layout (None: training's).

@@ -60,20 +60,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         raise ValueError(f"train() runs SFT; config.stage is {config.stage!r}")
     eval_every = evaluation.check_config(config)
     exp = experiment.setup(config, workdir)
-    ds = experiment.dataset(
-        config,
-        exp.tokenizer,
-        exp.model_config,
-        "sft",
-        config.data.train_json,
-        config.data.media_root,
-        batch_size=experiment.local_batch_size(config.data.batch_size),
-        shuffle=config.data.shuffle,
-        num_epochs=None,
-    )
-    it = iter(ds)
-    if exp.data_state is not None:
-        it.set_state(exp.data_state)
+    it = experiment.train_iterator(exp, "sft")
     sft_step = steps.make_sft_step(
         exp.model, sft_step_config(config), exp.mesh, exp.shardings, rules=exp.rules
     )
